@@ -1,0 +1,28 @@
+import os
+import socket
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+SHARED_CORA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "planetoid")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def random_graph(num_nodes=30, num_edges=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, num_nodes, (2, num_edges), generator=g)
+    ei = ei[:, ei[0] != ei[1]]
+    return torch.unique(ei, dim=1)

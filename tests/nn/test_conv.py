@@ -1,0 +1,156 @@
+"""Each layer equals its PyG counterpart at zero thresholds, and follows the rule literally above."""
+import pytest
+import torch
+from torch_geometric.nn import GATv2Conv, GCN2Conv, GCNConv, GINConv, SAGEConv
+
+from unifews_dist.nn import (UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv, UnifewsGINConv,
+                             UnifewsSAGEConv)
+from conftest import random_graph
+
+N, F_IN, F_OUT = 30, 12, 8
+
+
+def _pair(mine, ref, x, ei, call_mine, call_ref, atol=1e-5):
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    o1, o2 = call_mine(mine, x1, ei), call_ref(ref, x2, ei)
+    assert torch.allclose(o1, o2, atol=atol), (o1 - o2).abs().max()
+    g = torch.randn_like(o1)
+    (o1 * g).sum().backward()
+    (o2 * g).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=atol)
+
+
+def _layers():
+    torch.manual_seed(0)
+    gcn, pgcn = UnifewsGCNConv(F_IN, F_OUT), GCNConv(F_IN, F_OUT)
+    pgcn.lin.weight.data.copy_(gcn.lin.weight)
+    pgcn.bias.data.copy_(torch.randn(F_OUT)); gcn.bias.data.copy_(pgcn.bias)
+    sage, psage = UnifewsSAGEConv(F_IN, F_OUT), SAGEConv(F_IN, F_OUT)
+    psage.lin_l.weight.data.copy_(sage.lin_l.weight); psage.lin_l.bias.data.copy_(sage.lin_l.bias)
+    psage.lin_r.weight.data.copy_(sage.lin_r.weight)
+    gat, pgat = UnifewsGATv2Conv(F_IN, F_OUT, heads=2), GATv2Conv(F_IN, F_OUT, heads=2)
+    for a, b in ((pgat.lin_l, gat.lin_l), (pgat.lin_r, gat.lin_r)):
+        a.weight.data.copy_(b.weight); a.bias.data.copy_(torch.randn_like(a.bias)); b.bias.data.copy_(a.bias)
+    pgat.att.data.copy_(gat.att); pgat.bias.data.copy_(torch.randn_like(pgat.bias)); gat.bias.data.copy_(pgat.bias)
+    gin = UnifewsGINConv(F_IN, F_OUT, eps=0.3)
+    pgin = GINConv(gin.mlp, eps=0.3)
+    gcn2 = UnifewsGCNIIConv(F_IN, alpha=0.2, theta=0.5, layer=2)
+    pgcn2 = GCN2Conv(F_IN, alpha=0.2, theta=0.5, layer=2)
+    pgcn2.weight1.data.copy_(gcn2.lin.weight.t())
+    return {"gcn": (gcn, pgcn), "sage": (sage, psage), "gat": (gat, pgat), "gin": (gin, pgin), "gcnii": (gcn2, pgcn2)}
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage", "gat", "gin", "gcnii"])
+def test_equals_pyg_at_zero_thresholds(name):
+    mine, ref = _layers()[name]
+    x = torch.randn(N, F_IN)
+    ei = random_graph(N, 120)
+    if name == "gcnii":
+        x0 = torch.randn(N, F_IN)
+        _pair(mine, ref, x, ei, lambda m, x, e: m(x, x0, e), lambda m, x, e: m(x, x0, e))
+    else:
+        _pair(mine, ref, x, ei, lambda m, x, e: m(x, e), lambda m, x, e: m(x, e))
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage", "gin"])
+def test_bipartite_block_equals_square_graph_rows(name):
+    """A sampled block (targets = prefix of sources) gives the same rows as the square graph."""
+    mine, _ = _layers()[name]
+    mine.eval()
+    x = torch.randn(N, F_IN)
+    ei = random_graph(N, 120)
+    n_dst = 10
+    ei_b = ei[:, ei[1] < n_dst]
+    if name == "gcn":  # GCN normalises by the degree of the block: use the same edges on both sides
+        full = mine(x, ei_b)[:n_dst]
+    else:
+        full = mine(x, ei)[:n_dst]
+    block = mine((x, x[:n_dst]), ei_b)
+    assert block.shape == (n_dst, F_OUT)
+    assert torch.allclose(full, block, atol=1e-5)
+
+
+def _brute_force_keep(messages, thr_a, locked):
+    """Materialise every message and apply the rule literally."""
+    norms = messages.reshape(messages.size(0), -1).norm(dim=-1)
+    keep = norms >= thr_a * norms.mean()
+    return keep | locked
+
+
+@pytest.mark.parametrize("thr_a", [0.5, 1.0, 2.0])
+def test_gcn_kept_edges_match_brute_force(thr_a):
+    torch.manual_seed(1)
+    conv = UnifewsGCNConv(F_IN, F_OUT, thr_a=thr_a)
+    x, ei = torch.randn(N, F_IN), random_graph(N, 150, seed=3)
+    ei_p, ew = conv.prepare_edges(ei, N, N)
+    h = x @ conv.lin.weight.t()
+    messages = ew.view(-1, 1) * h[ei_p[0]]
+    expect = _brute_force_keep(messages, thr_a, ei_p[0] == ei_p[1])
+    out, keep = conv(x, ei_p, ew, prepared=True, return_kept=True)
+    assert torch.equal(keep, expect)
+    assert conv.last_edges_kept == int(expect.sum())
+    ref = torch.zeros(N, F_OUT).index_add_(0, ei_p[1][expect], messages[expect]) + conv.bias
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("thr_a", [0.5, 1.5])
+def test_sage_and_gin_kept_edges_match_brute_force(thr_a):
+    x, ei = torch.randn(N, F_IN), random_graph(N, 150, seed=4)
+    sage = UnifewsSAGEConv(F_IN, F_OUT, thr_a=thr_a)
+    _, ew = sage.prepare_edges(ei, N, N)
+    expect = _brute_force_keep(ew.view(-1, 1) * x[ei[0]], thr_a, ei[0] == ei[1])
+    _, keep = sage(x, ei, return_kept=True)
+    assert torch.equal(keep, expect)
+    gin = UnifewsGINConv(F_IN, F_OUT, thr_a=thr_a)
+    expect = _brute_force_keep(x[ei[0]], thr_a, ei[0] == ei[1])
+    _, keep = gin(x, ei, return_kept=True)
+    assert torch.equal(keep, expect)
+
+
+def test_gat_kept_edges_match_reference_rule():
+    torch.manual_seed(2)
+    conv = UnifewsGATv2Conv(F_IN, F_OUT, heads=3, thr_a=0.8)
+    conv.eval()
+    x, ei = torch.randn(N, F_IN), random_graph(N, 150, seed=5)
+    ref = GATv2Conv(F_IN, F_OUT, heads=3)
+    for a, b in ((ref.lin_l, conv.lin_l), (ref.lin_r, conv.lin_r)):
+        a.weight.data.copy_(b.weight); a.bias.data.copy_(b.bias)
+    ref.att.data.copy_(conv.att)
+    _, (ei_full, alpha) = ref(x, ei, return_attention_weights=True)
+    h = conv.lin_l(x).view(N, 3, F_OUT)
+    msg_norm = h[ei_full[0]].reshape(ei_full.size(1), -1).norm(dim=-1)
+    expect = (alpha.mean(-1) * msg_norm >= 0.8 * msg_norm.mean()) | (ei_full[0] == ei_full[1])
+    _, keep = conv(x, ei, return_kept=True)
+    assert torch.equal(keep, expect)
+    assert 0 < keep.sum() < keep.numel()
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage", "gat", "gin", "gcnii"])
+def test_huge_threshold_keeps_locked_edges_and_some_weights(name):
+    mine, _ = _layers()[name]
+    mine.thr_a = 1e6
+    mine.set_thr_w(1e6)
+    mine.train()
+    x, ei = torch.randn(N, F_IN), random_graph(N, 120)
+    args = (x, torch.randn(N, F_IN), ei) if name == "gcnii" else (x, ei)
+    out, keep = mine(*args, return_kept=True)
+    assert torch.isfinite(out).all()
+    prepared, _ = mine.prepare_edges(ei, N, N)
+    self_loops = prepared[0] == prepared[1]
+    assert torch.equal(keep, self_loops)  # only the locked self-loops survive (none for SAGE/GIN)
+    for lin in mine.weight_layers():
+        assert 0 < int(lin.weight_mask.sum()) <= lin.weight.size(1)
+
+
+def test_bad_arguments_raise_value_error_naming_value():
+    with pytest.raises(ValueError, match="thr_a.*-1"):
+        UnifewsGCNConv(4, 4, thr_a=-1)
+    with pytest.raises(ValueError, match="thr_w.*nan"):
+        UnifewsSAGEConv(4, 4, thr_w=float("nan"))
+    with pytest.raises(ValueError, match="shape \\[2, E\\]"):
+        UnifewsGINConv(4, 4)(torch.randn(5, 4), torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="refers to node 9"):
+        UnifewsSAGEConv(4, 4)(torch.randn(5, 4), torch.tensor([[9], [0]]))
+    with pytest.raises(ValueError, match="expects 4"):
+        UnifewsSAGEConv(4, 4)(torch.randn(5, 3), torch.tensor([[1], [0]]))

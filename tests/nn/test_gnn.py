@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch_geometric.nn import SAGEConv
+
+from unifews_dist.nn import UnifewsGNN
+from conftest import random_graph
+
+
+def _block(seed=0):
+    """A 2-hop sampled-like block: nodes 0..3 seeds, 4..11 hop 1, 12..29 hop 2."""
+    g = torch.Generator().manual_seed(seed)
+    hop1 = torch.stack([torch.randint(4, 12, (16,), generator=g), torch.randint(0, 4, (16,), generator=g)])
+    hop2 = torch.stack([torch.randint(12, 30, (40,), generator=g), torch.randint(4, 12, (40,), generator=g)])
+    ei = torch.unique(torch.cat([hop1, hop2], 1), dim=1)
+    order = torch.argsort(ei[1] >= 4, stable=True)  # hop-1 edges first, as a sampler emits them
+    return ei[:, order], [4, 8, 18]
+
+
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin", "gcnii"])
+def test_kept_edges_never_increase_with_depth(conv):
+    torch.manual_seed(0)
+    thr_a = 0.08 if conv == "gat" else 0.7  # attention ~ 1/degree: GAT thresholds live in [0, 1)
+    model = UnifewsGNN(conv, 16, 16, 3, num_layers=3, thr_a=thr_a, thr_w=0.5, heads=2, lock_target_edges="never")
+    x, ei = torch.randn(40, 16), random_graph(40, 300)
+    out = model(x, ei)
+    assert out.shape == (40, 3)
+    kept = [s.edges_kept for s in model.layer_stats]
+    assert kept == sorted(kept, reverse=True) and kept[-1] < kept[0], kept
+    for a, b in zip(model.layer_stats, model.layer_stats[1:]):
+        assert b.edges_in == a.edges_kept  # a pruned edge never comes back
+        assert b.edge_sparsity >= a.edge_sparsity - 1e-9
+    assert all(s.macs_sparse < s.macs_dense for s in model.layer_stats)
+
+
+def test_trimmed_stack_equals_untrimmed_on_seeds():
+    """Per-hop trimming changes the work, not the seed outputs (SAGE: no degree of sources)."""
+    torch.manual_seed(0)
+    model = UnifewsGNN("sage", 16, 16, 3, num_layers=2, dropout=0.0, norm="none").eval()
+    ei, hops = _block()
+    x = torch.randn(30, 16)
+    full = model(x, ei)[:4]
+    trimmed = model(x, ei, num_sampled_nodes=hops, batch_size=4)
+    assert trimmed.shape == (4, 3)
+    assert torch.allclose(full, trimmed, atol=1e-5)
+    assert model.layer_stats[1].edges_dense == int((ei[1] < 4).sum())
+
+
+def test_dense_stack_equals_pyg_layers():
+    torch.manual_seed(0)
+    model = UnifewsGNN("sage", 16, 8, 3, num_layers=2, dropout=0.0, norm="none").eval()
+    ref = [SAGEConv(16, 8), SAGEConv(8, 3)]
+    for r, m in zip(ref, model.convs):
+        r.lin_l.weight.data.copy_(m.lin_l.weight); r.lin_l.bias.data.copy_(m.lin_l.bias)
+        r.lin_r.weight.data.copy_(m.lin_r.weight)
+    x, ei = torch.randn(30, 16), random_graph(30, 100)
+    expect = ref[1](ref[0](x, ei).relu(), ei)
+    assert torch.allclose(model(x, ei), expect, atol=1e-5)
+
+
+def test_target_edges_locked_at_last_layer():
+    model = UnifewsGNN("sage", 16, 16, 3, num_layers=2, thr_a=50.0)
+    ei, hops = _block()
+    model(torch.randn(30, 16), ei, num_sampled_nodes=hops, batch_size=4)
+    first, last = model.layer_stats
+    into_seeds = int((ei[1] < 4).sum())
+    assert first.edges_kept == into_seeds and last.edges_kept == last.edges_in == into_seeds > 0
+    model.lock_target_edges = "eval"
+    model.train()
+    model(torch.randn(30, 16), ei, num_sampled_nodes=hops, batch_size=4)
+    assert model.layer_stats[-1].edges_kept == 0
+    model.eval()
+    model(torch.randn(30, 16), ei, num_sampled_nodes=hops, batch_size=4)
+    assert model.layer_stats[-1].edges_kept == model.layer_stats[-1].edges_in
+
+
+def test_thresholds_per_layer_and_bad_values():
+    model = UnifewsGNN("gcn", 8, 8, 2, num_layers=2, thr_a=[0.1, 0.2], thr_w=0.3)
+    assert model.thr_a == [0.1, 0.2] and model.thr_w == [0.3, 0.3]
+    model.set_thresholds(thr_a=0.5, thr_w=[0.0, 1.0])
+    assert model.thr_a == [0.5, 0.5] and model.thr_w == [0.0, 1.0]
+    with pytest.raises(ValueError, match="list of 2"):
+        model.set_thresholds(thr_a=[1.0])
+    with pytest.raises(ValueError, match="unknown conv 'gcm'"):
+        UnifewsGNN("gcm", 8, 8, 2)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        UnifewsGNN("gcn", 8, 8, 2, norm="group")
+    with pytest.raises(ValueError, match="per-hop node counts for 3 hops"):
+        UnifewsGNN("gcn", 8, 8, 2)(torch.randn(5, 8), torch.tensor([[1], [0]]), num_sampled_nodes=[1, 4])

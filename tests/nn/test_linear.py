@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from unifews_dist.nn import UnifewsLinear
+from unifews_dist.sparsify import weight_keep_mask
+from unifews_dist.sparsify.spmm import numba_available, sparse_linear
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+def test_sparse_kernel_equals_masked_dense_with_gradients(density):
+    torch.manual_seed(0)
+    x = torch.randn(150, 33, requires_grad=True)  # not a multiple of the 64-row block
+    w = torch.randn(17, 33, requires_grad=True)
+    mask = torch.rand(17, 33) < density
+    y = sparse_linear(x, w, mask)
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y2 = x2 @ (w2 * mask).t()
+    assert torch.allclose(y, y2, atol=1e-4)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y2 * g).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-4)
+    assert torch.allclose(w.grad, w2.grad, atol=1e-4)
+    assert (w.grad[~mask] == 0).all()
+
+
+def test_linear_modes_and_backends():
+    torch.manual_seed(0)
+    lin = UnifewsLinear(20, 10, thr_w=1.0)
+    x = torch.randn(64, 20)
+    dense = UnifewsLinear(20, 10)
+    dense.load_state_dict(lin.state_dict())
+    y = lin(x)
+    mask = weight_keep_mask(lin.weight, x.norm(dim=0), 1.0)
+    assert torch.equal(lin.weight_mask, mask)
+    assert torch.allclose(y, x @ (lin.weight * mask).t() + lin.bias, atol=1e-5)
+    for backend in ("dense", "sparse") if numba_available() else ("dense",):
+        lin.backend = backend
+        assert torch.allclose(lin(x), y, atol=1e-4)
+        assert lin.last_backend == backend
+    # keep: a new input does not change the mask; recompute does
+    lin.mask_mode = "keep"
+    lin(x * torch.linspace(0.01, 5, 20))
+    assert torch.equal(lin.weight_mask, mask)
+    lin.mask_mode = "recompute"
+    lin(x * torch.linspace(0.01, 5, 20))
+    assert not torch.equal(lin.weight_mask, mask)
+    lin.mask_mode = "dense"
+    assert torch.allclose(lin(x), dense(x))
+    assert lin.weight_density() == 1.0
+
+
+def test_mask_is_a_checkpointed_buffer():
+    lin = UnifewsLinear(8, 4, thr_w=1.5)
+    lin(torch.randn(32, 8))
+    sd = lin.state_dict()
+    assert "weight_mask" in sd and sd["mask_ready"]
+    other = UnifewsLinear(8, 4, thr_w=1.5, mask_mode="keep")
+    other.load_state_dict(sd)
+    assert torch.equal(other.weight_mask, lin.weight_mask)
+
+
+def test_linear_bad_arguments():
+    with pytest.raises(ValueError, match="mask_mode must be one of"):
+        UnifewsLinear(3, 3, mask_mode="sometimes")
+    with pytest.raises(ValueError, match="backend must be one of .* got 'gpu'"):
+        UnifewsLinear(3, 3, backend="gpu")
+    with pytest.raises(ValueError, match="thr_w must be a finite number >= 0, got -2"):
+        UnifewsLinear(3, 3, thr_w=-2)

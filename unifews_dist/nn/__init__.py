@@ -1,0 +1,8 @@
+"""Sparsified layers and the layer stack."""
+from .conv import (CONVS, UnifewsConv, UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv,
+                   UnifewsGINConv, UnifewsSAGEConv)
+from .linear import UnifewsLinear
+from .models import LayerStats, UnifewsGNN
+
+__all__ = ["CONVS", "UnifewsConv", "UnifewsGATv2Conv", "UnifewsGCNConv", "UnifewsGCNIIConv",
+           "UnifewsGINConv", "UnifewsSAGEConv", "UnifewsLinear", "LayerStats", "UnifewsGNN"]

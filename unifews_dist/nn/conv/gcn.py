@@ -1,0 +1,74 @@
+"""GCN with Unifews edge and weight pruning."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from ...sparsify import node_norms
+from ..linear import UnifewsLinear
+from .base import UnifewsConv, check_edge_index, split_pair
+
+
+class UnifewsGCNConv(UnifewsConv):
+    r"""Graph convolution (Kipf & Welling) with entry-wise pruning.
+
+    .. math::
+        h = x W_m^\top, \qquad
+        x'_i = \sum_{j \in \mathcal{N}(i) \cup \{i\},\; s_{ji} \ge \theta_a \bar s}
+               \frac{1}{\sqrt{\hat d_i \hat d_j}} h_j + b,
+        \qquad s_{ji} = \frac{\lVert h_j \rVert_2}{\sqrt{\hat d_i \hat d_j}}
+
+    where :math:`\bar s` is the mean message norm of the layer and :math:`W_m` the weight
+    pruned by :class:`UnifewsLinear`. Self-loops are never pruned. Equal to
+    :class:`torch_geometric.nn.GCNConv` when ``thr_a = thr_w = 0``.
+
+    Args:
+        in_channels, out_channels: feature sizes.
+        thr_a: edge threshold (``0`` keeps every edge).
+        thr_w: weight threshold (``0`` keeps every entry).
+        bias: add a learnable bias.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
+                 bias: bool = True, **kwargs):
+        super().__init__(thr_a=thr_a, **kwargs)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.lin = UnifewsLinear(in_channels, out_channels, bias=False, thr_w=thr_w)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.lin.reset_parameters()
+        nn.init.xavier_uniform_(self.lin.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @staticmethod
+    def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
+                      edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        ei, ew = gcn_norm(edge_index, edge_weight, num_src, add_self_loops=True)
+        if num_dst < num_src:  # self-loops of source-only nodes count in their degree only
+            keep = ei[1] < num_dst
+            ei, ew = ei[:, keep], ew[keep]
+        return ei, ew
+
+    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
+                edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
+                return_kept: bool = False, prepared: bool = False):
+        x_src, x_dst = split_pair(x)
+        n_src, n_dst = x_src.size(0), x_dst.size(0)
+        if not prepared:
+            edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
+        check_edge_index(edge_index, n_src, n_dst)
+        h = self.lin(x_src)
+        keep = self.prune_edges(edge_index, edge_weight, node_norms(h), locked)
+        ei, ew = self.select(keep, edge_index, edge_weight)
+        self.last_prop_channels = self.out_channels
+        out = self.propagate(ei, x=(h, h[:n_dst]), edge_weight=ew, size=(n_src, n_dst))
+        if self.bias is not None:
+            out = out + self.bias
+        return self._finish(out, keep, edge_index.size(1), return_kept)

@@ -1,0 +1,147 @@
+"""A linear map whose weight entries are pruned by the Unifews rule."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..sparsify import check_threshold, column_sq_sums, transform_macs, weight_keep_mask
+from ..sparsify.spmm import numba_available, sparse_linear
+
+MASK_MODES = ("recompute", "keep", "dense")
+BACKENDS = ("auto", "dense", "sparse")
+
+# Density below which the sparse kernel beats dense on each device type, measured by
+# benchmarks/layer_speed.py (see BENCHMARKS.md). No GPU figure yet: CUDA stays dense in auto.
+SPARSE_CROSSOVER = {"cpu": 0.2, "cuda": 0.0}
+
+
+class UnifewsLinear(nn.Module):
+    r"""``y = x W_m^T + b`` with ``W_m = W \odot M`` and ``M`` the Unifews weight mask.
+
+    ``M[i, j] = 1`` iff ``|W[i, j]| * ||X[:, j]||_2 >= thr_w * ||c||_2 / F_in`` (``c`` the input
+    column norms; each column's threshold capped just below ``max|W|``). The column norms are
+    summed over DDP ranks before the mask is computed, so every rank applies the same mask.
+
+    Args:
+        in_features, out_features, bias: as :class:`torch.nn.Linear`.
+        thr_w: relative weight threshold, ``>= 0``; ``0`` disables pruning.
+        mask_mode: ``"recompute"`` the mask on every training forward, ``"keep"`` the last one
+            (computed once if none yet), or ``"dense"`` (no pruning).
+        backend: ``"sparse"`` computes only the kept entries, ``"dense"`` multiplies by the
+            masked dense weight, ``"auto"`` picks sparse below the measured density crossover.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, thr_w: float = 0.0,
+                 mask_mode: str = "recompute", backend: str = "auto"):
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"in_features and out_features must be positive, got {in_features}, {out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.register_buffer("weight_mask", torch.ones(out_features, in_features, dtype=torch.bool))
+        self.register_buffer("mask_ready", torch.zeros((), dtype=torch.bool))
+        self.thr_w = thr_w
+        self.mask_mode = mask_mode
+        self.backend = backend
+        self.last_backend = "dense"
+        self.last_rows = 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.weight_mask.fill_(True)
+        self.mask_ready.fill_(False)
+
+    @property
+    def thr_w(self) -> float:
+        return self._thr_w
+
+    @thr_w.setter
+    def thr_w(self, value: float) -> None:
+        self._thr_w = check_threshold("thr_w", value)
+
+    @property
+    def mask_mode(self) -> str:
+        return self._mask_mode
+
+    @mask_mode.setter
+    def mask_mode(self, value: str) -> None:
+        if value not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {value!r}")
+        self._mask_mode = value
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    @property
+    def pruning(self) -> bool:
+        return self.thr_w > 0 and self.mask_mode != "dense"
+
+    @torch.no_grad()
+    def update_mask(self, x: Tensor, sync: bool = True) -> None:
+        """Recompute the mask from input ``x`` (column norms all-reduced across ranks if ``sync``)."""
+        sq = column_sq_sums(x.detach()).to(self.weight.dtype)
+        if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sq)
+        self.weight_mask.copy_(weight_keep_mask(self.weight, sq.sqrt(), self.thr_w))
+        self.mask_ready.fill_(True)
+
+    def weight_density(self) -> float:
+        if not self.pruning:
+            return 1.0
+        return float(self.weight_mask.sum()) / self.weight_mask.numel()
+
+    def weight_nnz(self) -> int:
+        return int(self.weight_mask.sum()) if self.pruning else self.weight.numel()
+
+    def macs(self) -> tuple[int, int]:
+        """(dense, sparse) MACs of the last forward."""
+        return (transform_macs(self.last_rows, self.in_features, self.out_features),
+                transform_macs(self.last_rows, self.in_features, self.out_features, self.weight_nnz()))
+
+    def _choose_backend(self, x: Tensor) -> str:
+        if self.backend != "auto":
+            return self.backend
+        if x.device.type == "cpu" and (not numba_available() or x.dtype != torch.float32):
+            return "dense"
+        return "sparse" if self.weight_density() < SPARSE_CROSSOVER.get(x.device.type, 0.0) else "dense"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.size(-1) != self.in_features:
+            raise ValueError(f"input has {x.size(-1)} features, this layer expects {self.in_features}")
+        self.last_rows = x.numel() // self.in_features
+        if not self.pruning:
+            self.last_backend = "dense"
+            return F.linear(x, self.weight, self.bias)
+        if self.training and (self.mask_mode == "recompute" or not bool(self.mask_ready)):
+            self.update_mask(x)
+        elif not bool(self.mask_ready):  # evaluation of a never-trained pruned layer
+            self.update_mask(x, sync=False)
+        backend = self._choose_backend(x)
+        self.last_backend = backend
+        if backend == "sparse":
+            shape = x.shape
+            out = sparse_linear(x.reshape(-1, self.in_features), self.weight, self.weight_mask)
+            out = out.reshape(*shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias
+        return F.linear(x, self.weight * self.weight_mask, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, thr_w={self.thr_w}, mask_mode={self.mask_mode}")

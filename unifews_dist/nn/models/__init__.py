@@ -1,0 +1,3 @@
+from .gnn import LayerStats, UnifewsGNN
+
+__all__ = ["UnifewsGNN", "LayerStats"]

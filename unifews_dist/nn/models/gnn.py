@@ -1,0 +1,229 @@
+"""The layer stack: carries the kept edges from layer to layer."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...sparsify import check_threshold
+from ..conv import CONVS
+from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
+
+NORMS = ("batch", "layer", "none")
+LOCK_POLICIES = ("always", "eval", "never")
+
+
+@dataclass
+class LayerStats:
+    """What one layer did in the last forward. Edge counts are of the sampled block."""
+    edges_dense: int  # edges this layer would aggregate with no pruning anywhere
+    edges_in: int  # edges that reached it (pruned ones from earlier layers are gone)
+    edges_kept: int  # edges it aggregated
+    weight_numel: int
+    weight_nnz: int
+    macs_dense: int
+    macs_sparse: int
+    transform_backend: str
+
+    @property
+    def edge_sparsity(self) -> float:
+        return 1.0 - self.edges_kept / self.edges_dense if self.edges_dense else 0.0
+
+    @property
+    def weight_sparsity(self) -> float:
+        return 1.0 - self.weight_nnz / self.weight_numel if self.weight_numel else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "edge_sparsity": self.edge_sparsity, "weight_sparsity": self.weight_sparsity}
+
+
+def _per_layer(name: str, value: Union[float, Sequence[float]], num_layers: int) -> List[float]:
+    if isinstance(value, (int, float)):
+        values = [value] * num_layers
+    else:
+        values = list(value)
+        if len(values) != num_layers:
+            raise ValueError(f"{name} must be one number or a list of {num_layers} (one per layer), "
+                             f"got {len(values)} values: {values}")
+    return [check_threshold(name, v) for v in values]
+
+
+class UnifewsGNN(nn.Module):
+    r"""A stack of Unifews layers with progressive edge pruning.
+
+    Layer ``l`` receives only the edges that survived layers ``0 .. l-1`` (with their original
+    message weights) and prunes again, so edge sparsity never decreases with depth. Given the
+    sampler's per-hop counts, layer ``l`` of ``L`` computes only the ``sum(nodes[:L-l])``
+    targets that later layers need (PyG's ``trim_to_layer``, as a bipartite block).
+
+    Args:
+        conv: layer type, one of ``gcn``, ``sage``, ``gat``, ``gin``, ``gcnii``.
+        in_channels, hidden_channels, out_channels: feature sizes.
+        num_layers: number of message-passing layers.
+        dropout: dropout between layers.
+        norm: ``batch``, ``layer`` or ``none`` between layers.
+        thr_a: edge threshold, one for all layers or a list with one per layer.
+        thr_w: weight threshold, likewise.
+        heads: attention heads (``gat``; hidden layers concatenate ``hidden_channels // heads``).
+        gcnii_alpha, gcnii_theta: GCNII's initial-residual and identity-map strengths.
+        lock_target_edges: when edges into the seed nodes (the last layer's targets) are locked
+            at every layer, so the seeds always receive their sampled neighbourhood: ``always``,
+            ``eval`` (evaluation only, as the reference code's ``node_lock``) or ``never``.
+        weight_backend: transform backend of every pruned linear map (``auto``, ``dense``, ``sparse``).
+    """
+
+    def __init__(self, conv: str, in_channels: int, hidden_channels: int, out_channels: int,
+                 num_layers: int = 2, dropout: float = 0.5, norm: str = "batch",
+                 thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0,
+                 heads: int = 1, gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5,
+                 lock_target_edges: str = "always", weight_backend: str = "auto"):
+        super().__init__()
+        if conv not in CONVS:
+            raise ValueError(f"unknown conv {conv!r}; allowed: {sorted(CONVS)}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if lock_target_edges not in LOCK_POLICIES:
+            raise ValueError(f"lock_target_edges must be one of {LOCK_POLICIES}, got {lock_target_edges!r}")
+        if weight_backend not in BACKENDS:
+            raise ValueError(f"weight_backend must be one of {BACKENDS}, got {weight_backend!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if conv == "gat" and hidden_channels % heads:
+            raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by heads ({heads})")
+        for name, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
+                        ("out_channels", out_channels)):
+            if v <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+        self.conv_name, self.num_layers, self.dropout = conv, num_layers, dropout
+        self.lock_target_edges = lock_target_edges
+        thr_a_l = _per_layer("thr_a", thr_a, num_layers)
+        thr_w_l = _per_layer("thr_w", thr_w, num_layers)
+        Conv = CONVS[conv]
+        self.lin_in = self.lin_out = None
+        self.convs = nn.ModuleList()
+        if conv == "gcnii":
+            self.lin_in = nn.Linear(in_channels, hidden_channels)
+            self.lin_out = nn.Linear(hidden_channels, out_channels)
+            for i in range(num_layers):
+                self.convs.append(Conv(hidden_channels, alpha=gcnii_alpha, theta=gcnii_theta, layer=i + 1,
+                                       thr_a=thr_a_l[i], thr_w=thr_w_l[i]))
+            dims = [hidden_channels] * num_layers
+        else:
+            dims = []
+            c_in = in_channels
+            for i in range(num_layers):
+                last = i == num_layers - 1
+                c_out = out_channels if last else hidden_channels
+                if conv == "gat":
+                    h = 1 if last else heads
+                    self.convs.append(Conv(c_in, c_out // h, heads=h, concat=True, thr_a=thr_a_l[i], thr_w=thr_w_l[i]))
+                else:
+                    self.convs.append(Conv(c_in, c_out, thr_a=thr_a_l[i], thr_w=thr_w_l[i]))
+                dims.append(c_out)
+                c_in = c_out
+        self.norms = nn.ModuleList()
+        for d in dims[:-1] if conv != "gcnii" else dims:
+            self.norms.append(nn.BatchNorm1d(d) if norm == "batch" else nn.LayerNorm(d) if norm == "layer"
+                              else nn.Identity())
+        self.set_weight_backend(weight_backend)
+        self.layer_stats: List[LayerStats] = []
+
+    # -- knobs the callbacks turn ------------------------------------------------------------
+    @property
+    def thr_a(self) -> List[float]:
+        return [c.thr_a for c in self.convs]
+
+    @property
+    def thr_w(self) -> List[float]:
+        return [c.weight_layers()[0].thr_w for c in self.convs]
+
+    def set_thresholds(self, thr_a: Union[None, float, Sequence[float]] = None,
+                       thr_w: Union[None, float, Sequence[float]] = None) -> None:
+        if thr_a is not None:
+            for c, v in zip(self.convs, _per_layer("thr_a", thr_a, self.num_layers)):
+                c.thr_a = v
+        if thr_w is not None:
+            for c, v in zip(self.convs, _per_layer("thr_w", thr_w, self.num_layers)):
+                c.set_thr_w(v)
+
+    def weight_layers(self) -> List[UnifewsLinear]:
+        return [lin for c in self.convs for lin in c.weight_layers()]
+
+    def set_mask_mode(self, mode: str) -> None:
+        if mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mode!r}")
+        for lin in self.weight_layers():
+            lin.mask_mode = mode
+
+    def set_weight_backend(self, backend: str) -> None:
+        for lin in self.weight_layers():
+            lin.backend = backend
+
+    # -- forward -------------------------------------------------------------------------------
+    def _layer_sizes(self, num_nodes: int, num_sampled_nodes: Optional[Sequence[int]]):
+        L = self.num_layers
+        if num_sampled_nodes is None:
+            return [num_nodes] * L, [num_nodes] * L
+        hops = [int(n) for n in num_sampled_nodes]
+        if len(hops) < L + 1:
+            raise ValueError(f"{L} layers need per-hop node counts for {L + 1} hops (seeds + {L}), "
+                             f"got {len(hops)}: {hops}; sample with as many hops as layers")
+        cum = torch.tensor(hops[:L + 1]).cumsum(0).tolist()
+        num_src = [cum[L - i] for i in range(L)]
+        num_dst = [cum[L - i - 1] for i in range(L)]
+        if num_src[0] != num_nodes:
+            raise ValueError(f"per-hop node counts add up to {num_src[0]}, but x has {num_nodes} rows")
+        return num_src, num_dst
+
+    def forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]] = None,
+                batch_size: Optional[int] = None) -> Tensor:
+        """Node outputs: ``[sum(num_sampled_nodes[:1]), C]`` (the seeds) when per-hop counts are
+        given, else ``[N, C]`` for every node (seeds first when ``batch_size`` is set)."""
+        num_src, num_dst = self._layer_sizes(x.size(0), num_sampled_nodes)
+        Conv = type(self.convs[0])
+        ei, ew = Conv.prepare_edges(edge_index, num_src[0], num_dst[0])
+        all_dst = ei[1]
+        lock = self.lock_target_edges == "always" or (self.lock_target_edges == "eval" and not self.training)
+        x0 = None
+        if self.lin_in is not None:
+            x = x0 = F.relu(self.lin_in(F.dropout(x, self.dropout, self.training)))
+        stats: List[LayerStats] = []
+        for i, conv in enumerate(self.convs):
+            ns, nd = num_src[i], num_dst[i]
+            if nd < num_dst[0] or i == 0:
+                sel = ei[1] < nd
+                if not bool(sel.all()):
+                    ei, ew = conv.select(sel, ei, ew)
+            edges_dense = int((all_dst < nd).sum())
+            last = i == self.num_layers - 1
+            locked = ei[1] < batch_size if (lock and batch_size is not None) else None
+            xs = (x[:ns], x[:nd])
+            if conv.needs_x0:
+                out, keep = conv(xs, x0, ei, ew, locked=locked, return_kept=True, prepared=True)
+            else:
+                out, keep = conv(xs, ei, ew, locked=locked, return_kept=True, prepared=True)
+            ei, ew = conv.select(keep, ei, ew)
+            lins = conv.weight_layers()
+            t_dense = sum(lin.macs()[0] for lin in lins)
+            t_sparse = sum(lin.macs()[1] for lin in lins)
+            p_dense = edges_dense * conv.last_prop_channels
+            p_sparse = conv.propagation_macs()[1]
+            stats.append(LayerStats(
+                edges_dense=edges_dense, edges_in=conv.last_edges_in, edges_kept=conv.last_edges_kept,
+                weight_numel=sum(lin.weight.numel() for lin in lins),
+                weight_nnz=sum(lin.weight_nnz() for lin in lins),
+                macs_dense=t_dense + p_dense, macs_sparse=t_sparse + p_sparse,
+                transform_backend="+".join(sorted({lin.last_backend for lin in lins}))))
+            x = out
+            if not last or conv.needs_x0:  # GCNII has its output layer after the stack
+                x = F.relu(self.norms[i](x))
+                x = F.dropout(x, self.dropout, self.training)
+        if self.lin_out is not None:
+            x = self.lin_out(x)
+        self.layer_stats = stats
+        return x
