@@ -1,0 +1,174 @@
+"""The LightningDataModule: datasets, the neighbor sampler and evenly sharded loaders."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import List, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch_geometric.data import Data
+from torch_geometric.loader import NodeLoader
+
+from .datasets import KNOWN, GraphDataset, load_dataset
+from .sampler import TorchNeighborSampler
+from .shard import ShardedSeedSampler
+
+SAMPLERS = ("auto", "torch", "pyg_lib", "torch_sparse")
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def make_sampler(kind: str, data: Data, num_neighbors: List[int], seed: int, share_memory: bool):
+    """The sampler backend: ``auto`` takes pyg-lib when it imports, else the built-in one.
+
+    ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
+    sampled subgraph (correct, but without trimming).
+    """
+    if kind not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {kind!r}")
+    if kind == "auto":
+        kind = "pyg_lib" if has_module("pyg_lib") else "torch"
+    if kind == "torch":
+        return TorchNeighborSampler(data, num_neighbors, seed=seed, share_memory=share_memory)
+    if kind == "pyg_lib" and not has_module("pyg_lib"):
+        raise ValueError("sampler 'pyg_lib' needs pyg-lib, which is not installed (PyG wheel index only); "
+                         "use sampler 'torch' or 'auto'")
+    if kind == "torch_sparse" and not has_module("torch_sparse"):
+        raise ValueError("sampler 'torch_sparse' needs torch-sparse, which is not installed; use 'torch' or 'auto'")
+    from torch_geometric.sampler import NeighborSampler
+    import torch_geometric.typing as pyg_typing
+
+    if kind == "torch_sparse":  # PyG picks pyg-lib whenever it imports: force torch-sparse
+        saved = pyg_typing.WITH_PYG_LIB
+        pyg_typing.WITH_PYG_LIB = False
+        try:
+            s = NeighborSampler(data, num_neighbors, share_memory=share_memory)
+        finally:
+            pyg_typing.WITH_PYG_LIB = saved
+        s.gives_per_hop_counts = False
+        return s
+    s = NeighborSampler(data, num_neighbors, share_memory=share_memory)
+    s.gives_per_hop_counts = True
+    return s
+
+
+def _dist_info(trainer) -> tuple[int, int]:
+    if trainer is not None:
+        return trainer.world_size, trainer.global_rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class UnifewsDataModule(pl.LightningDataModule):
+    """Neighbor-sampled minibatches of one graph, sharded evenly across DDP ranks.
+
+    Args:
+        name: dataset (``cora``, ``citeseer``, ``pubmed``, ``ogbn-arxiv``, ``ogbn-products``,
+            ``ogbn-papers100m``, ``synthetic-tiny`` / ``-small`` / ``-medium`` / ``-products``).
+        root: folder holding the datasets (downloaded there when missing and online).
+        num_neighbors: training fanout per hop; one hop per model layer.
+        eval_num_neighbors: evaluation fanout (``-1`` = every neighbour); defaults to training's.
+        batch_size: seed nodes per training batch (per rank).
+        eval_batch_size: seed nodes per evaluation batch; defaults to ``batch_size``.
+        num_workers, pin_memory, persistent_workers: as :class:`torch.utils.data.DataLoader`.
+        sampler: ``auto`` | ``torch`` | ``pyg_lib`` | ``torch_sparse``.
+        seed: seeds the shuffling (per epoch) and the sampler.
+        share_memory: keep the graph in shared memory so forked workers and ranks share it.
+    """
+
+    def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
+                 eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
+                 eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = False, sampler: str = "auto", seed: int = 0, share_memory: bool = True):
+        super().__init__()
+        if str(name).lower() not in KNOWN:
+            raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if persistent_workers and num_workers == 0:
+            raise ValueError("persistent_workers needs num_workers > 0")
+        self.save_hyperparameters()
+        self.name, self.root = str(name).lower(), root
+        self.num_neighbors = list(num_neighbors)
+        self.eval_num_neighbors = list(eval_num_neighbors) if eval_num_neighbors else list(num_neighbors)
+        if len(self.eval_num_neighbors) != len(self.num_neighbors):
+            raise ValueError(f"eval_num_neighbors needs one fanout per hop ({len(self.num_neighbors)}), "
+                             f"got {self.eval_num_neighbors}")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
+        self.sampler_kind, self.seed, self.share_memory = sampler, seed, share_memory
+        self.dataset: Optional[GraphDataset] = None
+        self._samplers = {}
+
+    @property
+    def num_features(self) -> int:
+        return self.load().num_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.load().num_classes
+
+    @property
+    def num_hops(self) -> int:
+        return len(self.num_neighbors)
+
+    def load(self) -> GraphDataset:
+        if self.dataset is None:
+            self.dataset = load_dataset(self.name, self.root, self.seed)
+            if self.share_memory:
+                self.dataset.data.share_memory_()
+        return self.dataset
+
+    def prepare_data(self) -> None:  # rank 0 of each node: download if needed
+        if not self.name.startswith("synthetic"):
+            load_dataset(self.name, self.root, self.seed)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        ds = self.load()
+        trainer = getattr(self, "trainer", None)
+        world, _ = _dist_info(trainer)
+        if trainer is not None and world > 1:
+            conn = getattr(trainer, "_accelerator_connector", None)
+            if conn is not None and getattr(conn, "use_distributed_sampler", False):
+                raise ValueError("set trainer.use_distributed_sampler=false: the data module shards seeds itself "
+                                 "(Lightning's sampler injection has broken NeighborLoader before)")
+        if self.num_hops < 1:
+            raise ValueError("num_neighbors needs at least one hop")
+        self.print_source(ds)
+
+    def print_source(self, ds: GraphDataset) -> None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.is_global_zero:
+            print(f"[unifews_dist] dataset {ds.name}: {ds.data.num_nodes} nodes, {ds.data.edge_index.size(1)} edges, "
+                  f"read from {ds.source}", flush=True)
+
+    def _sampler(self, fanout: List[int]):
+        key = tuple(fanout)
+        if key not in self._samplers:
+            self._samplers[key] = make_sampler(self.sampler_kind, self.load().data, fanout, self.seed,
+                                               self.share_memory)
+        return self._samplers[key]
+
+    def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
+        world, rank = _dist_info(getattr(self, "trainer", None))
+        shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
+        return NodeLoader(self.load().data, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size,
+                          sampler=shard, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers)
+
+    def train_dataloader(self) -> NodeLoader:
+        return self._loader(self.load().train_idx, self.num_neighbors, self.batch_size, True)
+
+    def val_dataloader(self) -> NodeLoader:
+        return self._loader(self.load().val_idx, self.eval_num_neighbors, self.eval_batch_size, False)
+
+    def test_dataloader(self) -> NodeLoader:
+        return self._loader(self.load().test_idx, self.eval_num_neighbors, self.eval_batch_size, False)

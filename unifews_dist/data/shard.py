@@ -1,0 +1,47 @@
+"""Even seed sharding across DDP ranks."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ShardedSeedSampler(Sampler[int]):
+    """Positions ``0 .. num_seeds - 1`` split so that every rank gets exactly as many.
+
+    Each epoch the positions are shuffled from ``(seed, epoch)`` (same permutation on every
+    rank), cut to a multiple of ``num_replicas`` (**drops** at most ``num_replicas - 1`` seeds,
+    different ones each epoch) and dealt round-robin, so ranks see disjoint seeds and the same
+    number of batches for any seed count. With ``drop=False`` (evaluation) nothing is dropped
+    and ranks may differ by one seed.
+
+    Lightning calls :meth:`set_epoch` on it every epoch.
+    """
+
+    def __init__(self, num_seeds: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop: bool = True):
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+        if num_seeds < num_replicas:
+            raise ValueError(f"{num_seeds} seed nodes cannot be split over {num_replicas} ranks")
+        self.num_seeds, self.num_replicas, self.rank = num_seeds, num_replicas, rank
+        self.shuffle, self.seed, self.drop, self.epoch = shuffle, seed, drop, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.drop:
+            return self.num_seeds // self.num_replicas
+        return len(range(self.rank, self.num_seeds, self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.num_seeds, generator=g)
+        else:
+            order = torch.arange(self.num_seeds)
+        if self.drop:
+            order = order[: self.num_seeds - self.num_seeds % self.num_replicas]
+        return iter(order[self.rank::self.num_replicas].tolist())

@@ -1,0 +1,3 @@
+from .module import UnifewsModule
+
+__all__ = ["UnifewsModule"]

@@ -1,0 +1,109 @@
+"""The LightningModule: steps, metrics and optimizers around :class:`UnifewsGNN`."""
+from __future__ import annotations
+
+import time
+from typing import List, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..nn import UnifewsGNN
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step")
+
+
+class UnifewsModule(pl.LightningModule):
+    """Node classification with a Unifews GNN on neighbor-sampled minibatches.
+
+    The loss and accuracy use the seed nodes only; accuracy is reduced across ranks as
+    (correct, total) sums by torchmetrics. ``in_channels`` and ``out_channels`` come from the
+    data module when run through the CLI.
+
+    Args:
+        conv, hidden_channels, num_layers, dropout, norm, thr_a, thr_w, heads, gcnii_alpha,
+            gcnii_theta, lock_target_edges, weight_backend: see :class:`UnifewsGNN`.
+        lr, weight_decay: optimizer settings.
+        optimizer: ``adam`` or ``adamw``.
+        lr_scheduler: ``none``, ``cosine`` (over ``max_epochs``) or ``step`` (x0.5 every 50 epochs).
+    """
+
+    def __init__(self, in_channels: int = -1, out_channels: int = -1, conv: str = "sage",
+                 hidden_channels: int = 256, num_layers: int = 2, dropout: float = 0.5, norm: str = "batch",
+                 thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0, heads: int = 1,
+                 gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5, lock_target_edges: str = "always",
+                 weight_backend: str = "auto", lr: float = 0.001, weight_decay: float = 1e-5,
+                 optimizer: str = "adam", lr_scheduler: str = "none"):
+        super().__init__()
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError(f"in_channels and out_channels must be positive (the CLI takes them from the data), "
+                             f"got {in_channels}, {out_channels}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {SCHEDULERS}, got {lr_scheduler!r}")
+        if not lr > 0 or weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+        self.save_hyperparameters()
+        self.model = UnifewsGNN(conv, in_channels, hidden_channels, out_channels, num_layers=num_layers,
+                                dropout=dropout, norm=norm, thr_a=thr_a, thr_w=thr_w, heads=heads,
+                                gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta,
+                                lock_target_edges=lock_target_edges, weight_backend=weight_backend)
+        self.accuracy = torch.nn.ModuleDict({s: MulticlassAccuracy(out_channels, average="micro")
+                                             for s in ("train_", "val_", "test_")})
+        self.epoch_stats: dict = {}
+        self._epoch_t0 = 0.0
+        self._epoch_seeds = 0
+
+    def forward(self, batch):
+        hops = getattr(batch, "num_sampled_nodes", None)
+        out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size)
+        return out[: batch.batch_size]
+
+    def _step(self, batch, stage: str):
+        logits = self(batch)
+        y = batch.y[: batch.batch_size]
+        loss = F.cross_entropy(logits, y)
+        acc = self.accuracy[stage + "_"]
+        acc(logits.argmax(-1), y)
+        self.log(f"{stage}/loss", loss, batch_size=batch.batch_size, on_step=stage == "train", on_epoch=True,
+                 sync_dist=stage != "train")
+        self.log(f"{stage}/acc", acc, batch_size=batch.batch_size, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_stats = {}
+        self._epoch_t0, self._epoch_seeds = time.perf_counter(), 0
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        self._epoch_seeds += batch.batch_size
+        for i, s in enumerate(self.model.layer_stats):
+            agg = self.epoch_stats.setdefault(i, {"edges_dense": 0, "edges_kept": 0, "macs_dense": 0,
+                                                  "macs_sparse": 0, "weight_numel": 0, "weight_nnz": 0})
+            for k in agg:
+                agg[k] += getattr(s, k)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_stats["seeds"] = self._epoch_seeds
+        self.epoch_stats["seconds"] = time.perf_counter() - self._epoch_t0
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        opt_cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.AdamW
+        opt = opt_cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_scheduler == "none":
+            return opt
+        if self.hparams.lr_scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs or 1))
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
