@@ -12,6 +12,7 @@ import time
 import traceback
 
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -53,6 +54,7 @@ class UnifewsCLI(LightningCLI):
                              f"{cfg['model']['num_layers']}: give one fanout per layer")
         devices = cfg["trainer"].get("devices", "auto")
         accel = cfg["trainer"].get("accelerator", "auto")
+        devices = int(devices) if isinstance(devices, str) and devices.isdigit() else devices
         if isinstance(devices, int) and accel in ("gpu", "cuda") and devices > torch.cuda.device_count():
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
 
@@ -61,6 +63,7 @@ class UnifewsCLI(LightningCLI):
         stats = _reduce_stats(trainer, module.epoch_stats)
         test = trainer.test(module, datamodule=self.datamodule, ckpt_path="best" if trainer.checkpoint_callback
                             and trainer.checkpoint_callback.best_model_path else None, verbose=False)
+        run_dir = trainer.log_dir or trainer.default_root_dir  # a collective: every rank asks
         if not trainer.is_global_zero:
             return
         ckpt = trainer.checkpoint_callback
@@ -68,7 +71,6 @@ class UnifewsCLI(LightningCLI):
             float(trainer.callback_metrics.get("val/acc", float("nan")))
         summary = build_summary(test[0].get("test/acc", float("nan")) if test else float("nan"), val_acc,
                                 trainer.current_epoch, trainer.world_size, stats, time.perf_counter() - _T0)
-        run_dir = trainer.log_dir or trainer.default_root_dir
         os.makedirs(run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(run_dir, "summary.json"))
         with open(path, "w") as f:
@@ -121,7 +123,7 @@ def main(args=None) -> None:
                    trainer_defaults={"use_distributed_sampler": False, "logger": {
                        "class_path": "pytorch_lightning.loggers.CSVLogger",
                        "init_args": {"save_dir": "runs", "name": "unifews"}}})
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, TypeError) as e:
+    except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__

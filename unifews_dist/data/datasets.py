@@ -155,4 +155,13 @@ def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphData
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
     if not root or (os.path.exists(root) and not os.path.isdir(root)):
         raise ValueError(f"data root {root!r} is not a directory; give --data.root a folder for {name!r}")
-    return load_planetoid(key, root) if key in PLANETOID else load_ogb(key, root)
+    loader = load_planetoid if key in PLANETOID else load_ogb
+    try:
+        return loader(key, root)
+    except ValueError:
+        raise
+    except Exception as e:  # a failed download: say where the files were expected
+        folder = PLANETOID.get(key) or OGB[key].replace("-", "_")
+        raise ValueError(f"dataset {name!r} is not under data root {os.path.abspath(root)!r} (expected "
+                         f"{os.path.join(os.path.abspath(root), folder)}) and could not be downloaded: "
+                         f"{type(e).__name__}: {e}") from e

@@ -1,0 +1,22 @@
+"""Test-only callback: all-gathers weights, weight masks and step counts at the end of training."""
+import json
+import os
+
+import torch
+from pytorch_lightning import Callback
+
+
+class RankCheck(Callback):
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        masks = torch.cat([b.flatten().float() for n, b in pl_module.named_buffers() if n.endswith("weight_mask")])
+        steps = torch.tensor([float(trainer.global_step)])
+        gp, gm, gs = (trainer.strategy.all_gather(t) for t in (params, masks, steps))
+        if trainer.is_global_zero:
+            with open(self.out, "w") as f:
+                json.dump({"world": trainer.world_size, "steps": gs.view(-1).tolist(),
+                           "param_diff": float((gp - gp[0]).abs().max()), "mask_diff": float((gm - gm[0]).abs().max()),
+                           "mask_density": float(gm[0].mean()), "pid": os.getpid()}, f)
