@@ -82,8 +82,8 @@ def test_torchrun_two_ranks_identical_models(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_ddp_spawn_two_ranks_identical_models(tmp_path):
+def test_cli_ddp_fork_two_ranks_identical_models(tmp_path):
     proc = _run(["fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2",
-                 "--trainer.strategy", "ddp_spawn", "--trainer.callbacks+=rank_check.RankCheck",
+                 "--trainer.strategy", "ddp_fork", "--trainer.callbacks+=rank_check.RankCheck",
                  f"--trainer.callbacks.out={tmp_path / 'ranks.json'}"], tmp_path, timeout=400)
     _check_ranks(tmp_path, proc)
