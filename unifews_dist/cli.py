@@ -129,6 +129,9 @@ def main(args=None) -> None:
         msg = " ".join(str(e).split()) or type(e).__name__
         sys.stderr.write(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)\n")
         raise SystemExit(2)
+    finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
