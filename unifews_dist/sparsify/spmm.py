@@ -7,8 +7,6 @@ kept entry and block. On CUDA, torch's CSR matmul (cuSPARSE) is used.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
@@ -105,7 +103,3 @@ class _SparseLinearFn(torch.autograd.Function):
 def sparse_linear(x: Tensor, weight: Tensor, mask: Tensor) -> Tensor:
     """``x @ (weight * mask).T`` computing only the kept entries (differentiable in x and weight)."""
     return _SparseLinearFn.apply(x, weight, mask)
-
-
-def cpu_threads() -> int:
-    return int(os.environ.get("NUMBA_NUM_THREADS", torch.get_num_threads()))

@@ -80,8 +80,7 @@ class UnifewsConv(MessagePassing):
         if locked is not None:
             lock = locked if lock is None else lock | locked
         scores = edge_scores(src_norm, edge_index[0], edge_weight)
-        ref = None if reference is None else reference
-        keep = edge_keep_mask(scores, self.thr_a, lock, ref)
+        keep = edge_keep_mask(scores, self.thr_a, lock, reference)
         self.last_edges_kept = int(keep.sum())
         return keep
 

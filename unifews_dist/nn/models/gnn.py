@@ -195,10 +195,9 @@ class UnifewsGNN(nn.Module):
         stats: List[LayerStats] = []
         for i, conv in enumerate(self.convs):
             ns, nd = num_src[i], num_dst[i]
-            if nd < num_dst[0] or i == 0:
-                sel = ei[1] < nd
-                if not bool(sel.all()):
-                    ei, ew = conv.select(sel, ei, ew)
+            sel = ei[1] < nd  # trim to the targets this layer needs
+            if not bool(sel.all()):
+                ei, ew = conv.select(sel, ei, ew)
             edges_dense = int((all_dst < nd).sum())
             last = i == self.num_layers - 1
             locked = ei[1] < batch_size if (lock and batch_size is not None) else None
