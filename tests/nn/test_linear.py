@@ -45,7 +45,16 @@ def test_linear_modes_and_backends():
     assert torch.equal(lin.weight_mask, mask)
     lin.mask_mode = "recompute"
     lin(x * torch.linspace(0.01, 5, 20))
-    assert not torch.equal(lin.weight_mask, mask)
+    scaled = lin.weight_mask.clone()
+    assert not torch.equal(scaled, mask)
+    # refine: the new rule AND the mask already there; nothing pruned comes back
+    lin.mask_mode = "refine"
+    lin.thr_w = 1.3
+    lin(x * torch.linspace(5, 0.01, 20))
+    new = weight_keep_mask(lin.weight, (x * torch.linspace(5, 0.01, 20)).norm(dim=0), 1.3)
+    assert torch.equal(lin.weight_mask, new & scaled)
+    assert not torch.equal(lin.weight_mask, new) and not torch.equal(lin.weight_mask, scaled)
+    lin.thr_w = 1.0
     lin.mask_mode = "dense"
     assert torch.allclose(lin(x), dense(x))
     assert lin.weight_density() == 1.0

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..sparsify import check_threshold, column_sq_sums, transform_macs, weight_keep_mask
 from ..sparsify.spmm import numba_available, sparse_linear
 
-MASK_MODES = ("recompute", "keep", "dense")
+MASK_MODES = ("recompute", "refine", "keep", "dense")
 BACKENDS = ("auto", "dense", "sparse")
 
 # Density below which the sparse kernel beats dense on each device type, measured by
@@ -30,8 +30,9 @@ class UnifewsLinear(nn.Module):
     Args:
         in_features, out_features, bias: as :class:`torch.nn.Linear`.
         thr_w: relative weight threshold, ``>= 0``; ``0`` disables pruning.
-        mask_mode: ``"recompute"`` the mask on every training forward, ``"keep"`` the last one
-            (computed once if none yet), or ``"dense"`` (no pruning).
+        mask_mode: ``"recompute"`` the mask on every training forward; ``"refine"``: recompute it
+            and AND it with the current one, so pruned entries stay pruned; ``"keep"`` the last
+            one (computed once if none yet); or ``"dense"`` (no pruning).
         backend: ``"sparse"`` computes only the kept entries, ``"dense"`` multiplies by the
             masked dense weight, ``"auto"`` picks sparse below the measured density crossover.
     """
@@ -94,12 +95,16 @@ class UnifewsLinear(nn.Module):
         return self.thr_w > 0 and self.mask_mode != "dense"
 
     @torch.no_grad()
-    def update_mask(self, x: Tensor, sync: bool = True) -> None:
-        """Recompute the mask from input ``x`` (column norms all-reduced across ranks if ``sync``)."""
+    def update_mask(self, x: Tensor, sync: bool = True, refine: bool = False) -> None:
+        """Recompute the mask from input ``x`` (column norms all-reduced across ranks if ``sync``);
+        with ``refine``, entries already pruned stay pruned."""
         sq = column_sq_sums(x.detach()).to(self.weight.dtype)
         if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sq)
-        self.weight_mask.copy_(weight_keep_mask(self.weight, sq.sqrt(), self.thr_w))
+        mask = weight_keep_mask(self.weight, sq.sqrt(), self.thr_w)
+        if refine and bool(self.mask_ready):
+            mask &= self.weight_mask
+        self.weight_mask.copy_(mask)
         self.mask_ready.fill_(True)
 
     def weight_density(self) -> float:
@@ -129,8 +134,8 @@ class UnifewsLinear(nn.Module):
         if not self.pruning:
             self.last_backend = "dense"
             return F.linear(x, self.weight, self.bias)
-        if self.training and (self.mask_mode == "recompute" or not bool(self.mask_ready)):
-            self.update_mask(x)
+        if self.training and (self.mask_mode in ("recompute", "refine") or not bool(self.mask_ready)):
+            self.update_mask(x, refine=self.mask_mode == "refine")
         elif not bool(self.mask_ready):  # evaluation of a never-trained pruned layer
             self.update_mask(x, sync=False)
         backend = self._choose_backend(x)

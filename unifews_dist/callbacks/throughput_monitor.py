@@ -1,0 +1,146 @@
+"""Log training throughput and where each step's time goes."""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from ._dist import reduce_sum
+
+PHASES = ("data", "transfer", "forward", "backward")
+
+
+class _Clock:
+    """perf_counter on CPU; CUDA events on GPU, read once per step after the step's last event."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: Dict[str, object] = {}
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks[name] = ev
+        else:
+            self.marks[name] = time.perf_counter()
+
+    def seconds(self, a: str, b: str) -> float:
+        if a not in self.marks or b not in self.marks:
+            return 0.0
+        if self.cuda:
+            self.marks[b].synchronize()
+            return self.marks[a].elapsed_time(self.marks[b]) / 1000.0
+        return self.marks[b] - self.marks[a]
+
+
+class ThroughputMonitor(Callback):
+    r"""Logs seeds, sampled edges and aggregated (kept) edges per second, summed over ranks, and
+    splits each training step into ``time/data_s`` (sampling and loading: from the previous
+    step's end to the batch's transfer), ``time/transfer_s`` (host to device),
+    ``time/forward_s`` and ``time/backward_s`` (backward and optimizer), averaged over ranks,
+    plus ``time/step_s``. Keys: ``throughput/seeds_per_s``, ``throughput/edges_per_s`` (edges of
+    the sampled blocks), ``throughput/kept_edges_per_s`` (messages the layers aggregated, summed
+    over layers); each epoch the same keys with an ``_epoch`` suffix (epoch totals over the
+    epoch's wall time). On GPU forward, backward and transfer are timed with CUDA events, which
+    synchronizes once per step; data time is host wall time.
+
+    Lightning's own ``ThroughputMonitor`` counts samples and FLOPs from a batch-size function;
+    it does not split the step into phases or count edges, which is what a GNN run needs.
+
+    Args:
+        log_every_n_steps: log step values every n training steps (``None``: every step).
+    """
+
+    def __init__(self, log_every_n_steps: Optional[int] = None):
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be >= 1 or null, got {log_every_n_steps}")
+        self.log_every_n_steps = log_every_n_steps
+        self.epoch_totals: Dict[str, float] = {}
+        self._clock: Optional[_Clock] = None
+        self._t_prev_end = 0.0
+        self._t_fetched: Optional[float] = None
+        self._epoch = [0.0] * 3
+        self._epoch_t0 = 0.0
+        self._orig_batch_to_device = None
+
+    # Lightning gives callbacks no hook around the host-to-device copy, so the strategy's
+    # ``batch_to_device`` is wrapped for the duration of fit (and restored at teardown).
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or self._orig_batch_to_device is not None:
+            return
+        strategy = trainer.strategy
+        self._orig_batch_to_device = strategy.batch_to_device
+
+        def timed_batch_to_device(*args, **kwargs):
+            if not trainer.training or self._clock is None:
+                return self._orig_batch_to_device(*args, **kwargs)
+            self._t_fetched = time.perf_counter()
+            self._clock.mark("transfer0")
+            out = self._orig_batch_to_device(*args, **kwargs)
+            self._clock.mark("transfer1")
+            return out
+
+        strategy.batch_to_device = timed_batch_to_device
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._orig_batch_to_device is not None:
+            try:
+                del trainer.strategy.batch_to_device
+            except AttributeError:
+                pass
+            self._orig_batch_to_device = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._clock = _Clock(pl_module.device)
+        self._epoch = [0.0] * 3
+        self._epoch_t0 = self._t_prev_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._t_fetched is None:  # batch_to_device was bypassed: no transfer time
+            self._t_fetched = time.perf_counter()
+            self._clock.marks.pop("transfer0", None)
+        self._clock.mark("forward0")
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._clock.mark("backward0")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._clock.mark("end")
+        now = time.perf_counter()
+        times = {"data": max(0.0, self._t_fetched - self._t_prev_end),
+                 "transfer": self._clock.seconds("transfer0", "transfer1"),
+                 "forward": self._clock.seconds("forward0", "backward0"),
+                 "backward": self._clock.seconds("backward0", "end")}
+        step = now - self._t_prev_end
+        self._t_prev_end, self._t_fetched = now, None
+        seeds = float(getattr(batch, "batch_size", 0) or 0)
+        edges = float(batch.edge_index.size(1)) if hasattr(batch, "edge_index") else 0.0
+        kept = float(sum(s.edges_kept for s in pl_module.model.layer_stats))
+        self._epoch = [a + b for a, b in zip(self._epoch, (seeds, edges, kept))]
+        if trainer.global_step % (self.log_every_n_steps or 1):
+            return
+        rates = [seeds / step, edges / step, kept / step] if step > 0 else [0.0] * 3
+        s = reduce_sum(trainer, rates + [times[p] for p in PHASES] + [step])
+        w = max(trainer.world_size, 1)
+        metrics = {"throughput/seeds_per_s": s[0], "throughput/edges_per_s": s[1],
+                   "throughput/kept_edges_per_s": s[2], "time/step_s": s[-1] / w}
+        metrics.update({f"time/{p}_s": s[3 + i] / w for i, p in enumerate(PHASES)})
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.perf_counter() - self._epoch_t0
+        s = reduce_sum(trainer, self._epoch + [seconds])
+        wall = s[-1] / max(trainer.world_size, 1)
+        self.epoch_totals = {"seeds": s[0], "edges": s[1], "kept_edges": s[2], "seconds": wall}
+        if wall > 0:
+            pl_module.log_dict({"throughput/seeds_per_s_epoch": s[0] / wall, "throughput/edges_per_s_epoch": s[1] / wall,
+                                "throughput/kept_edges_per_s_epoch": s[2] / wall}, on_step=False, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch_totals": self.epoch_totals}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epoch_totals = state_dict.get("epoch_totals", {})
