@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -77,3 +81,27 @@ def test_linear_bad_arguments():
         UnifewsLinear(3, 3, backend="gpu")
     with pytest.raises(ValueError, match="thr_w must be a finite number >= 0, got -2"):
         UnifewsLinear(3, 3, thr_w=-2)
+
+
+FORK_SCRIPT = r"""
+import os, torch
+from unifews_dist.sparsify.spmm import sparse_linear, numba_available
+x, w = torch.randn(1000, 32), torch.randn(16, 32)
+m = torch.rand(16, 32) > 0.5
+expected = x @ (w * m).t()
+(torch.randn(1500, 1500) @ torch.randn(1500, 1500)).sum()  # the parent runs OpenMP regions
+pid = os.fork()
+if pid == 0:  # (no torch GEMM here: MKL's own OpenMP region would hang a forked child too)
+    ok = float((sparse_linear(x, w, m) - expected).abs().max()) < 1e-4
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not numba_available(), reason="needs fork and numba")
+def test_sparse_kernel_runs_in_a_child_forked_after_openmp_use():
+    """ddp_fork ranks are forked after torch used OpenMP; numba's OpenMP layer hung there."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,6 +7,8 @@ kept entry and block. On CUDA, torch's CSR matmul (cuSPARSE) is used.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -18,14 +20,34 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 _BLOCK = 64
 _kernel = None
+_IMPORT_PID = os.getpid()
+_layer_checked_pid = None
 
 
 def numba_available() -> bool:
     return _nb is not None
 
 
+def _choose_threading_layer() -> None:
+    """Use numba's own thread pool in a process forked from the one that imported us.
+
+    numba's default parallel backend here is GNU OpenMP, which is not fork-safe: a child forked
+    after its parent ran any OpenMP region (torch does, for most CPU ops) hangs in its first
+    parallel region. Lightning's ``ddp_fork`` ranks are such children. The ``workqueue`` layer
+    is slower (about 1.7x on a 20000x256 block at 90% sparsity) but fork-safe, so it is chosen
+    only there, and never over an explicit ``NUMBA_THREADING_LAYER``."""
+    global _layer_checked_pid
+    pid = os.getpid()
+    if _layer_checked_pid == pid:
+        return
+    _layer_checked_pid = pid
+    if pid != _IMPORT_PID and "NUMBA_THREADING_LAYER" not in os.environ:
+        _nb.config.THREADING_LAYER = "workqueue"
+
+
 def _get_kernel():
     global _kernel
+    _choose_threading_layer()
     if _kernel is None:
         if _nb is None:
             raise RuntimeError("the CPU sparse transform needs numba: pip install numba")
