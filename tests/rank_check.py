@@ -14,9 +14,11 @@ class RankCheck(Callback):
         params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         masks = torch.cat([b.flatten().float() for n, b in pl_module.named_buffers() if n.endswith("weight_mask")])
         steps = torch.tensor([float(trainer.global_step)])
-        gp, gm, gs = (trainer.strategy.all_gather(t) for t in (params, masks, steps))
+        thr = torch.tensor(pl_module.model.thr_a + pl_module.model.thr_w, dtype=torch.float64)
+        gp, gm, gs, gt = (trainer.strategy.all_gather(t) for t in (params, masks, steps, thr))
         if trainer.is_global_zero:
             with open(self.out, "w") as f:
                 json.dump({"world": trainer.world_size, "steps": gs.view(-1).tolist(),
                            "param_diff": float((gp - gp[0]).abs().max()), "mask_diff": float((gm - gm[0]).abs().max()),
-                           "mask_density": float(gm[0].mean()), "pid": os.getpid()}, f)
+                           "mask_density": float(gm[0].mean()),
+                           "thr_diff": float((gt - gt[0]).abs().max()), "thr": gt[0].tolist(), "pid": os.getpid()}, f)

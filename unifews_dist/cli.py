@@ -2,24 +2,56 @@
 
 ``unifews-dist fit --config configs/X.yaml [--key value ...]`` trains, tests the best
 checkpoint, writes ``summary.json`` in the run directory and prints its path last.
+``unifews-dist report RUN_DIR`` draws a finished or running run's curves to PNG files.
+
+Everything a run writes lives in one run directory (``--run_dir``): ``metrics.csv``,
+``config.yaml``, ``checkpoints/``, ``wandb/`` and ``wandb_id``, ``summary.json``. A run started
+again with the same directory resumes from its newest checkpoint and continues its W&B run.
 """
 from __future__ import annotations
 
 import json
+import netrc
+import warnings
 import os
+import secrets
 import sys
 import time
-import traceback
+from dataclasses import dataclass, field
+from typing import List, Optional, Union
 
 import torch
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from .callbacks import SparsityMonitor, ThroughputMonitor
+from .checkpoint import AtomicCheckpointIO, check_compatible, resume_checkpoint
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
 
 _T0 = time.perf_counter()
+# The run directory holds wandb_id and config.yaml before the CSV logger starts; it appends.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
+@dataclass
+class WandbOptions:
+    """W&B run settings (``--wandb false`` logs to CSV only).
+
+    Args:
+        project, entity, group, tags: as in ``wandb.init``.
+        name: the run's display name; default: the run directory's name.
+    """
+    project: str = "unifews_dist"
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    entity: Optional[str] = None
 
 
 class _OneLineParser(LightningArgumentParser):
@@ -33,6 +65,67 @@ class _OneLineParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
+class _SaveConfig(SaveConfigCallback):
+    """Also puts the resolved config into the W&B run's config."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_hyperparams(self.config.as_dict())
+
+
+def resolve_run_dir(explicit: Optional[str]) -> str:
+    """The run directory: ``--run_dir`` (or ``--trainer.default_root_dir``), else ``$UNIFEWS_RUN_DIR``, else one named after the
+    launcher's job id (torchrun's rendezvous id; SLURM's job id when srun started several tasks),
+    which every rank computes alike, else ``runs/<date-time>`` for a single process."""
+    if explicit:
+        return explicit
+    env = os.environ
+    if env.get("UNIFEWS_RUN_DIR"):
+        return env["UNIFEWS_RUN_DIR"]
+    rdzv = env.get("TORCHELASTIC_RUN_ID")
+    if rdzv and rdzv != "none":
+        return os.path.join("runs", f"torchrun-{rdzv}")
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
+        job = env.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{env['SLURM_ARRAY_TASK_ID']}" if job else env["SLURM_JOB_ID"]
+        return os.path.join("runs", f"slurm-{job}")
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("several processes were launched without a shared job id: pass --run_dir DIR "
+                         "(or set UNIFEWS_RUN_DIR) so every rank writes to the same run directory")
+    base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 1
+    while os.path.exists(path):
+        path, n = f"{base}-{n}", n + 1
+    return path
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_run_id(run_dir: str) -> str:
+    """The W&B run id kept in ``run_dir/wandb_id`` (made and written by rank 0 on first use)."""
+    path = os.path.join(run_dir, "wandb_id")
+    if os.path.isfile(path):
+        with open(path) as f:
+            run_id = f.read().strip()
+        if run_id:
+            return run_id
+    run_id = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(run_id + "\n")
+        os.replace(path + ".tmp", path)
+    return run_id
+
+
 class UnifewsCLI(LightningCLI):
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)  # adds --config
@@ -42,12 +135,33 @@ class UnifewsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.out_channels", apply_on="instantiate")
+        parser.add_argument("--run_dir", type=Optional[str], default=None,
+                            help="where the run writes everything; started again, it resumes")
+        parser.add_argument("--wandb", type=Union[bool, WandbOptions], default=WandbOptions(),
+                            help="W&B settings, or false for CSV only")
+        # Two checkpoints: the best by val/acc (tested after fit) and last.ckpt, rewritten every
+        # epoch (and every_n_train_steps if set) for resuming. Lightning's save_last alone writes
+        # last.ckpt only when the best one changed, so a restart could lose epochs.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max",
-                             "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
+                             "checkpoint.filename": "best-{epoch}"})
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({"last_checkpoint.monitor": None, "last_checkpoint.filename": "last",
+                             "last_checkpoint.save_top_k": 1, "last_checkpoint.enable_version_counter": False})
+        parser.add_lightning_class_args(SparsityMonitor, "sparsity_monitor")
+        parser.add_lightning_class_args(ThroughputMonitor, "throughput_monitor")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the model config with the checkpoint's hyper-parameters,
+        silently dropping what the user typed (``--model.thr_a`` for a test at another
+        threshold, say). Here the config is what the user gave; a checkpoint whose shapes do not
+        fit it is an error (``check_compatible``, before fit / validate / test)."""
+
+    def _cfg(self):
+        return self.config.get(self.subcommand, self.config)
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config.get(self.subcommand, self.config)
+        cfg = self._cfg()
         data_hops = len(cfg["data"]["num_neighbors"])
         if data_hops != cfg["model"]["num_layers"]:
             raise ValueError(f"data.num_neighbors has {data_hops} hops but model.num_layers is "
@@ -57,24 +171,78 @@ class UnifewsCLI(LightningCLI):
         devices = int(devices) if isinstance(devices, str) and devices.isdigit() else devices
         if isinstance(devices, int) and accel in ("gpu", "cuda") and devices > torch.cuda.device_count():
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
+        self.run_dir = resolve_run_dir(cfg.get("run_dir") or cfg["trainer"].get("default_root_dir"))
+        cfg["run_dir"] = self.run_dir
+        cfg["trainer"]["default_root_dir"] = self.run_dir  # SLURM's requeue checkpoint goes here
+        for key in ("checkpoint", "last_checkpoint"):
+            if cfg[key].get("dirpath") is None:
+                cfg[key]["dirpath"] = os.path.join(self.run_dir, "checkpoints")
+
+    def _loggers(self) -> list:
+        cfg = self._cfg()
+        loggers = [CSVLogger(self.run_dir, name="", version="")]  # metrics.csv in the run directory
+        opts = cfg.get("wandb")
+        if opts is not False and opts is not None:
+            opts = opts if isinstance(opts, dict) else vars(opts)
+            opts = {k: v for k, v in dict(opts).items()}
+            loggers.append(WandbLogger(
+                project=opts.get("project"), name=opts.get("name") or os.path.basename(os.path.normpath(self.run_dir)),
+                group=opts.get("group"), tags=list(opts.get("tags") or []), entity=opts.get("entity"),
+                save_dir=self.run_dir, id=wandb_run_id(self.run_dir), resume="allow"))
+        return loggers
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self._cfg()
+        if cfg["trainer"].get("logger") in (None, True):
+            kwargs["logger"] = self._loggers()
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _check_ckpt(self) -> None:
+        init = self.config_init[self.subcommand]
+        path = init.get("ckpt_path")
+        if self.subcommand == "fit" and path is None:
+            path = resume_checkpoint(self.run_dir)
+            if path is not None:
+                rank_zero_info(f"Resuming from {path}")
+                init["ckpt_path"] = path
+        if path not in (None, "best", "last", "hpc", "registry"):
+            check_compatible(path, dict(self.model.hparams))
+
+    def before_fit(self) -> None:
+        self._check_ckpt()
+
+    def before_validate(self) -> None:
+        self._check_ckpt()
+
+    def before_test(self) -> None:
+        self._check_ckpt()
 
     def after_fit(self) -> None:
         trainer, module = self.trainer, self.model
-        stats = _reduce_stats(trainer, module.epoch_stats)
-        test = trainer.test(module, datamodule=self.datamodule, ckpt_path="best" if trainer.checkpoint_callback
-                            and trainer.checkpoint_callback.best_model_path else None, verbose=False)
-        run_dir = trainer.log_dir or trainer.default_root_dir  # a collective: every rank asks
+        ckpt = trainer.checkpoint_callback
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # test() resets them
+        test = trainer.test(module, datamodule=self.datamodule, verbose=False,
+                            ckpt_path="best" if ckpt is not None and ckpt.best_model_path else None)
         if not trainer.is_global_zero:
             return
-        ckpt = trainer.checkpoint_callback
-        val_acc = float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else \
-            float(trainer.callback_metrics.get("val/acc", float("nan")))
-        summary = build_summary(test[0].get("test/acc", float("nan")) if test else float("nan"), val_acc,
-                                trainer.current_epoch, trainer.world_size, stats, time.perf_counter() - _T0)
-        os.makedirs(run_dir, exist_ok=True)
-        path = os.path.abspath(os.path.join(run_dir, "summary.json"))
-        with open(path, "w") as f:
+        if ckpt is not None and ckpt.best_model_score is not None:
+            metrics["val/acc"] = float(ckpt.best_model_score)
+        epoch, step = trainer.current_epoch, trainer.global_step
+        last = os.path.join(self.run_dir, "checkpoints", "last.ckpt")
+        if step == 0 and os.path.isfile(last):  # ddp_fork/ddp_spawn: the loops ran in the workers
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            epoch, step = state.get("epoch", 0) + 1, state.get("global_step", 0)
+        summary = build_summary(metrics, test[0].get("test/acc", float("nan")) if test else float("nan"),
+                                epoch, step, trainer.world_size, module.model.num_layers, time.perf_counter() - _T0)
+        os.makedirs(self.run_dir, exist_ok=True)
+        path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
+        with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)
+        os.replace(path + ".tmp", path)
         print(f"test acc {summary['test_acc']:.4f} | val acc {summary['val_acc']:.4f} | "
               f"edges pruned {summary['edge_sparsity']:.1%} | weights pruned {summary['weight_sparsity']:.1%} | "
               f"MACs {summary['macs_sparse'] / max(summary['macs_dense'], 1):.2f}x of dense | "
@@ -82,47 +250,46 @@ class UnifewsCLI(LightningCLI):
         print(path, flush=True)
 
 
-def _reduce_stats(trainer, epoch_stats: dict) -> dict:
-    """Sum the last epoch's per-layer counts over ranks."""
-    layers = sorted(k for k in epoch_stats if isinstance(k, int))
-    keys = ["edges_dense", "edges_kept", "macs_dense", "macs_sparse", "weight_numel", "weight_nnz"]
-    flat = [float(epoch_stats[i][k]) for i in layers for k in keys] + [float(epoch_stats.get("seeds", 0)),
-                                                                      float(epoch_stats.get("seconds", 0.0))]
-    t = torch.tensor(flat, dtype=torch.float64)
-    if trainer.world_size > 1:
-        t = trainer.strategy.reduce(t.to(trainer.strategy.root_device), reduce_op="sum").cpu()
-    out = {"layers": [{k: t[j * len(keys) + n].item() for n, k in enumerate(keys)} for j in range(len(layers))]}
-    out["seeds"], out["seconds"] = t[-2].item(), t[-1].item() / max(trainer.world_size, 1)
-    return out
+def build_summary(metrics: dict, test_acc: float, epochs: int, global_step: int, world_size: int,
+                  num_layers: int, wall_s: float) -> dict:
+    """summary.json from the trainer's last metrics: the ``*_epoch`` totals that
+    :class:`SparsityMonitor` and :class:`ThroughputMonitor` log for the last training epoch
+    (summed over ranks). ``callback_metrics`` reach the launching process under every strategy,
+    ``ddp_fork``/``ddp_spawn`` included, where the callbacks' own state stays in the workers."""
+    def get(key: str, default: float = 0.0) -> float:
+        return float(metrics.get(key, default))
 
-
-def build_summary(test_acc: float, val_acc: float, epochs: int, world_size: int, stats: dict, wall_s: float) -> dict:
-    layers = stats["layers"]
-    dense = sum(l["edges_dense"] for l in layers)
-    kept = sum(l["edges_kept"] for l in layers)
-    numel = sum(l["weight_numel"] for l in layers) / max(world_size, 1)
-    nnz = sum(l["weight_nnz"] for l in layers) / max(world_size, 1)
     return {
-        "test_acc": float(test_acc), "val_acc": float(val_acc), "epochs": int(epochs), "world_size": int(world_size),
-        "edge_sparsity": 1 - kept / dense if dense else 0.0,
-        "edge_sparsity_per_layer": [1 - l["edges_kept"] / l["edges_dense"] if l["edges_dense"] else 0.0 for l in layers],
-        "weight_sparsity": 1 - nnz / numel if numel else 0.0,
-        "weight_sparsity_per_layer": [1 - l["weight_nnz"] / l["weight_numel"] if l["weight_numel"] else 0.0
-                                      for l in layers],
-        "macs_dense": int(sum(l["macs_dense"] for l in layers)),
-        "macs_sparse": int(sum(l["macs_sparse"] for l in layers)),
-        "train_seeds_per_s": stats["seeds"] / stats["seconds"] if stats["seconds"] > 0 else 0.0,
+        "test_acc": float(test_acc), "val_acc": get("val/acc", float("nan")), "epochs": int(epochs),
+        "global_step": int(global_step), "world_size": int(world_size),
+        "edge_sparsity": get("sparsity/edge/all_epoch"),
+        "edge_sparsity_per_layer": [get(f"sparsity/edge/layer{i}_epoch") for i in range(num_layers)],
+        "weight_sparsity": get("sparsity/weight/all_epoch"),
+        "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}_epoch") for i in range(num_layers)],
+        "macs_dense": int(get("macs/dense_epoch")),
+        "macs_sparse": int(get("macs/sparse_epoch")),
+        "train_seeds_per_s": get("throughput/seeds_per_s_epoch"),
         "wall_s": float(wall_s),
     }
 
 
+def _default_wandb_mode() -> None:
+    """Offline unless the user chose a mode or is logged in (no server is assumed reachable)."""
+    if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+
+
 def main(args=None) -> None:
-    os.environ.setdefault("WANDB_MODE", "offline")
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "report":
+        from .report import main as report_main
+        raise SystemExit(report_main(argv[1:]))
+    argv = args  # None: LightningCLI reads sys.argv itself
+    _default_wandb_mode()
     try:
-        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=args, save_config_kwargs={"overwrite": True},
-                   trainer_defaults={"use_distributed_sampler": False, "logger": {
-                       "class_path": "pytorch_lightning.loggers.CSVLogger",
-                       "init_args": {"save_dir": "runs", "name": "unifews"}}})
+        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=argv, save_config_callback=_SaveConfig,
+                   save_config_kwargs={"overwrite": True},
+                   trainer_defaults={"use_distributed_sampler": False})
     except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise

@@ -1,9 +1,14 @@
+import glob
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
+
+from wandb_reader import history, offline_runs, run_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.join(ROOT, "tests")
@@ -34,12 +39,74 @@ def _summary(proc):
     return s
 
 
-def test_debug_fit_writes_summary(tmp_path):
-    s = _summary(_run(["fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path)], tmp_path))
+def test_debug_fit_writes_run_dir_and_report(tmp_path):
+    run = tmp_path / "run"
+    s = _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run)], tmp_path))
     assert s["world_size"] == 1 and s["epochs"] == 2
     assert 0 <= s["test_acc"] <= 1 and 0 < s["edge_sparsity"] < 1 and 0 < s["weight_sparsity"] < 1
     assert len(s["edge_sparsity_per_layer"]) == 2 and s["macs_sparse"] < s["macs_dense"]
     assert s["train_seeds_per_s"] > 0
+    for name in ("summary.json", "config.yaml", "metrics.csv", "wandb_id", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    runs = offline_runs(str(run / "wandb"))
+    assert len(runs) == 1 and run_info(runs[0])["id"] == (run / "wandb_id").read_text().strip()
+    info = run_info(runs[0])
+    assert info["metrics"].get("*") == "trainer/global_step"  # charts step on the global step
+    assert info["config"]["model"]["thr_w"] == 0.5 and info["config"]["data"]["name"] == "synthetic-tiny"
+
+    proc = subprocess.run([sys.executable, "-m", "unifews_dist", "report", str(run)], capture_output=True, text=True,
+                          timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    pngs = proc.stdout.split()
+    assert {os.path.basename(p) for p in pngs} == {"edge_sparsity.png", "weight_sparsity.png", "throughput.png",
+                                                    "step_time.png"}
+    import matplotlib.image
+    for p in pngs:
+        img = matplotlib.image.imread(p)
+        assert img.shape[0] > 100 and img.shape[1] > 100 and float(img[..., :3].std()) > 0.01  # not blank
+    bad = subprocess.run([sys.executable, "-m", "unifews_dist", "report", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=60, env=_env())
+    assert bad.returncode == 2 and "has no metrics.csv" in bad.stderr
+
+
+def test_wandb_false_logs_csv_only(tmp_path):
+    run = tmp_path / "run"
+    _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false", "--trainer.max_epochs", "1"],
+                  tmp_path))
+    assert (run / "metrics.csv").is_file() and not (run / "wandb").exists() and not (run / "wandb_id").exists()
+
+
+def test_restart_resumes_checkpoint_and_wandb_run(tmp_path):
+    """A job started again with the same run directory continues: steps, schedule, W&B run."""
+    run = tmp_path / "run"
+    sched = ["--trainer.callbacks+=unifews_dist.callbacks.SparsitySchedule", "--trainer.callbacks.thr_w=0.8",
+             "--trainer.callbacks.kind=linear", "--trainer.callbacks.interval=step", "--trainer.callbacks.ramp=8"]
+    first = _run(["fit", "--config", DEBUG, "--run_dir", str(run), "--trainer.max_epochs", "1", *sched], tmp_path)
+    _summary(first)
+    second = _run(["fit", "--config", DEBUG, "--run_dir", str(run), "--trainer.max_epochs", "3", *sched], tmp_path)
+    _summary(second)
+    assert "Resuming from" in second.stdout + second.stderr
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 3 * 4 and ckpt["epoch"] == 2
+    assert ckpt["callbacks"]["SparsitySchedule"]["current"]["thr_w"] == pytest.approx(0.8)
+    runs = offline_runs(str(run / "wandb"))
+    assert len(runs) == 2 and len({run_info(p)["id"] for p in runs}) == 1  # wandb sync merges them: one run
+    steps = sorted(r["trainer/global_step"] for p in runs for r in history(p) if "schedule/thr_w" in r)
+    assert steps == list(range(12))  # no step trained twice, none skipped
+    thr = {r["trainer/global_step"]: r["schedule/thr_w"] for p in runs for r in history(p) if "schedule/thr_w" in r}
+    assert [thr[k] for k in range(12)] == pytest.approx([0.1 * min(k, 8) for k in range(12)])
+
+
+def test_checkpoint_from_another_model_exit_2(tmp_path):
+    run = tmp_path / "run"
+    _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run), "--trainer.max_epochs", "1", "--wandb", "false"],
+                  tmp_path))
+    proc = _run(["fit", "--config", DEBUG, "--run_dir", str(tmp_path / "other"), "--model.hidden_channels", "16",
+                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [l for l in proc.stderr.splitlines() if l.startswith("unifews-dist: error:")]
+    assert len(err) == 1 and "is from another model: hidden_channels=32 in the checkpoint but 16 now" in err[0]
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("args,pattern", [
@@ -51,6 +118,9 @@ def test_debug_fit_writes_summary(tmp_path):
     (["--model.num_layers", "3"], "data.num_neighbors has 2 hops but model.num_layers is 3"),
     (["--trainer.accelerator", "gpu", "--trainer.devices", "4"], "devices"),
     (["--model.conv", "gcm"], "gcm"),
+    (["--ckpt_path", "/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
+    (["--trainer.callbacks+=unifews_dist.callbacks.SparsitySchedule", "--trainer.callbacks.kind=exp",
+      "--trainer.callbacks.thr_a=1"], "kind must be one of"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, pattern):
     proc = _run(["fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), *args], tmp_path, timeout=120)
@@ -69,6 +139,7 @@ def _check_ranks(tmp_path, proc):
     assert r["param_diff"] == 0.0 and r["mask_diff"] == 0.0 and r["mask_density"] < 1.0  # identical, pruned
     summaries = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f == "summary.json"]
     assert len(summaries) == 1
+    return r
 
 
 @pytest.mark.slow
@@ -79,11 +150,28 @@ def test_torchrun_two_ranks_identical_models(tmp_path):
                 runner=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "unifews_dist"])
     _check_ranks(tmp_path, proc)
+    # exactly one W&B run for the job; its history has every throughput and per-layer sparsity key
+    runs = glob.glob(str(tmp_path / "**" / "offline-run-*" / "run-*.wandb"), recursive=True)
+    assert len(runs) == 1, runs
+    rows = history(runs[0])
+    keys = {k for r in rows for k in r}
+    want = {"throughput/seeds_per_s", "throughput/edges_per_s", "throughput/kept_edges_per_s", "time/data_s",
+            "time/transfer_s", "time/forward_s", "time/backward_s", "sparsity/edge/all", "macs/reduction"}
+    want |= {f"sparsity/{kind}/layer{i}" for kind in ("edge", "weight") for i in range(2)}
+    assert want <= keys, want - keys
+    values = [r[k] for r in rows for k in want if k in r]
+    assert len(values) >= 8 * len(want) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
 @pytest.mark.slow
 def test_cli_ddp_fork_two_ranks_identical_models(tmp_path):
+    """TargetSparsity moves the thresholds from rank-local batches: they must stay identical."""
     proc = _run(["fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2",
-                 "--trainer.strategy", "ddp_fork", "--trainer.callbacks+=rank_check.RankCheck",
+                 "--trainer.strategy", "ddp_fork", "--trainer.callbacks+=unifews_dist.callbacks.TargetSparsity",
+                 "--trainer.callbacks.edge_sparsity=0.8", "--trainer.callbacks+=rank_check.RankCheck",
                  f"--trainer.callbacks.out={tmp_path / 'ranks.json'}"], tmp_path, timeout=400)
-    _check_ranks(tmp_path, proc)
+    r = _check_ranks(tmp_path, proc)
+    assert r["thr_diff"] == 0.0 and r["thr"][:2] != [1.0, 1.0]  # moved by the controller, the same everywhere
+    s = _summary(proc)  # the launching process reports what the workers measured
+    assert s["world_size"] == 2 and s["global_step"] == 8 and s["epochs"] == 2
+    assert 0.5 < s["edge_sparsity_per_layer"][0] < 1 and s["train_seeds_per_s"] > 0 and s["macs_sparse"] > 0

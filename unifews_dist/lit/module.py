@@ -1,7 +1,6 @@
 """The LightningModule: steps, metrics and optimizers around :class:`UnifewsGNN`."""
 from __future__ import annotations
 
-import time
 from typing import List, Optional, Union
 
 import pytorch_lightning as pl
@@ -53,9 +52,6 @@ class UnifewsModule(pl.LightningModule):
                                 lock_target_edges=lock_target_edges, weight_backend=weight_backend)
         self.accuracy = torch.nn.ModuleDict({s: MulticlassAccuracy(out_channels, average="micro")
                                              for s in ("train_", "val_", "test_")})
-        self.epoch_stats: dict = {}
-        self._epoch_t0 = 0.0
-        self._epoch_seeds = 0
 
     def forward(self, batch):
         hops = getattr(batch, "num_sampled_nodes", None)
@@ -73,23 +69,8 @@ class UnifewsModule(pl.LightningModule):
         self.log(f"{stage}/acc", acc, batch_size=batch.batch_size, on_step=False, on_epoch=True)
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self.epoch_stats = {}
-        self._epoch_t0, self._epoch_seeds = time.perf_counter(), 0
-
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train")
-        self._epoch_seeds += batch.batch_size
-        for i, s in enumerate(self.model.layer_stats):
-            agg = self.epoch_stats.setdefault(i, {"edges_dense": 0, "edges_kept": 0, "macs_dense": 0,
-                                                  "macs_sparse": 0, "weight_numel": 0, "weight_nnz": 0})
-            for k in agg:
-                agg[k] += getattr(s, k)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.epoch_stats["seeds"] = self._epoch_seeds
-        self.epoch_stats["seconds"] = time.perf_counter() - self._epoch_t0
+        return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
