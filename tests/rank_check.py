@@ -1,4 +1,5 @@
-"""Test-only callback: all-gathers weights, weight masks and step counts at the end of training."""
+"""Test-only callback: all-gathers weights, weight masks, step counts and thresholds at the end
+of training (or of a test run)."""
 import json
 import os
 
@@ -7,15 +8,25 @@ from pytorch_lightning import Callback
 
 
 class RankCheck(Callback):
-    def __init__(self, out: str):
-        self.out = out
+    def __init__(self, out: str, stage: str = "fit"):
+        self.out, self.stage = out, stage
 
     def on_train_end(self, trainer, pl_module):
+        if self.stage == "fit":
+            self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module):
+        if self.stage == "test":
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module):
         params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         masks = torch.cat([b.flatten().float() for n, b in pl_module.named_buffers() if n.endswith("weight_mask")])
         steps = torch.tensor([float(trainer.global_step)])
         thr = torch.tensor(pl_module.model.thr_a + pl_module.model.thr_w, dtype=torch.float64)
         gp, gm, gs, gt = (trainer.strategy.all_gather(t) for t in (params, masks, steps, thr))
+        if trainer.world_size == 1:
+            gp, gm, gs, gt = (t.unsqueeze(0) for t in (gp, gm, gs, gt))
         if trainer.is_global_zero:
             with open(self.out, "w") as f:
                 json.dump({"world": trainer.world_size, "steps": gs.view(-1).tolist(),

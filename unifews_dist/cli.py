@@ -23,12 +23,12 @@ from typing import List, Optional, Union
 import torch
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from .callbacks import SparsityMonitor, ThroughputMonitor
+from .callbacks import AtTargetCheckpoint, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, resume_checkpoint
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
@@ -72,6 +72,25 @@ class _SaveConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_hyperparams(self.config.as_dict())
+
+
+class _SetThresholds(Callback):
+    """Sets the model's thresholds once a checkpoint has been loaded (evaluation only)."""
+
+    def __init__(self, thr_a=None, thr_w=None):
+        self.thr_a, self.thr_w = thr_a, thr_w
+
+    def _set(self, pl_module) -> None:
+        pl_module.model.set_thresholds(thr_a=self.thr_a, thr_w=self.thr_w)
+        if self.thr_w is not None:  # weight masks are remade from the first evaluation batch
+            for lin in pl_module.model.weight_layers():
+                lin.mask_ready.fill_(False)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._set(pl_module)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._set(pl_module)
 
 
 def resolve_run_dir(explicit: Optional[str]) -> str:
@@ -139,10 +158,11 @@ class UnifewsCLI(LightningCLI):
                             help="where the run writes everything; started again, it resumes")
         parser.add_argument("--wandb", type=Union[bool, WandbOptions], default=WandbOptions(),
                             help="W&B settings, or false for CSV only")
-        # Two checkpoints: the best by val/acc (tested after fit) and last.ckpt, rewritten every
+        # Two checkpoints: the best by val/acc among epochs at the target sparsity (tested after
+        # fit) and last.ckpt, rewritten every
         # epoch (and every_n_train_steps if set) for resuming. Lightning's save_last alone writes
         # last.ckpt only when the best one changed, so a restart could lose epochs.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(AtTargetCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max",
                              "checkpoint.filename": "best-{epoch}"})
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
@@ -215,18 +235,30 @@ class UnifewsCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_ckpt()
 
+    def _evaluate_at_given_thresholds(self) -> None:
+        """A checkpoint brings back the thresholds it was trained with; ``--model.thr_a`` /
+        ``--model.thr_w`` typed on the command line evaluate it at others instead."""
+        typed = {k: self._cfg()["model"][k] for k in ("thr_a", "thr_w")
+                 if any(a == f"--model.{k}" or a.startswith(f"--model.{k}=") for a in sys.argv[1:])}
+        if typed:
+            self.trainer.callbacks.append(_SetThresholds(**typed))
+
     def before_validate(self) -> None:
         self._check_ckpt()
+        self._evaluate_at_given_thresholds()
 
     def before_test(self) -> None:
         self._check_ckpt()
+        self._evaluate_at_given_thresholds()
 
     def after_fit(self) -> None:
         trainer, module = self.trainer, self.model
         ckpt = trainer.checkpoint_callback
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # test() resets them
-        test = trainer.test(module, datamodule=self.datamodule, verbose=False,
-                            ckpt_path="best" if ckpt is not None and ckpt.best_model_path else None)
+        best = ckpt.best_model_path if ckpt is not None else ""
+        if not best:
+            rank_zero_warn("no checkpoint reached the target sparsity (or none was ranked): testing the final model")
+        test = trainer.test(module, datamodule=self.datamodule, verbose=False, ckpt_path="best" if best else None)
         if not trainer.is_global_zero:
             return
         if ckpt is not None and ckpt.best_model_score is not None:
@@ -238,6 +270,7 @@ class UnifewsCLI(LightningCLI):
             epoch, step = state.get("epoch", 0) + 1, state.get("global_step", 0)
         summary = build_summary(metrics, test[0].get("test/acc", float("nan")) if test else float("nan"),
                                 epoch, step, trainer.world_size, module.model.num_layers, time.perf_counter() - _T0)
+        summary["tested_checkpoint"] = os.path.abspath(best) if best else None
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
         with open(path + ".tmp", "w") as f:

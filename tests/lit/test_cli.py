@@ -175,3 +175,22 @@ def test_cli_ddp_fork_two_ranks_identical_models(tmp_path):
     s = _summary(proc)  # the launching process reports what the workers measured
     assert s["world_size"] == 2 and s["global_step"] == 8 and s["epochs"] == 2
     assert 0.5 < s["edge_sparsity_per_layer"][0] < 1 and s["train_seeds_per_s"] > 0 and s["macs_sparse"] > 0
+
+
+def test_test_uses_checkpoint_thresholds_unless_typed(tmp_path):
+    """The checkpoint holds the thresholds it was trained at; --model.thr_* evaluates at others."""
+    run = tmp_path / "run"
+    _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run), "--trainer.max_epochs", "1", "--wandb", "false"],
+                  tmp_path))
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    common = ["test", "--config", DEBUG, "--wandb", "false", "--ckpt_path", ckpt,
+              "--trainer.callbacks+=rank_check.RankCheck"]
+    out = {}
+    for name, extra in (("stored", ["--model.hidden_channels", "32"]), ("typed", ["--model.thr_a", "3.0"])):
+        proc = _run(common + [f"--trainer.callbacks.out={tmp_path / name}.json", "--trainer.callbacks.stage=test", "--run_dir",
+                              str(tmp_path / name)] + extra, tmp_path, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(tmp_path / f"{name}.json") as f:
+            out[name] = json.load(f)
+    assert out["stored"]["thr"][:2] == [1.0, 1.0]  # debug.yaml's thr_a, from the checkpoint
+    assert out["typed"]["thr"][:2] == [3.0, 3.0]

@@ -86,3 +86,12 @@ def test_thresholds_per_layer_and_bad_values():
         UnifewsGNN("gcn", 8, 8, 2, norm="group")
     with pytest.raises(ValueError, match="per-hop node counts for 3 hops"):
         UnifewsGNN("gcn", 8, 8, 2)(torch.randn(5, 8), torch.tensor([[1], [0]]), num_sampled_nodes=[1, 4])
+
+
+def test_thresholds_are_checkpointed_state():
+    """A schedule moves the thresholds; a checkpoint must give back the model as it was."""
+    a = UnifewsGNN("gcn", 8, 16, 3, num_layers=2, thr_a=0.5, thr_w=0.2)
+    a.set_thresholds(thr_a=[1.0, 2.0], thr_w=[0.3, 0.4])
+    b = UnifewsGNN("gcn", 8, 16, 3, num_layers=2)
+    b.load_state_dict(a.state_dict())
+    assert b.thr_a == [1.0, 2.0] and b.thr_w == [0.3, 0.4]

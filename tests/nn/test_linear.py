@@ -35,6 +35,8 @@ def test_linear_modes_and_backends():
     x = torch.randn(64, 20)
     dense = UnifewsLinear(20, 10)
     dense.load_state_dict(lin.state_dict())
+    assert dense.thr_w == 1.0  # the threshold is state: it checkpoints with the mask
+    dense.thr_w = 0.0
     y = lin(x)
     mask = weight_keep_mask(lin.weight, x.norm(dim=0), 1.0)
     assert torch.equal(lin.weight_mask, mask)
@@ -69,9 +71,9 @@ def test_mask_is_a_checkpointed_buffer():
     lin(torch.randn(32, 8))
     sd = lin.state_dict()
     assert "weight_mask" in sd and sd["mask_ready"]
-    other = UnifewsLinear(8, 4, thr_w=1.5, mask_mode="keep")
+    other = UnifewsLinear(8, 4, thr_w=0.2, mask_mode="keep")
     other.load_state_dict(sd)
-    assert torch.equal(other.weight_mask, lin.weight_mask)
+    assert torch.equal(other.weight_mask, lin.weight_mask) and other.thr_w == 1.5
 
 
 def test_linear_bad_arguments():

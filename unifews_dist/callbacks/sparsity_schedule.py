@@ -112,6 +112,8 @@ class SparsitySchedule(Callback):
         self.thr_a, self.thr_w, self.kind, self.interval = thr_a, thr_w, kind, interval
         self.warmup, self.ramp, self.mask_update, self.recompute_fraction = warmup, ramp, mask_update, recompute_fraction
         self.current: Dict[str, Optional[Threshold]] = {"thr_a": None, "thr_w": None}
+        #: whether the thresholds hold their final values (read by :class:`AtTargetCheckpoint`)
+        self.at_target = False
 
     # -- the schedule as a function -----------------------------------------------------------
     def _length(self, trainer: "pl.Trainer") -> int:
@@ -156,6 +158,9 @@ class SparsitySchedule(Callback):
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         length = None if self.ramp is not None or self.kind == "table" else self._length(trainer)
         self.current = self.values_at(self._now(trainer), length)
+        final_t = max(max(getattr(self, n)) for n in ("thr_a", "thr_w") if getattr(self, n) is not None) \
+            if self.kind == "table" else self.warmup + (self.ramp if self.ramp is not None else self._length(trainer))
+        self.at_target = self._now(trainer) >= final_t
         pl_module.model.set_thresholds(thr_a=self.current["thr_a"], thr_w=self.current["thr_w"])
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -44,11 +44,13 @@ class TargetSparsity(Callback):
         init_thr_a, init_thr_w: starting thresholds where the model's are 0.
         update_every_n_steps: steps between updates.
         min_thr, max_thr: the range the thresholds are kept in.
+        tolerance: ``at_target`` holds once every controlled layer's measured sparsity is
+            within this of its target (or its threshold sits at ``max_thr``: unreachable).
     """
 
     def __init__(self, edge_sparsity: Target = 0.9, weight_sparsity: Target = 0.9, gain: float = 3.0,
                  init_thr_a: float = 0.5, init_thr_w: float = 0.5, update_every_n_steps: int = 1,
-                 min_thr: float = 1e-3, max_thr: float = 1e3):
+                 min_thr: float = 1e-3, max_thr: float = 1e3, tolerance: float = 0.02):
         for name, value in (("edge_sparsity", edge_sparsity), ("weight_sparsity", weight_sparsity)):
             for v in [] if value is None else (value if isinstance(value, list) else [value]):
                 if not 0.0 <= float(v) < 1.0:
@@ -59,6 +61,8 @@ class TargetSparsity(Callback):
             raise ValueError(f"gain, init_thr_a and init_thr_w must be > 0, got {gain}, {init_thr_a}, {init_thr_w}")
         if update_every_n_steps < 1:
             raise ValueError(f"update_every_n_steps must be >= 1, got {update_every_n_steps}")
+        if not 0 < tolerance < 1:
+            raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
         if not 0 < min_thr < max_thr:
             raise ValueError(f"need 0 < min_thr < max_thr, got {min_thr}, {max_thr}")
         self.edge_sparsity, self.weight_sparsity, self.gain = edge_sparsity, weight_sparsity, gain
@@ -66,7 +70,10 @@ class TargetSparsity(Callback):
         self.update_every_n_steps, self.min_thr, self.max_thr = update_every_n_steps, min_thr, max_thr
         self.thr_a: Optional[List[float]] = None
         self.thr_w: Optional[List[float]] = None
+        self.tolerance = tolerance
         self.measured: dict = {}
+        #: whether the last measurement met every target (read by :class:`AtTargetCheckpoint`)
+        self.at_target = False
         self._sums: Optional[List[float]] = None
         self._count = 0
 
@@ -109,6 +116,10 @@ class TargetSparsity(Callback):
         if self._weight_t is not None:
             self.thr_w = [control_step(t, g, m, self.gain, self.min_thr, self.max_thr)
                           for t, g, m in zip(self.thr_w, self._weight_t, weight)]
+        self.at_target = all(
+            abs(g - m) <= self.tolerance or t >= self.max_thr
+            for targets, measured, thr in ((self._edge_t, edge, self.thr_a), (self._weight_t, weight, self.thr_w))
+            if targets is not None for g, m, t in zip(targets, measured, thr))
         self._apply(pl_module.model)
         for i in range(len(stats)):
             pl_module.log(f"schedule/thr_a/layer{i}", self.thr_a[i], on_step=True, on_epoch=False)

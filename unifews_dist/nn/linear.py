@@ -70,6 +70,12 @@ class UnifewsLinear(nn.Module):
     def thr_w(self, value: float) -> None:
         self._thr_w = check_threshold("thr_w", value)
 
+    def get_extra_state(self) -> dict:  # the threshold checkpoints with the mask it made
+        return {"thr_w": self.thr_w}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.thr_w = state["thr_w"]
+
     @property
     def mask_mode(self) -> str:
         return self._mask_mode

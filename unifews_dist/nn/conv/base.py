@@ -60,6 +60,14 @@ class UnifewsConv(MessagePassing):
     def thr_a(self, value: float) -> None:
         self._thr_a = check_threshold("thr_a", value)
 
+    # The threshold is part of the layer's state: a checkpoint holds the model as it was
+    # (a schedule may have moved it), and loading one brings it back.
+    def get_extra_state(self) -> dict:
+        return {"thr_a": self.thr_a}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.thr_a = state["thr_a"]
+
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
                       edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
