@@ -33,3 +33,15 @@ class RankCheck(Callback):
                            "param_diff": float((gp - gp[0]).abs().max()), "mask_diff": float((gm - gm[0]).abs().max()),
                            "mask_density": float(gm[0].mean()),
                            "thr_diff": float((gt - gt[0]).abs().max()), "thr": gt[0].tolist(), "pid": os.getpid()}, f)
+
+
+class SlowSteps(Callback):
+    """Test-only: sleeps after every training step so a job is still running when a test
+    interrupts it."""
+
+    def __init__(self, seconds: float = 0.5):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+        time.sleep(self.seconds)

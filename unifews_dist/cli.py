@@ -2,7 +2,8 @@
 
 ``unifews-dist fit --config configs/X.yaml [--key value ...]`` trains, tests the best
 checkpoint, writes ``summary.json`` in the run directory and prints its path last.
-``unifews-dist report RUN_DIR`` draws a finished or running run's curves to PNG files.
+``unifews-dist report RUN_DIR`` draws a finished or running run's curves to PNG files;
+``unifews-dist sweep-table SWEEP_DIR`` gathers a threshold sweep's runs into one table.
 
 Everything a run writes lives in one run directory (``--run_dir``): ``metrics.csv``,
 ``config.yaml``, ``checkpoints/``, ``wandb/`` and ``wandb_id``, ``summary.json``. A run started
@@ -37,6 +38,8 @@ _T0 = time.perf_counter()
 # The run directory holds wandb_id and config.yaml before the CSV logger starts; it appends.
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+# The monitors log values they already summed over ranks: syncing them again is not needed.
+warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(sparsity|macs|throughput|time|schedule)/")
 
 
 @dataclass
@@ -46,12 +49,16 @@ class WandbOptions:
     Args:
         project, entity, group, tags: as in ``wandb.init``.
         name: the run's display name; default: the run directory's name.
+        flush_interval_s: seconds between writes of the run's data to its ``.wandb`` file
+            (wandb's default is 15): a job killed hard (requeue, preemption) loses at most this
+            much of its history.
     """
     project: str = "unifews_dist"
     name: Optional[str] = None
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     entity: Optional[str] = None
+    flush_interval_s: float = 2.0
 
 
 class _OneLineParser(LightningArgumentParser):
@@ -117,6 +124,16 @@ def resolve_run_dir(explicit: Optional[str]) -> str:
     while os.path.exists(path):
         path, n = f"{base}-{n}", n + 1
     return path
+
+
+def _wandb_settings(flush_interval_s: float):
+    if not flush_interval_s >= 0:
+        raise ValueError(f"wandb.flush_interval_s must be >= 0, got {flush_interval_s}")
+    import wandb
+    try:
+        return wandb.Settings(x_transaction_log_flush_interval=flush_interval_s)
+    except Exception:  # an older wandb without the setting: its default behaviour
+        return None
 
 
 def _wandb_logged_in() -> bool:
@@ -208,7 +225,8 @@ class UnifewsCLI(LightningCLI):
             loggers.append(WandbLogger(
                 project=opts.get("project"), name=opts.get("name") or os.path.basename(os.path.normpath(self.run_dir)),
                 group=opts.get("group"), tags=list(opts.get("tags") or []), entity=opts.get("entity"),
-                save_dir=self.run_dir, id=wandb_run_id(self.run_dir), resume="allow"))
+                save_dir=self.run_dir, id=wandb_run_id(self.run_dir), resume="allow",
+                settings=_wandb_settings(float(opts.get("flush_interval_s", 2.0)))))
         return loggers
 
     def instantiate_trainer(self, **kwargs):
@@ -317,6 +335,9 @@ def main(args=None) -> None:
     if argv and argv[0] == "report":
         from .report import main as report_main
         raise SystemExit(report_main(argv[1:]))
+    if argv and argv[0] == "sweep-table":
+        from .sweep import main as sweep_main
+        raise SystemExit(sweep_main(argv[1:]))
     argv = args  # None: LightningCLI reads sys.argv itself
     _default_wandb_mode()
     try:
