@@ -22,3 +22,28 @@ def test_benchmark_runs_tiny(tmp_path, script, out, keys):
     for k in keys:
         assert k in res
     assert res[keys[0]] > 0
+
+
+def test_train_speed_tiny_reaches_the_sparsity_it_times(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), "--scale", "tiny",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "train_speed.json"))
+    assert res["edge_sparsity"] >= 0.9 and res["weight_sparsity"] >= 0.9 and res["macs_reduction"] > 3
+    for run in ("pyg_s", "unifews_dense_s", "unifews_sparse_s"):
+        assert set(res[run]) == {"data", "transfer", "forward", "backward", "step"} and res[run]["step"] > 0
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data", "planetoid", "Cora", "raw")),
+                    reason="real Cora not on disk")
+def test_accuracy_sparsity_tiny(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accuracy_sparsity.py"), "--scale", "tiny",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "accuracy_sparsity.json"))
+    assert len(res["runs"]) == 4 and len(res["aggregate"]) == 4
+    by = {(r["thr_a"], r["thr_w"]): r for r in res["aggregate"]}
+    assert by[(0.0, 0.0)]["edge_sparsity"] == 0 and by[(1.0, 0.5)]["edge_sparsity"] > 0.2
+    assert by[(0.0, 0.5)]["weight_sparsity"] > 0.2 and all(0 < r["test_acc"] <= 1 for r in res["runs"])
+    png = (tmp_path / "accuracy_sparsity.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

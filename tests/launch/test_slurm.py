@@ -85,6 +85,12 @@ def test_requeue_resumes_with_the_same_steps_and_wandb_run(slurm, tmp_path):
     time.sleep(3)  # > wandb.flush_interval_s: what W&B got before the kill is on disk
     out = slurm.run("scontrol", "requeue", job)
     assert out.returncode == 0, out.stderr
+    # slurmctld holds a requeued job back for 2 minutes (BeginTime); let it start now
+    for _ in range(20):
+        if slurm.job(job).get("JobState") == "PENDING":
+            break
+        time.sleep(0.5)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     state = slurm.wait(job, timeout=400, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
     log = _log(tmp_path / f"unifews-{job}.out")
     assert state == "COMPLETED", log[-4000:]
@@ -95,8 +101,14 @@ def test_requeue_resumes_with_the_same_steps_and_wandb_run(slurm, tmp_path):
     run_id = (run / "wandb_id").read_text().strip()
     assert len(runs) == 2 and all(p.endswith(f"run-{run_id}.wandb") for p in runs)  # one W&B run, continued
     assert run_info(runs[-1])["id"] == run_id
-    steps = sorted({r["trainer/global_step"] for p in runs for r in history(p) if "throughput/seeds_per_s" in r})
-    assert steps[-1] == 23 and set(range(24)) <= set(steps)
+    first, second = ({r["trainer/global_step"] for r in history(p) if "throughput/seeds_per_s" in r}
+                     for p in sorted(runs))
+    resumed_at = min(second)
+    assert 0 < resumed_at and set(range(resumed_at, 24)) == second  # the resumed run logs every step left
+    # W&B writes its file every 2 s (wandb.flush_interval_s): a hard kill may lose the last
+    # steps the first run logged before its checkpoint, at most 2 s / 0.4 s per step of them
+    missing = set(range(resumed_at)) - first
+    assert len(missing) <= 5 and all(resumed_at - 6 <= m for m in missing), (sorted(first), resumed_at)
 
 
 def test_sweep_array_gathers_one_table(slurm, tmp_path):

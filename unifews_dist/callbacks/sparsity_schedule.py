@@ -156,10 +156,15 @@ class SparsitySchedule(Callback):
         return trainer.current_epoch if self.interval == "epoch" else trainer.global_step
 
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        length = None if self.ramp is not None or self.kind == "table" else self._length(trainer)
+        needs_length = self.ramp is None and self.kind not in ("table", "constant")
+        length = self._length(trainer) if needs_length else None
         self.current = self.values_at(self._now(trainer), length)
-        final_t = max(max(getattr(self, n)) for n in ("thr_a", "thr_w") if getattr(self, n) is not None) \
-            if self.kind == "table" else self.warmup + (self.ramp if self.ramp is not None else self._length(trainer))
+        if self.kind == "table":
+            final_t = max(max(getattr(self, n)) for n in ("thr_a", "thr_w") if getattr(self, n) is not None)
+        elif self.kind == "constant":
+            final_t = self.warmup
+        else:
+            final_t = self.warmup + (self.ramp if self.ramp is not None else length)
         self.at_target = self._now(trainer) >= final_t
         pl_module.model.set_thresholds(thr_a=self.current["thr_a"], thr_w=self.current["thr_w"])
 

@@ -65,6 +65,7 @@ class ThroughputMonitor(Callback):
         self._epoch = [0.0] * 3
         self._epoch_t0 = 0.0
         self._orig_batch_to_device = None
+        self.last_times: Dict[str, float] = {}
 
     # Lightning gives callbacks no hook around the host-to-device copy, so the strategy's
     # ``batch_to_device`` is wrapped for the duration of fit (and restored at teardown).
@@ -116,6 +117,8 @@ class ThroughputMonitor(Callback):
                  "backward": self._clock.seconds("backward0", "end")}
         step = now - self._t_prev_end
         self._t_prev_end, self._t_fetched = now, None
+        #: this rank's last step: phase seconds and the whole step (read by benchmarks)
+        self.last_times = dict(times, step=step)
         seeds = float(getattr(batch, "batch_size", 0) or 0)
         edges = float(batch.edge_index.size(1)) if hasattr(batch, "edge_index") else 0.0
         kept = float(sum(s.edges_kept for s in pl_module.model.layer_stats))

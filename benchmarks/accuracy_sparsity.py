@@ -1,0 +1,151 @@
+"""Test accuracy against edge and weight sparsity on real Cora, GCN and SAGE, several seeds.
+
+    python benchmarks/accuracy_sparsity.py [--out DIR] [--scale full|tiny] [--root ../shared/data/planetoid]
+
+Sweeps ``thr_a x thr_w`` over the reference method's ranges (the Unifews scripts sweep edge
+thresholds up to a few units and weight thresholds up to about 2), 3 seeds each, with the
+quick start's recipe (``configs/quickstart.yaml``: 100 epochs, dense warm-up 10, cubic ramp
+over 40, the best checkpoint among epochs at the target sparsity). Sparsity is the last
+training epoch's (share of sampled edges and of weight entries not computed). Writes
+``DIR/accuracy_sparsity.json`` and ``DIR/accuracy_sparsity.png`` (accuracy against edge and
+against weight sparsity, the dense baseline as a line). ``--scale tiny`` (CI) runs a 2 x 2
+grid, one seed, 5 epochs, GCN only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import DEFAULT_OUT, write_json  # noqa: E402
+
+import pytorch_lightning as pl  # noqa: E402
+
+from unifews_dist.callbacks import AtTargetCheckpoint, SparsityMonitor, SparsitySchedule  # noqa: E402
+from unifews_dist.data import UnifewsDataModule  # noqa: E402
+from unifews_dist.lit import UnifewsModule  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "planetoid")
+GRIDS = {
+    "full": {"models": ("gcn", "sage"), "thr_a": (0.0, 0.5, 1.0, 2.0, 4.0), "thr_w": (0.0, 0.5, 1.0, 2.0),
+             "seeds": (0, 1, 2), "epochs": 100, "warmup": 10, "ramp": 40},
+    "tiny": {"models": ("gcn",), "thr_a": (0.0, 1.0), "thr_w": (0.0, 0.5), "seeds": (0,), "epochs": 5,
+             "warmup": 1, "ramp": 2},
+}
+
+
+def run_one(conv, thr_a, thr_w, seed, g, root, workdir):
+    pl.seed_everything(seed, workers=True)
+    dm = UnifewsDataModule(name="cora", root=root, num_neighbors=[25, 25], eval_num_neighbors=[-1, -1],
+                           batch_size=140, eval_batch_size=1000, seed=seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv=conv, hidden_channels=64,
+                           num_layers=2, dropout=0.5, norm="none", thr_a=thr_a, thr_w=thr_w,
+                           lock_target_edges="eval", lr=0.01, weight_decay=5e-4)
+    monitor = SparsityMonitor()
+    ckpt = AtTargetCheckpoint(dirpath=os.path.join(workdir, f"{conv}-{thr_a}-{thr_w}-{seed}"), monitor="val/acc",
+                              mode="max", save_top_k=1)
+    cbs = [monitor, ckpt]
+    if thr_a > 0 or thr_w > 0:
+        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="cubic", warmup=g["warmup"], ramp=g["ramp"]))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=g["epochs"], logger=False, callbacks=cbs,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, dm)
+    test = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False)
+    layers = monitor.epoch_layers
+    dense = sum(l["edges_dense"] for l in layers)
+    numel = sum(l["weight_numel"] for l in layers)
+    return {"conv": conv, "thr_a": thr_a, "thr_w": thr_w, "seed": seed, "test_acc": float(test[0]["test/acc"]),
+            "edge_sparsity": 1 - sum(l["edges_kept"] for l in layers) / dense if dense else 0.0,
+            "weight_sparsity": 1 - sum(l["weight_nnz"] for l in layers) / numel if numel else 0.0,
+            "macs_reduction": sum(l["macs_dense"] for l in layers) / max(1, sum(l["macs_sparse"] for l in layers))}
+
+
+def aggregate(rows):
+    out = []
+    keys = sorted({(r["conv"], r["thr_a"], r["thr_w"]) for r in rows})
+    for conv, a, w in keys:
+        rs = [r for r in rows if (r["conv"], r["thr_a"], r["thr_w"]) == (conv, a, w)]
+        acc = [r["test_acc"] for r in rs]
+        out.append({"conv": conv, "thr_a": a, "thr_w": w, "seeds": len(rs), "test_acc": statistics.mean(acc),
+                    "test_acc_std": statistics.pstdev(acc),
+                    **{k: statistics.mean(r[k] for r in rs) for k in ("edge_sparsity", "weight_sparsity",
+                                                                       "macs_reduction")}})
+    return out
+
+
+def plot(agg, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    convs = sorted({r["conv"] for r in agg})
+    fig, axes = plt.subplots(len(convs), 2, figsize=(10, 4 * len(convs)), squeeze=False)
+    for i, conv in enumerate(convs):
+        rs = [r for r in agg if r["conv"] == conv]
+        base = next((r["test_acc"] for r in rs if r["thr_a"] == 0 and r["thr_w"] == 0), None)
+        for j, key in enumerate(("edge_sparsity", "weight_sparsity")):
+            ax = axes[i][j]
+            ax.errorbar([r[key] for r in rs], [r["test_acc"] for r in rs], yerr=[r["test_acc_std"] for r in rs],
+                        fmt="o", capsize=3)
+            if base is not None:
+                ax.axhline(base, color="k", ls="--", label=f"dense {base:.3f}")
+                ax.legend()
+            ax.set_xlabel(key.replace("_", " "))
+            ax.set_ylabel("test accuracy")
+            ax.set_title(f"Cora, {conv.upper()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--scale", choices=sorted(GRIDS), default="full")
+    p.add_argument("--root", default=ROOT, help="folder holding Cora/raw (PyG Planetoid layout)")
+    args = p.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.root, "Cora", "raw")):
+        sys.stderr.write(f"accuracy_sparsity: no Cora/raw under {args.root} (pass --root)\n")
+        return 2
+    g = GRIDS[args.scale]
+    rows, t0 = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        for conv in g["models"]:
+            for a in g["thr_a"]:
+                for w in g["thr_w"]:
+                    for seed in g["seeds"]:
+                        rows.append(run_one(conv, a, w, seed, g, args.root, work))
+    agg = aggregate(rows)
+    goal = {}
+    for conv in g["models"]:
+        rs = [r for r in agg if r["conv"] == conv]
+        base = next(r["test_acc"] for r in rs if r["thr_a"] == 0 and r["thr_w"] == 0)
+        ok = [r for r in rs if r["weight_sparsity"] >= 0.9 and r["edge_sparsity"] >= 0.7]
+        best = max(ok, key=lambda r: r["test_acc"]) if ok else None
+        goal[conv] = {"dense_acc": base, "best_at_90w_70e": best,
+                      "within_1_point": bool(best and best["test_acc"] >= base - 0.01)}
+    print(f"{'conv':<5} {'thr_a':>6} {'thr_w':>6} {'acc':>7} {'std':>6} {'edge sp':>8} {'weight sp':>9} {'MACs x':>7}")
+    for r in agg:
+        print(f"{r['conv']:<5} {r['thr_a']:>6} {r['thr_w']:>6} {r['test_acc']:>7.4f} {r['test_acc_std']:>6.3f} "
+              f"{r['edge_sparsity']:>8.1%} {r['weight_sparsity']:>9.1%} {r['macs_reduction']:>7.1f}")
+    for conv, v in goal.items():
+        b = v["best_at_90w_70e"]
+        print(f"{conv}: dense {v['dense_acc']:.4f}; best at >= 90% weight and >= 70% edge sparsity: "
+              + (f"{b['test_acc']:.4f} (thr_a {b['thr_a']}, thr_w {b['thr_w']})" if b else "none reached"))
+    os.makedirs(args.out, exist_ok=True)
+    png = os.path.join(args.out, "accuracy_sparsity.png")
+    plot(agg, png)
+    print(write_json(args.out, "accuracy_sparsity.json", {"scale": args.scale, "grid": g, "runs": rows,
+                                                          "aggregate": agg, "goal": goal,
+                                                          "seconds": time.perf_counter() - t0}))
+    print(png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""Training-step speed, side by side: a plain PyG loop, unifews_dist dense, unifews_dist sparse.
+
+    python benchmarks/train_speed.py [--out DIR] [--scale products|medium|small|tiny] [--steps N]
+
+GraphSAGE, 3 layers, hidden 256, fanout [15, 10, 5], batch 1024 (tiny: smaller), on the
+synthetic graph of the chosen scale (``products``: ogbn-products' 2.4M nodes and 62M edges).
+All three use the same data module and sampler, Adam, no norm, dropout 0.5, and are timed
+over the same number of steps after warm-up:
+
+(a) ``pyg``: a plain loop as PyG's examples write it: ``torch_geometric.nn.SAGEConv`` layers,
+    ``trim_to_layer`` with the loader's per-hop counts, no Lightning;
+(b) ``dense``: unifews_dist's LightningModule and Trainer (with its monitors), thresholds 0;
+(c) ``sparse``: the same with thresholds calibrated by ``TargetSparsity`` on separate steps
+    to >= 90% edge and >= 90% weight sparsity (seed edges locked in evaluation only, as the
+    reference code), then held fixed; weight masks recomputed on the first batch of each epoch.
+
+Each step is split into sampling+loading, transfer, forward, backward+optimizer (medians over
+the timed steps). ``framework_overhead_ratio`` = (b) / (a) whole step;
+``model_compute_ratio`` = (c) / (b) forward + backward.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import DEFAULT_OUT, write_json  # noqa: E402
+
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.callbacks import Callback  # noqa: E402
+
+from unifews_dist.callbacks import SparsityMonitor, SparsitySchedule, TargetSparsity, ThroughputMonitor  # noqa: E402
+from unifews_dist.data import UnifewsDataModule  # noqa: E402
+from unifews_dist.lit import UnifewsModule  # noqa: E402
+
+SCALES = {  # dataset, hidden, fanout, batch
+    "products": ("synthetic-products", 256, [15, 10, 5], 1024),
+    "medium": ("synthetic-medium", 256, [15, 10, 5], 1024),
+    "small": ("synthetic-small", 256, [15, 10, 5], 1024),
+    "tiny": ("synthetic-tiny", 32, [5, 5, 5], 64),
+}
+PHASES = ("data", "transfer", "forward", "backward", "step")
+
+
+class PygSAGE(torch.nn.Module):
+    """GraphSAGE as in PyG's examples, with ``trim_to_layer`` for sampled blocks."""
+
+    def __init__(self, cin, hidden, cout, layers, dropout=0.5):
+        super().__init__()
+        from torch_geometric.nn import SAGEConv
+        dims = [cin] + [hidden] * (layers - 1) + [cout]
+        self.convs = torch.nn.ModuleList(SAGEConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.dropout = dropout
+
+    def forward(self, x, edge_index, num_nodes, num_edges):
+        from torch_geometric.utils import trim_to_layer
+        for i, conv in enumerate(self.convs):
+            x, edge_index, _ = trim_to_layer(i, num_nodes, num_edges, x, edge_index)
+            x = conv(x, edge_index)
+            if i < len(self.convs) - 1:
+                x = F.dropout(F.relu(x), self.dropout, self.training)
+        return x
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_pyg(dm, hidden, layers, warmup, steps, device):
+    model = PygSAGE(dm.num_features, hidden, dm.num_classes, layers).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.003)
+    model.train()
+    rows, it = [], iter(dm.train_dataloader())
+    t_prev = time.perf_counter()
+    for k in range(warmup + steps):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(dm.train_dataloader())
+            batch = next(it)
+        t1 = time.perf_counter()
+        batch = batch.to(device)
+        _sync()
+        t2 = time.perf_counter()
+        out = model(batch.x, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges)[:batch.batch_size]
+        loss = F.cross_entropy(out, batch.y[:batch.batch_size])
+        _sync()
+        t3 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync()
+        t4 = time.perf_counter()
+        if k >= warmup:
+            rows.append({"data": t1 - t_prev, "transfer": t2 - t1, "forward": t3 - t2, "backward": t4 - t3,
+                         "step": t4 - t_prev})
+        t_prev = time.perf_counter()
+    return rows, None
+
+
+class _Record(Callback):
+    def __init__(self, tm, warmup):
+        self.tm, self.warmup, self.rows, self.stats = tm, warmup, [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step > self.warmup:
+            self.rows.append(dict(self.tm.last_times))
+            self.stats.append([(s.edges_dense, s.edges_kept, s.weight_numel, s.weight_nnz, s.macs_dense, s.macs_sparse)
+                               for s in pl_module.model.layer_stats])
+
+
+def _trainer(callbacks, steps, accel):
+    return pl.Trainer(accelerator=accel, devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      num_sanity_val_steps=0, callbacks=callbacks)
+
+
+def _module(dm, hidden, layers, **kw):
+    return UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage",
+                         hidden_channels=hidden, num_layers=layers, dropout=0.5, norm="none", lr=0.003, **kw)
+
+
+def calibrate(dm, hidden, layers, steps, accel):
+    """Thresholds that give >= 90% edge and weight sparsity (TargetSparsity aims at 0.92)."""
+    pl.seed_everything(0)
+    module = _module(dm, hidden, layers, lock_target_edges="eval")
+    ctl = TargetSparsity(edge_sparsity=0.92, weight_sparsity=0.92)
+    _trainer([ctl], steps, accel).fit(module, dm)
+    return ctl.thr_a, ctl.thr_w
+
+
+def time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a=None, thr_w=None):
+    pl.seed_everything(0)
+    sparse = thr_a is not None
+    module = _module(dm, hidden, layers, thr_a=thr_a or 0.0, thr_w=thr_w or 0.0, lock_target_edges="eval")
+    tm = ThroughputMonitor()
+    rec = _Record(tm, warmup)
+    cbs = [SparsityMonitor(), tm, rec]
+    if sparse:  # fixed thresholds; masks recomputed on each epoch's first batch, kept otherwise
+        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="constant", mask_update="epoch"))
+    _trainer(cbs, warmup + steps, accel).fit(module, dm)
+    return rec.rows, rec.stats
+
+
+def median_phases(rows):
+    return {p: statistics.median(r[p] for r in rows) for p in PHASES}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--scale", choices=sorted(SCALES), default="products")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 30; tiny: 5)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; tiny: 2)")
+    args = p.parse_args(argv)
+    tiny = args.scale == "tiny"
+    steps = args.steps or (5 if tiny else 30)
+    warmup = args.warmup if args.warmup is not None else (2 if tiny else 5)
+    name, hidden, fanout, batch = SCALES[args.scale]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accel = "gpu" if device.type == "cuda" else "cpu"
+    t0 = time.perf_counter()
+    dm = UnifewsDataModule(name=name, num_neighbors=fanout, batch_size=batch, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    print(f"data {name}: {time.perf_counter() - t0:.0f} s to build", flush=True)
+    layers = len(fanout)
+
+    a_rows, _ = time_pyg(dm, hidden, layers, warmup, steps, device)
+    b_rows, b_stats = time_unifews(dm, hidden, layers, warmup, steps, accel)
+    thr_a, thr_w = calibrate(dm, hidden, layers, 40 if not tiny else 10, accel)
+    c_rows, c_stats = time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a, thr_w)
+    a, b, c = (median_phases(r) for r in (a_rows, b_rows, c_rows))
+
+    tot = [sum(x[i] for st in c_stats for x in st) for i in range(6)]
+    edge_sp, weight_sp = 1 - tot[1] / tot[0], 1 - tot[3] / tot[2]
+    macs_red = tot[4] / tot[5] if tot[5] else 1.0
+    res = {
+        "scale": args.scale, "dataset": name, "hidden": hidden, "fanout": fanout, "batch_size": batch,
+        "steps": steps, "warmup": warmup, "device": device.type,
+        "pyg_s": a, "unifews_dense_s": b, "unifews_sparse_s": c,
+        "framework_overhead_ratio": b["step"] / a["step"],
+        "model_compute_ratio": (c["forward"] + c["backward"]) / (b["forward"] + b["backward"]),
+        "sparse_step_ratio": c["step"] / b["step"],
+        "edge_sparsity": edge_sp, "weight_sparsity": weight_sp, "macs_reduction": macs_red,
+        "thr_a": thr_a, "thr_w": thr_w,
+    }
+    print(f"\n{'run':<16}" + "".join(f"{p + '_s':>12}" for p in PHASES))
+    for label, r in (("pyg", a), ("unifews dense", b), ("unifews sparse", c)):
+        print(f"{label:<16}" + "".join(f"{r[p]:>12.4f}" for p in PHASES))
+    print(f"\nframework_overhead_ratio (dense/pyg, step)      {res['framework_overhead_ratio']:.3f}  (goal <= 1.10)")
+    print(f"model_compute_ratio (sparse/dense, fwd+bwd)      {res['model_compute_ratio']:.3f}  (goal <= 0.35)")
+    print(f"edge sparsity {edge_sp:.1%}  weight sparsity {weight_sp:.1%}  MACs reduction {macs_red:.1f}x")
+    print(write_json(args.out, "train_speed.json", res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
