@@ -108,11 +108,17 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--scale", choices=sorted(GRIDS), default="full")
     p.add_argument("--root", default=ROOT, help="folder holding Cora/raw (PyG Planetoid layout)")
+    p.add_argument("--models", nargs="+", choices=["gcn", "sage"], default=None, help="subset of the models")
+    p.add_argument("--thr_a", nargs="+", type=float, default=None, help="override the edge-threshold grid")
+    p.add_argument("--thr_w", nargs="+", type=float, default=None, help="override the weight-threshold grid")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.root, "Cora", "raw")):
         sys.stderr.write(f"accuracy_sparsity: no Cora/raw under {args.root} (pass --root)\n")
         return 2
-    g = GRIDS[args.scale]
+    g = dict(GRIDS[args.scale])
+    for key in ("models", "thr_a", "thr_w"):
+        if getattr(args, key):
+            g[key] = tuple(sorted(set(getattr(args, key)) | ({0.0} if key != "models" else set())))
     rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         for conv in g["models"]:
