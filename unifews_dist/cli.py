@@ -156,10 +156,15 @@ def wandb_run_id(run_dir: str) -> str:
     run_id = secrets.token_hex(4)
     if rank_zero_only.rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.write(run_id + "\n")
-        os.replace(path + ".tmp", path)
+        _write_atomic(path, run_id + "\n")
     return run_id
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write a small text file so that a reader never sees it half-written."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 class UnifewsCLI(LightningCLI):
@@ -220,8 +225,7 @@ class UnifewsCLI(LightningCLI):
         loggers = [CSVLogger(self.run_dir, name="", version="")]  # metrics.csv in the run directory
         opts = cfg.get("wandb")
         if opts is not False and opts is not None:
-            opts = opts if isinstance(opts, dict) else vars(opts)
-            opts = {k: v for k, v in dict(opts).items()}
+            opts = dict(opts if isinstance(opts, dict) else vars(opts))
             loggers.append(WandbLogger(
                 project=opts.get("project"), name=opts.get("name") or os.path.basename(os.path.normpath(self.run_dir)),
                 group=opts.get("group"), tags=list(opts.get("tags") or []), entity=opts.get("entity"),
@@ -291,9 +295,7 @@ class UnifewsCLI(LightningCLI):
         summary["tested_checkpoint"] = os.path.abspath(best) if best else None
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
-        with open(path + ".tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(path + ".tmp", path)
+        _write_atomic(path, json.dumps(summary, indent=2))
         print(f"test acc {summary['test_acc']:.4f} | val acc {summary['val_acc']:.4f} | "
               f"edges pruned {summary['edge_sparsity']:.1%} | weights pruned {summary['weight_sparsity']:.1%} | "
               f"MACs {summary['macs_sparse'] / max(summary['macs_dense'], 1):.2f}x of dense | "

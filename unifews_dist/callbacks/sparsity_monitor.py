@@ -56,7 +56,7 @@ class SparsityMonitor(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         stats = pl_module.model.layer_stats
-        counts = [float(getattr(s, f)) for s in stats for f in FIELDS]
+        counts = flat_counts(stats)
         self._epoch = counts if self._epoch is None else [a + b for a, b in zip(self._epoch, counts)]
         n = self.log_every_n_steps or 1
         if trainer.global_step % n:
@@ -77,6 +77,11 @@ class SparsityMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_layers = state_dict.get("epoch_layers", [])
+
+
+def flat_counts(stats) -> List[float]:
+    """The :data:`FIELDS` of each layer's stats, flattened for one rank reduction."""
+    return [float(getattr(s, f)) for s in stats for f in FIELDS]
 
 
 def _layers(flat: List[float], n_layers: int) -> List[Dict[str, float]]:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Union
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from ..checks import check_choice
 from ..sparsify import check_threshold
 
 KINDS = ("constant", "linear", "cosine", "cubic", "table")
@@ -83,12 +84,9 @@ class SparsitySchedule(Callback):
                  thr_w: Union[None, Threshold, Dict[int, Threshold]] = None, kind: str = "cubic",
                  interval: str = "epoch", warmup: int = 0, ramp: Optional[int] = None,
                  mask_update: str = "reference", recompute_fraction: float = 0.5):
-        if kind not in KINDS:
-            raise ValueError(f"SparsitySchedule kind must be one of {KINDS}, got {kind!r}")
-        if interval not in INTERVALS:
-            raise ValueError(f"SparsitySchedule interval must be one of {INTERVALS}, got {interval!r}")
-        if mask_update not in MASK_UPDATES:
-            raise ValueError(f"SparsitySchedule mask_update must be one of {MASK_UPDATES}, got {mask_update!r}")
+        check_choice("SparsitySchedule kind", kind, KINDS)
+        check_choice("SparsitySchedule interval", interval, INTERVALS)
+        check_choice("SparsitySchedule mask_update", mask_update, MASK_UPDATES)
         if thr_a is None and thr_w is None:
             raise ValueError("SparsitySchedule needs thr_a or thr_w (or both), got neither")
         for name, value in (("thr_a", thr_a), ("thr_w", thr_w)):

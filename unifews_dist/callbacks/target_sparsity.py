@@ -7,6 +7,7 @@ from typing import List, Optional, Union
 from pytorch_lightning.callbacks import Callback
 
 from ._dist import reduce_sum
+from .sparsity_monitor import _layers, flat_counts, sparsity_metrics
 
 Target = Union[None, float, List[float]]
 
@@ -100,15 +101,15 @@ class TargetSparsity(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         stats = pl_module.model.layer_stats
-        counts = [float(x) for s in stats for x in (s.edges_kept, s.edges_dense, s.weight_nnz, s.weight_numel)]
+        counts = flat_counts(stats)
         self._sums = counts if self._sums is None else [a + b for a, b in zip(self._sums, counts)]
         self._count += 1
         if self._count < self.update_every_n_steps:
             return
-        sums = reduce_sum(trainer, self._sums)
+        measured = sparsity_metrics(_layers(reduce_sum(trainer, self._sums), len(stats)))
         self._sums, self._count = None, 0
-        edge = [1 - sums[4 * i] / sums[4 * i + 1] if sums[4 * i + 1] else 0.0 for i in range(len(stats))]
-        weight = [1 - sums[4 * i + 2] / sums[4 * i + 3] if sums[4 * i + 3] else 0.0 for i in range(len(stats))]
+        edge = [measured[f"sparsity/edge/layer{i}"] for i in range(len(stats))]
+        weight = [measured[f"sparsity/weight/layer{i}"] for i in range(len(stats))]
         self.measured = {"edge": edge, "weight": weight}
         if self._edge_t is not None:
             self.thr_a = [control_step(t, g, m, self.gain, self.min_thr, self.max_thr)

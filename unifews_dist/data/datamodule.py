@@ -10,6 +10,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
+from ..checks import check_choice
 from .datasets import KNOWN, GraphDataset, load_dataset
 from .sampler import TorchNeighborSampler
 from .shard import ShardedSeedSampler
@@ -27,8 +28,7 @@ def make_sampler(kind: str, data: Data, num_neighbors: List[int], seed: int, sha
     ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
     sampled subgraph (correct, but without trimming).
     """
-    if kind not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {kind!r}")
+    check_choice("sampler", kind, SAMPLERS)
     if kind == "auto":
         kind = "pyg_lib" if has_module("pyg_lib") else "torch"
     if kind == "torch":
@@ -87,8 +87,7 @@ class UnifewsDataModule(pl.LightningDataModule):
         super().__init__()
         if str(name).lower() not in KNOWN:
             raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        check_choice("sampler", sampler, SAMPLERS)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {eval_batch_size}")
         if num_workers < 0:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..checks import check_choice
 from ..nn import UnifewsGNN
 
 OPTIMIZERS = ("adam", "adamw")
@@ -39,10 +40,8 @@ class UnifewsModule(pl.LightningModule):
         if in_channels <= 0 or out_channels <= 0:
             raise ValueError(f"in_channels and out_channels must be positive (the CLI takes them from the data), "
                              f"got {in_channels}, {out_channels}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if lr_scheduler not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of {SCHEDULERS}, got {lr_scheduler!r}")
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("lr_scheduler", lr_scheduler, SCHEDULERS)
         if not lr > 0 or weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         self.save_hyperparameters()

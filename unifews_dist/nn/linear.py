@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_choice
 from ..sparsify import check_threshold, column_sq_sums, transform_macs, weight_keep_mask
 from ..sparsify.spmm import numba_available, sparse_linear
 
@@ -82,8 +83,7 @@ class UnifewsLinear(nn.Module):
 
     @mask_mode.setter
     def mask_mode(self, value: str) -> None:
-        if value not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {value!r}")
+        check_choice("mask_mode", value, MASK_MODES)
         self._mask_mode = value
 
     @property
@@ -92,8 +92,7 @@ class UnifewsLinear(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        check_choice("backend", value, BACKENDS)
         self._backend = value
 
     @property

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...sparsify import check_threshold
+from ...checks import check_choice
 from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
 
@@ -85,12 +86,9 @@ class UnifewsGNN(nn.Module):
             raise ValueError(f"unknown conv {conv!r}; allowed: {sorted(CONVS)}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if lock_target_edges not in LOCK_POLICIES:
-            raise ValueError(f"lock_target_edges must be one of {LOCK_POLICIES}, got {lock_target_edges!r}")
-        if weight_backend not in BACKENDS:
-            raise ValueError(f"weight_backend must be one of {BACKENDS}, got {weight_backend!r}")
+        check_choice("norm", norm, NORMS)
+        check_choice("lock_target_edges", lock_target_edges, LOCK_POLICIES)
+        check_choice("weight_backend", weight_backend, BACKENDS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if conv == "gat" and hidden_channels % heads:
@@ -155,8 +153,7 @@ class UnifewsGNN(nn.Module):
         return [lin for c in self.convs for lin in c.weight_layers()]
 
     def set_mask_mode(self, mode: str) -> None:
-        if mode not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mode!r}")
+        check_choice("mask_mode", mode, MASK_MODES)
         for lin in self.weight_layers():
             lin.mask_mode = mode
 
