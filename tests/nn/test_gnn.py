@@ -95,3 +95,65 @@ def test_thresholds_are_checkpointed_state():
     b = UnifewsGNN("gcn", 8, 16, 3, num_layers=2)
     b.load_state_dict(a.state_dict())
     assert b.thr_a == [1.0, 2.0] and b.thr_w == [0.3, 0.4]
+
+
+def _block3(seed=0):
+    """A 3-hop sampled-like block: 8 seeds, 32 hop-1, 160 hop-2, 400 hop-3 nodes; each edge
+    points into hop k from a node of hop <= k + 1, and, as in a sampler's output, every node of
+    hop k + 1 is the source of an edge into hop k."""
+    g = torch.Generator().manual_seed(seed)
+    ends = [8, 40, 200, 600]
+    parts = []
+    for k, (lo, hi) in enumerate(zip([0] + ends[:2], ends[:3])):
+        n = (hi - lo) * 6
+        parts.append(torch.stack([torch.randint(0, ends[k + 1], (n,), generator=g),
+                                  torch.randint(lo, hi, (n,), generator=g)]))
+        sampled = torch.arange(hi, ends[k + 1])
+        parts.append(torch.stack([sampled, torch.randint(lo, hi, (sampled.numel(),), generator=g)]))
+    return torch.cat(parts, 1), [8, 32, 160, 400]
+
+
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin", "gcnii"])
+def test_rows_no_later_layer_reads_are_skipped_without_changing_the_result(conv, monkeypatch):
+    """A node whose every out-edge was pruned is not computed at the layer before; the seeds'
+    outputs and every gradient equal those of the stack that computes all rows."""
+    from unifews_dist.nn.models import gnn
+
+    ei, hops = _block3()
+    x = torch.randn(600, 16)
+    thr_a = 0.3 if conv == "gat" else 1.2
+
+    def run(skip):
+        torch.manual_seed(0)
+        model = UnifewsGNN(conv, 16, 16, 3, num_layers=3, dropout=0.0, norm="layer", thr_a=thr_a, heads=2,
+                           lock_target_edges="never")
+        if not skip:
+            monkeypatch.setattr(gnn._RowsReadNext, "__call__", lambda self, kept: None)
+        out = model(x, ei, num_sampled_nodes=hops, batch_size=8)
+        out.square().sum().backward()
+        monkeypatch.undo()
+        return out, {n: p.grad for n, p in model.named_parameters()}, model.layer_stats
+
+    out_all, grads_all, stats_all = run(skip=False)
+    out, grads, stats = run(skip=True)
+    assert out.shape == (8, 3)
+    torch.testing.assert_close(out, out_all, atol=1e-5, rtol=1e-4)
+    for name, g in grads_all.items():
+        if g is None:
+            assert grads[name] is None
+        else:
+            torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+    # the same pruning, fewer MACs: rows and kept edges into unread rows were skipped
+    assert [s.edges_kept for s in stats] == [s.edges_kept for s in stats_all]
+    assert [s.macs_dense for s in stats] == [s.macs_dense for s in stats_all]
+    assert all(s.macs_sparse <= a.macs_sparse for s, a in zip(stats, stats_all))
+    assert stats[0].macs_sparse < stats_all[0].macs_sparse
+
+
+def test_dense_stack_skips_nothing():
+    torch.manual_seed(0)
+    ei, hops = _block3()
+    model = UnifewsGNN("sage", 16, 16, 3, num_layers=3, norm="none")
+    model(torch.randn(600, 16), ei, num_sampled_nodes=hops, batch_size=8)
+    for s in model.layer_stats:
+        assert s.macs_sparse == s.macs_dense

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 import os
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
@@ -81,19 +83,41 @@ def load_planetoid(name: str, root: str) -> GraphDataset:
 
 
 def load_ogb(name: str, root: str) -> GraphDataset:
+    """An OGB node property prediction dataset through ``ogb``'s PyG loader, with its splits
+    and evaluator. A folder already under ``root`` is read (processed once into
+    ``processed/``); otherwise it is downloaded, without ogb's interactive size prompt."""
     try:
         from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
+        from ogb.nodeproppred import dataset_pyg
     except ImportError as e:  # pragma: no cover
         raise ValueError(f"dataset {name!r} needs the ogb package: pip install 'unifews_dist[ogb]'") from e
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
+
     oname = OGB[name]
     folder = os.path.join(root, oname.replace("-", "_"))
-    source = os.path.abspath(folder) if os.path.isdir(folder) else f"downloaded to {os.path.abspath(folder)}"
-    ds = PygNodePropPredDataset(oname, root=root)
+    if os.path.isdir(folder):
+        if not any(f.startswith("RELEASE_v") for f in os.listdir(folder)):
+            # ogb would stop and ask on stdin whether to replace it
+            raise ValueError(f"{folder} has no RELEASE_v*.txt, so it is not a complete OGB download; "
+                             f"remove it to download {oname} again, or complete it")
+        source = os.path.abspath(folder)
+    else:
+        source = f"downloaded to {os.path.abspath(folder)}"
+    # ogb saves its processed graph as PyG objects (with numpy scalars for the node count) and
+    # reads it back with torch.load, whose weights_only default (torch >= 2.6) refuses them:
+    # allow exactly those types.
+    safe = [DataEdgeAttr, DataTensorAttr, GlobalStorage, np.dtype, type(np.dtype(np.int64)),
+            (np._core if hasattr(np, "_core") else np.core).multiarray.scalar]
+    with torch.serialization.safe_globals(safe), \
+            mock.patch.object(dataset_pyg, "decide_download", lambda url: True):
+        ds = PygNodePropPredDataset(oname, root=root)
     split = ds.get_idx_split()
     data = ds[0]
-    y = data.y.view(-1).long() if data.y.dim() > 1 and data.y.size(1) == 1 else data.y
+    y = data.y.view(-1) if data.y.dim() > 1 and data.y.size(1) == 1 else data.y
     if y.is_floating_point():  # papers100M stores labels as float, NaN for unlabelled nodes
-        y = torch.nan_to_num(y, nan=-1).long()
+        y = torch.nan_to_num(y, nan=-1)
+    y = y.long()
     evaluator = Evaluator(oname)
 
     def evaluate(pred: Tensor, target: Tensor) -> float:

@@ -1,7 +1,7 @@
 """What every Unifews layer shares: the edge-pruning step and its bookkeeping."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -11,6 +11,9 @@ from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edg
 from ..linear import UnifewsLinear
 
 PairTensor = Tuple[Tensor, Tensor]
+#: Given a layer's kept edges (target-numbered), the sorted target rows a later layer reads,
+#: or ``None`` for all of them.
+RowsFn = Callable[[Tensor], Optional[Tensor]]
 
 
 def split_pair(x: Union[Tensor, PairTensor]) -> PairTensor:
@@ -37,11 +40,19 @@ class UnifewsConv(MessagePassing):
     message norm is below ``thr_a`` times the layer's mean are dropped before aggregation.
 
     Subclasses implement ``forward`` and :meth:`prepare_edges`, and call :meth:`prune_edges`
-    between computing ``h_src`` and propagating, then :meth:`propagate` over the kept edges only.
+    between computing ``h_src`` and propagating, then :meth:`restrict_targets` and
+    :meth:`propagate` over the kept edges into the targets that are read.
+
+    ``forward(..., out_rows=fn)``: after pruning, ``fn(kept_edge_index)`` names the target rows
+    to compute (``None``: all); the output then has those rows only, in that order. The stack
+    uses it so that a node whose every outgoing edge was pruned is neither aggregated into nor
+    transformed at the layer before.
     """
 
     #: whether forward takes the initial representation ``x_0`` (GCNII)
     needs_x0 = False
+    #: names of the linear maps applied to source rows (the rest are applied to target rows)
+    source_side_weights: Tuple[str, ...] = ()
 
     def __init__(self, thr_a: float = 0.0, lock_self_loops: bool = True, **kwargs):
         kwargs.setdefault("aggr", "add")
@@ -50,6 +61,7 @@ class UnifewsConv(MessagePassing):
         self.lock_self_loops = lock_self_loops
         self.last_edges_in = 0
         self.last_edges_kept = 0
+        self.last_edges_computed = 0
         self.last_prop_channels = 0
 
     @property
@@ -101,6 +113,26 @@ class UnifewsConv(MessagePassing):
         return (edge_index.index_select(1, idx),
                 *(None if t is None else t.index_select(0, idx) for t in per_edge))
 
+    def restrict_targets(self, out_rows: Optional[RowsFn], num_dst: int, edge_index: Tensor,
+                         *per_edge: Optional[Tensor]):
+        """``(rows, edge_index, *per_edge)`` limited to the target rows ``out_rows`` asks for,
+        targets renumbered ``0 .. len(rows) - 1``; ``rows`` is ``None`` when all are computed."""
+        self.last_edges_computed = edge_index.size(1)
+        rows = None if out_rows is None else out_rows(edge_index)
+        if rows is None:
+            return (None, edge_index, *per_edge)
+        pos = torch.full((num_dst,), -1, dtype=torch.long, device=edge_index.device)
+        pos[rows] = torch.arange(rows.numel(), device=edge_index.device)
+        dst = pos[edge_index[1]]
+        idx = (dst >= 0).nonzero().view(-1)
+        self.last_edges_computed = idx.numel()
+        ei = torch.stack([edge_index[0].index_select(0, idx), dst.index_select(0, idx)])
+        return (rows, ei, *(None if t is None else t.index_select(0, idx) for t in per_edge))
+
+    @staticmethod
+    def take_rows(rows: Optional[Tensor], x: Tensor) -> Tensor:
+        return x if rows is None else x.index_select(0, rows)
+
     def message(self, x_j: Tensor, edge_weight: Optional[Tensor]) -> Tensor:
         if edge_weight is None:
             return x_j
@@ -114,9 +146,10 @@ class UnifewsConv(MessagePassing):
             lin.thr_w = value
 
     def propagation_macs(self) -> tuple[int, int]:
-        """(dense, sparse) propagation MACs of the last forward, over the edges it received."""
+        """(dense, sparse) propagation MACs of the last forward: over the edges it received, and
+        over the kept edges it aggregated."""
         c = self.last_prop_channels
-        return self.last_edges_in * c, self.last_edges_kept * c
+        return self.last_edges_in * c, self.last_edges_computed * c
 
     def _finish(self, out: Tensor, keep: Optional[Tensor], num_edges: int, return_kept: bool):
         if not return_kept:

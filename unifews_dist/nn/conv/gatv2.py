@@ -10,7 +10,7 @@ from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
 
 
 class UnifewsGATv2Conv(UnifewsConv):
@@ -26,6 +26,8 @@ class UnifewsGATv2Conv(UnifewsConv):
     renormalising the remaining coefficients. Equal to :class:`torch_geometric.nn.GATv2Conv`
     (``share_weights=False``, no edge features, no residual) when ``thr_a = thr_w = 0``.
     """
+
+    source_side_weights = ("lin_l",)
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, dropout: float = 0.0, thr_a: float = 0.0,
@@ -61,7 +63,7 @@ class UnifewsGATv2Conv(UnifewsConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False):
+                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
         if not prepared:
@@ -82,9 +84,11 @@ class UnifewsGATv2Conv(UnifewsConv):
             self.last_edges_in = self.last_edges_kept = edge_index.size(1)
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
         ei, alpha = self.select(keep, edge_index, alpha)
+        rows, ei, alpha = self.restrict_targets(out_rows, n_dst, ei, alpha)
+        h_r = self.take_rows(rows, h_r)
         self.last_prop_channels = H * C
-        out = self.propagate(ei, x=(h_l, h_r), alpha=alpha, size=(n_src, n_dst))
-        out = out.reshape(n_dst, H * C) if self.concat else out.mean(1)
+        out = self.propagate(ei, x=(h_l, h_r), alpha=alpha, size=(n_src, h_r.size(0)))
+        out = out.reshape(h_r.size(0), H * C) if self.concat else out.mean(1)
         if self.bias is not None:
             out = out + self.bias
         return self._finish(out, keep, edge_index.size(1), return_kept)

@@ -9,7 +9,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
 
 
 class UnifewsGCNConv(UnifewsConv):
@@ -31,6 +31,8 @@ class UnifewsGCNConv(UnifewsConv):
         thr_w: weight threshold (``0`` keeps every entry).
         bias: add a learnable bias.
     """
+
+    source_side_weights = ("lin",)
 
     def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
                  bias: bool = True, **kwargs):
@@ -58,7 +60,7 @@ class UnifewsGCNConv(UnifewsConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False):
+                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
         if not prepared:
@@ -67,8 +69,10 @@ class UnifewsGCNConv(UnifewsConv):
         h = self.lin(x_src)
         keep = self.prune_edges(edge_index, edge_weight, node_norms(h), locked)
         ei, ew = self.select(keep, edge_index, edge_weight)
+        rows, ei, ew = self.restrict_targets(out_rows, n_dst, ei, ew)
+        h_dst = self.take_rows(rows, h[:n_dst])
         self.last_prop_channels = self.out_channels
-        out = self.propagate(ei, x=(h, h[:n_dst]), edge_weight=ew, size=(n_src, n_dst))
+        out = self.propagate(ei, x=(h, h_dst), edge_weight=ew, size=(n_src, h_dst.size(0)))
         if self.bias is not None:
             out = out + self.bias
         return self._finish(out, keep, edge_index.size(1), return_kept)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
 from .gcn import UnifewsGCNConv
 
 
@@ -47,7 +47,7 @@ class UnifewsGCNIIConv(UnifewsConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], x_0: Tensor, edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False):
+                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
         if not prepared:
@@ -55,8 +55,10 @@ class UnifewsGCNIIConv(UnifewsConv):
         check_edge_index(edge_index, n_src, n_dst)
         keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked)
         ei, ew = self.select(keep, edge_index, edge_weight)
+        rows, ei, ew = self.restrict_targets(out_rows, n_dst, ei, ew)
+        x_dst = self.take_rows(rows, x_dst)
         self.last_prop_channels = self.channels
-        p = self.propagate(ei, x=(x_src, x_dst), edge_weight=ew, size=(n_src, n_dst))
-        p = (1 - self.alpha) * p + self.alpha * x_0[:n_dst]
+        p = self.propagate(ei, x=(x_src, x_dst), edge_weight=ew, size=(n_src, x_dst.size(0)))
+        p = (1 - self.alpha) * p + self.alpha * self.take_rows(rows, x_0[:n_dst])
         out = (1 - self.beta) * p + self.beta * self.lin(p)
         return self._finish(out, keep, edge_index.size(1), return_kept)

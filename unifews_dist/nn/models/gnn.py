@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...sparsify import check_threshold
+from ...sparsify import check_threshold, transform_macs
 from ...checks import check_choice
 from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
@@ -52,13 +52,38 @@ def _per_layer(name: str, value: Union[float, Sequence[float]], num_layers: int)
     return [check_threshold(name, v) for v in values]
 
 
+class _RowsReadNext:
+    """The targets of layer ``l`` that layer ``l + 1`` reads: its own targets (the first
+    ``num_next`` rows) and the sources of the edges into them that survived pruning. The rest
+    are neither aggregated into nor transformed. Remembers the rows it chose."""
+
+    def __init__(self, num_dst: int, num_next: int):
+        self.num_dst, self.num_next = num_dst, num_next
+        self.rows: Optional[Tensor] = None
+
+    def __call__(self, kept: Tensor) -> Optional[Tensor]:
+        read = torch.zeros(self.num_dst, dtype=torch.bool, device=kept.device)
+        read[:self.num_next] = True
+        read[kept[0][kept[1] < self.num_next]] = True
+        self.rows = None if bool(read.all()) else read.nonzero().view(-1)
+        return self.rows
+
+    def position(self) -> Tensor:
+        pos = torch.full((self.num_dst,), -1, dtype=torch.long, device=self.rows.device)
+        pos[self.rows] = torch.arange(self.rows.numel(), device=self.rows.device)
+        return pos
+
+
 class UnifewsGNN(nn.Module):
     r"""A stack of Unifews layers with progressive edge pruning.
 
     Layer ``l`` receives only the edges that survived layers ``0 .. l-1`` (with their original
     message weights) and prunes again, so edge sparsity never decreases with depth. Given the
     sampler's per-hop counts, layer ``l`` of ``L`` computes only the ``sum(nodes[:L-l])``
-    targets that later layers need (PyG's ``trim_to_layer``, as a bipartite block).
+    targets that later layers need (PyG's ``trim_to_layer``, as a bipartite block), and of
+    those only the rows layer ``l + 1`` reads: a node whose every outgoing edge was pruned is
+    not computed at the layer before (it is neither aggregated into nor transformed). With
+    ``norm="batch"`` the training statistics are then over the rows computed.
 
     Args:
         conv: layer type, one of ``gcn``, ``sage``, ``gat``, ``gin``, ``gcnii``.
@@ -177,6 +202,21 @@ class UnifewsGNN(nn.Module):
             raise ValueError(f"per-hop node counts add up to {num_src[0]}, but x has {num_nodes} rows")
         return num_src, num_dst
 
+    @staticmethod
+    def _layer_stats(conv, edges_dense: int, num_src: int, num_dst: int) -> LayerStats:
+        """MACs of the layer as run, and as a dense layer would run on the whole block."""
+        lins = [(name, m) for name, m in conv.named_modules() if isinstance(m, UnifewsLinear)]
+        t_dense = sum(transform_macs(num_src if name in conv.source_side_weights else num_dst,
+                                     lin.in_features, lin.out_features) for name, lin in lins)
+        t_sparse = sum(lin.macs()[1] for _, lin in lins)
+        return LayerStats(
+            edges_dense=edges_dense, edges_in=conv.last_edges_in, edges_kept=conv.last_edges_kept,
+            weight_numel=sum(lin.weight.numel() for _, lin in lins),
+            weight_nnz=sum(lin.weight_nnz() for _, lin in lins),
+            macs_dense=t_dense + edges_dense * conv.last_prop_channels,
+            macs_sparse=t_sparse + conv.propagation_macs()[1],
+            transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
+
     def forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]] = None,
                 batch_size: Optional[int] = None) -> Tensor:
         """Node outputs: ``[sum(num_sampled_nodes[:1]), C]`` (the seeds) when per-hop counts are
@@ -190,8 +230,9 @@ class UnifewsGNN(nn.Module):
         if self.lin_in is not None:
             x = x0 = F.relu(self.lin_in(F.dropout(x, self.dropout, self.training)))
         stats: List[LayerStats] = []
+        ns = num_src[0]  # rows of this layer's input; fewer than num_src[i] once rows are skipped
         for i, conv in enumerate(self.convs):
-            ns, nd = num_src[i], num_dst[i]
+            nd = num_dst[i]
             sel = ei[1] < nd  # trim to the targets this layer needs
             if not bool(sel.all()):
                 ei, ew = conv.select(sel, ei, ew)
@@ -199,22 +240,20 @@ class UnifewsGNN(nn.Module):
             last = i == self.num_layers - 1
             locked = ei[1] < batch_size if (lock and batch_size is not None) else None
             xs = (x[:ns], x[:nd])
+            needed = _RowsReadNext(nd, num_dst[i + 1]) if not last else None
             if conv.needs_x0:
-                out, keep = conv(xs, x0, ei, ew, locked=locked, return_kept=True, prepared=True)
+                out, keep = conv(xs, x0, ei, ew, locked=locked, return_kept=True, prepared=True, out_rows=needed)
             else:
-                out, keep = conv(xs, ei, ew, locked=locked, return_kept=True, prepared=True)
+                out, keep = conv(xs, ei, ew, locked=locked, return_kept=True, prepared=True, out_rows=needed)
             ei, ew = conv.select(keep, ei, ew)
-            lins = conv.weight_layers()
-            t_dense = sum(lin.macs()[0] for lin in lins)
-            t_sparse = sum(lin.macs()[1] for lin in lins)
-            p_dense = edges_dense * conv.last_prop_channels
-            p_sparse = conv.propagation_macs()[1]
-            stats.append(LayerStats(
-                edges_dense=edges_dense, edges_in=conv.last_edges_in, edges_kept=conv.last_edges_kept,
-                weight_numel=sum(lin.weight.numel() for lin in lins),
-                weight_nnz=sum(lin.weight_nnz() for lin in lins),
-                macs_dense=t_dense + p_dense, macs_sparse=t_sparse + p_sparse,
-                transform_backend="+".join(sorted({lin.last_backend for lin in lins}))))
+            ns = nd
+            if needed is not None and needed.rows is not None:  # renumber sources to the rows computed
+                ei, ew = conv.select(ei[1] < num_dst[i + 1], ei, ew)
+                ei = torch.stack([needed.position()[ei[0]], ei[1]])
+                ns = needed.rows.numel()
+                if x0 is not None:
+                    x0 = x0.index_select(0, needed.rows)
+            stats.append(self._layer_stats(conv, edges_dense, num_src[i], nd))
             x = out
             if not last or conv.needs_x0:  # GCNII has its output layer after the stack
                 x = F.relu(self.norms[i](x))
