@@ -176,6 +176,7 @@ class UnifewsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.out_channels", apply_on="instantiate")
+        parser.link_arguments("data.multilabel", "model.multilabel", apply_on="instantiate")
         parser.add_argument("--run_dir", type=Optional[str], default=None,
                             help="where the run writes everything; started again, it resumes")
         parser.add_argument("--wandb", type=Union[bool, WandbOptions], default=WandbOptions(),

@@ -73,24 +73,11 @@ def test_requeue_resumes_with_the_same_steps_and_wandb_run(slurm, tmp_path):
     """scontrol requeue mid-training: the job runs again, resumes from last.ckpt, and ends
     with the step count of an uninterrupted run (6 epochs x 4 batches) in the same W&B run."""
     run = tmp_path / "run"
-    job = _sbatch(slurm, tmp_path, "train.sbatch", "--trainer.devices", "2", "--trainer.max_epochs", "6",
-                  "--trainer.callbacks+=rank_check.SlowSteps", "--trainer.callbacks.seconds=0.4",
-                  env={"RUN_DIR": str(run)}, sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
-    last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and time.time() < deadline:
-        assert slurm.job(job).get("JobState") in ("PENDING", "RUNNING"), _log(tmp_path / f"unifews-{job}.out")
-        time.sleep(0.5)
-    assert last.exists(), _log(tmp_path / f"unifews-{job}.out")
+    job = _start_slow_job(slurm, tmp_path, run)
     time.sleep(3)  # > wandb.flush_interval_s: what W&B got before the kill is on disk
     out = slurm.run("scontrol", "requeue", job)
     assert out.returncode == 0, out.stderr
-    # slurmctld holds a requeued job back for 2 minutes (BeginTime); let it start now
-    for _ in range(20):
-        if slurm.job(job).get("JobState") == "PENDING":
-            break
-        time.sleep(0.5)
-    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    _release_requeued(slurm, job)
     state = slurm.wait(job, timeout=400, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
     log = _log(tmp_path / f"unifews-{job}.out")
     assert state == "COMPLETED", log[-4000:]
@@ -109,6 +96,52 @@ def test_requeue_resumes_with_the_same_steps_and_wandb_run(slurm, tmp_path):
     # steps the first run logged before its checkpoint, at most 2 s / 0.4 s per step of them
     missing = set(range(resumed_at)) - first
     assert len(missing) <= 5 and all(resumed_at - 6 <= m for m in missing), (sorted(first), resumed_at)
+
+
+def _start_slow_job(slurm, tmp_path, run, seconds="0.4"):
+    job = _sbatch(slurm, tmp_path, "train.sbatch", "--trainer.devices", "2", "--trainer.max_epochs", "6",
+                  "--trainer.callbacks+=rank_check.SlowSteps", f"--trainer.callbacks.seconds={seconds}",
+                  env={"RUN_DIR": str(run)}, sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline:
+        assert slurm.job(job).get("JobState") in ("PENDING", "RUNNING"), _log(tmp_path / f"unifews-{job}.out")
+        time.sleep(0.5)
+    assert last.exists(), _log(tmp_path / f"unifews-{job}.out")
+    return job
+
+
+def _release_requeued(slurm, job):
+    """slurmctld holds a requeued job back for 2 minutes (BeginTime); let it start now."""
+    for _ in range(120):
+        if slurm.job(job).get("JobState") == "PENDING":
+            break
+        time.sleep(0.5)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    """The signal #SBATCH --signal=SIGUSR1@90 sends before the time limit, sent now: Lightning
+    saves hpc_ckpt_1.ckpt in the run directory and requeues the job itself; the requeued job
+    resumes from that checkpoint and ends with the uninterrupted step count."""
+    run = tmp_path / "run"
+    job = _start_slow_job(slurm, tmp_path, run)
+    out = slurm.run("scancel", "--signal=USR1", job)  # to every task of the job's steps, as SLURM does
+    assert out.returncode == 0, out.stderr
+    _release_requeued(slurm, job)
+    state = slurm.wait(job, timeout=400, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    log = _log(tmp_path / f"unifews-{job}.out")
+    assert state == "COMPLETED", log[-4000:] + slurm.logs()
+    assert "(restart 1)" in log and slurm.job(job).get("Restarts") == "1", log[-4000:]
+    hpc = list(run.glob("hpc_ckpt_*.ckpt"))
+    assert len(hpc) == 1, log[-4000:]
+    assert f"Resuming from {hpc[0]}" in log or f"Restoring states from the checkpoint path at {hpc[0]}" in log, log[-4000:]
+    import torch
+    at_signal = torch.load(hpc[0], map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < at_signal < 24
+    s = _summary(run)
+    assert s["global_step"] == 24 and s["world_size"] == 2
+    assert len({p.rsplit("run-", 1)[1] for p in offline_runs(str(run / "wandb"))}) == 1  # one W&B run
 
 
 def test_sweep_array_gathers_one_table(slurm, tmp_path):

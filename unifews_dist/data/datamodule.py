@@ -116,6 +116,10 @@ class UnifewsDataModule(pl.LightningDataModule):
         return self.load().num_classes
 
     @property
+    def multilabel(self) -> bool:
+        return self.load().multilabel
+
+    @property
     def num_hops(self) -> int:
         return len(self.num_neighbors)
 

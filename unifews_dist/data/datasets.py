@@ -26,10 +26,12 @@ class SyntheticSpec:
     homophily: float = 0.7  # fraction of edges inside a class
     signal: float = 1.0  # class-mean separation of the features, in noise standard deviations
     power: float = 2.5  # power-law exponent of the expected degrees
+    extra_labels: float = 0.0  # > 0: multi-label; each other class is also a label with this probability
 
 
 SYNTHETIC: Dict[str, SyntheticSpec] = {
     "synthetic-tiny": SyntheticSpec(2_000, 20_000, 32, 5),
+    "synthetic-tiny-multilabel": SyntheticSpec(2_000, 20_000, 32, 5, extra_labels=0.2),
     "synthetic-small": SyntheticSpec(20_000, 300_000, 64, 10),
     "synthetic-medium": SyntheticSpec(200_000, 4_000_000, 100, 47),
     "synthetic-products": SyntheticSpec(2_449_029, 61_859_140, 100, 47),  # ogbn-products' sizes
@@ -54,6 +56,11 @@ class GraphDataset:
     @property
     def num_features(self) -> int:
         return self.data.x.size(1)
+
+    @property
+    def multilabel(self) -> bool:
+        """Labels are multi-hot rows ``[N, num_classes]`` (a binary task per class)."""
+        return self.data.y.dim() == 2
 
 
 def _writable(path: str) -> bool:
@@ -159,6 +166,10 @@ def synthetic_graph(spec: SyntheticSpec, seed: int = 0) -> Data:
     del target_cum, u, intra, yc
     keep = src != dst
     edge_index = torch.stack([src[keep], dst[keep]])
+    if spec.extra_labels > 0:  # multi-hot: the node's class plus random others
+        multi = torch.rand(n, c, generator=g) < spec.extra_labels
+        multi[torch.arange(n), y] = True
+        y = multi.float()
     return Data(x=x, y=y, edge_index=edge_index, num_nodes=n)
 
 

@@ -6,7 +6,7 @@ from typing import List, Optional, Union
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from ..checks import check_choice
 from ..nn import UnifewsGNN
@@ -19,8 +19,10 @@ class UnifewsModule(pl.LightningModule):
     """Node classification with a Unifews GNN on neighbor-sampled minibatches.
 
     The loss and accuracy use the seed nodes only; accuracy is reduced across ranks as
-    (correct, total) sums by torchmetrics. ``in_channels`` and ``out_channels`` come from the
-    data module when run through the CLI.
+    (correct, total) sums by torchmetrics. Single-label data: cross-entropy, accuracy of the
+    arg-max. Multi-label data (multi-hot targets): binary cross-entropy on each class's logit,
+    accuracy over all (node, class) decisions at logit > 0. ``in_channels``, ``out_channels``
+    and ``multilabel`` come from the data module when run through the CLI.
 
     Args:
         conv, hidden_channels, num_layers, dropout, norm, thr_a, thr_w, heads, gcnii_alpha,
@@ -28,6 +30,7 @@ class UnifewsModule(pl.LightningModule):
         lr, weight_decay: optimizer settings.
         optimizer: ``adam`` or ``adamw``.
         lr_scheduler: ``none``, ``cosine`` (over ``max_epochs``) or ``step`` (x0.5 every 50 epochs).
+        multilabel: targets are multi-hot ``[nodes, out_channels]`` (set from the data by the CLI).
     """
 
     def __init__(self, in_channels: int = -1, out_channels: int = -1, conv: str = "sage",
@@ -35,7 +38,7 @@ class UnifewsModule(pl.LightningModule):
                  thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0, heads: int = 1,
                  gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5, lock_target_edges: str = "always",
                  weight_backend: str = "auto", lr: float = 0.001, weight_decay: float = 1e-5,
-                 optimizer: str = "adam", lr_scheduler: str = "none"):
+                 optimizer: str = "adam", lr_scheduler: str = "none", multilabel: bool = False):
         super().__init__()
         if in_channels <= 0 or out_channels <= 0:
             raise ValueError(f"in_channels and out_channels must be positive (the CLI takes them from the data), "
@@ -49,8 +52,10 @@ class UnifewsModule(pl.LightningModule):
                                 dropout=dropout, norm=norm, thr_a=thr_a, thr_w=thr_w, heads=heads,
                                 gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta,
                                 lock_target_edges=lock_target_edges, weight_backend=weight_backend)
-        self.accuracy = torch.nn.ModuleDict({s: MulticlassAccuracy(out_channels, average="micro")
-                                             for s in ("train_", "val_", "test_")})
+        self.multilabel = multilabel
+        metric = (lambda: MultilabelAccuracy(out_channels, average="micro")) if multilabel else \
+            (lambda: MulticlassAccuracy(out_channels, average="micro"))
+        self.accuracy = torch.nn.ModuleDict({s: metric() for s in ("train_", "val_", "test_")})
 
     def forward(self, batch):
         hops = getattr(batch, "num_sampled_nodes", None)
@@ -60,9 +65,15 @@ class UnifewsModule(pl.LightningModule):
     def _step(self, batch, stage: str):
         logits = self(batch)
         y = batch.y[: batch.batch_size]
-        loss = F.cross_entropy(logits, y)
         acc = self.accuracy[stage + "_"]
-        acc(logits.argmax(-1), y)
+        if self.multilabel:
+            if y.dim() != 2 or y.size(1) != logits.size(1):
+                raise ValueError(f"multi-label targets must be [nodes, {logits.size(1)}], got {tuple(y.shape)}")
+            loss = F.binary_cross_entropy_with_logits(logits, y.float())
+            acc((logits > 0).long(), y.long())
+        else:
+            loss = F.cross_entropy(logits, y)
+            acc(logits.argmax(-1), y)
         self.log(f"{stage}/loss", loss, batch_size=batch.batch_size, on_step=stage == "train", on_epoch=True,
                  sync_dist=stage != "train")
         self.log(f"{stage}/acc", acc, batch_size=batch.batch_size, on_step=False, on_epoch=True)
