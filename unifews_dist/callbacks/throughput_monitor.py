@@ -95,11 +95,17 @@ class ThroughputMonitor(Callback):
             self._orig_batch_to_device = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start_epoch(pl_module)
+
+    def _start_epoch(self, pl_module) -> None:
         self._clock = _Clock(pl_module.device)
         self._epoch = [0.0] * 3
         self._epoch_t0 = self._t_prev_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._clock is None:  # resumed mid-epoch (a SLURM requeue checkpoint): no epoch start
+            self._start_epoch(pl_module)
+            self._t_fetched = None
         if self._t_fetched is None:  # batch_to_device was bypassed: no transfer time
             self._t_fetched = time.perf_counter()
             self._clock.marks.pop("transfer0", None)
