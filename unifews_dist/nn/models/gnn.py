@@ -83,7 +83,8 @@ class UnifewsGNN(nn.Module):
     targets that later layers need (PyG's ``trim_to_layer``, as a bipartite block), and of
     those only the rows layer ``l + 1`` reads: a node whose every outgoing edge was pruned is
     not computed at the layer before (it is neither aggregated into nor transformed). With
-    ``norm="batch"`` the training statistics are then over the rows computed.
+    ``norm="batch"`` the training statistics are then over the rows computed, as are the input
+    column norms of the weight rule.
 
     Args:
         conv: layer type, one of ``gcn``, ``sage``, ``gat``, ``gin``, ``gcnii``.
