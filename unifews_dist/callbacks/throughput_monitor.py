@@ -105,7 +105,6 @@ class ThroughputMonitor(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._clock is None:  # resumed mid-epoch (a SLURM requeue checkpoint): no epoch start
             self._start_epoch(pl_module)
-            self._t_fetched = None
         if self._t_fetched is None:  # batch_to_device was bypassed: no transfer time
             self._t_fetched = time.perf_counter()
             self._clock.marks.pop("transfer0", None)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-from unittest import mock
 import os
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
+from unittest import mock
 
 import numpy as np
 import torch

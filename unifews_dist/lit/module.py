@@ -53,9 +53,9 @@ class UnifewsModule(pl.LightningModule):
                                 gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta,
                                 lock_target_edges=lock_target_edges, weight_backend=weight_backend)
         self.multilabel = multilabel
-        metric = (lambda: MultilabelAccuracy(out_channels, average="micro")) if multilabel else \
-            (lambda: MulticlassAccuracy(out_channels, average="micro"))
-        self.accuracy = torch.nn.ModuleDict({s: metric() for s in ("train_", "val_", "test_")})
+        metric = MultilabelAccuracy if multilabel else MulticlassAccuracy  # (num_labels | num_classes, ...)
+        self.accuracy = torch.nn.ModuleDict({s: metric(out_channels, average="micro")
+                                             for s in ("train_", "val_", "test_")})
 
     def forward(self, batch):
         hops = getattr(batch, "num_sampled_nodes", None)

@@ -16,6 +16,13 @@ PairTensor = Tuple[Tensor, Tensor]
 RowsFn = Callable[[Tensor], Optional[Tensor]]
 
 
+def row_positions(rows: Tensor, num_rows: int) -> Tensor:
+    """``pos[r]`` = index of row ``r`` in ``rows``, ``-1`` for rows not in it."""
+    pos = torch.full((num_rows,), -1, dtype=torch.long, device=rows.device)
+    pos[rows] = torch.arange(rows.numel(), device=rows.device)
+    return pos
+
+
 def split_pair(x: Union[Tensor, PairTensor]) -> PairTensor:
     """``(x_src, x_dst)`` from a tensor (square graph) or a pair (bipartite sampled block)."""
     if isinstance(x, Tensor):
@@ -121,9 +128,7 @@ class UnifewsConv(MessagePassing):
         rows = None if out_rows is None else out_rows(edge_index)
         if rows is None:
             return (None, edge_index, *per_edge)
-        pos = torch.full((num_dst,), -1, dtype=torch.long, device=edge_index.device)
-        pos[rows] = torch.arange(rows.numel(), device=edge_index.device)
-        dst = pos[edge_index[1]]
+        dst = row_positions(rows, num_dst)[edge_index[1]]
         idx = (dst >= 0).nonzero().view(-1)
         self.last_edges_computed = idx.numel()
         ei = torch.stack([edge_index[0].index_select(0, idx), dst.index_select(0, idx)])

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ...sparsify import check_threshold, transform_macs
 from ...checks import check_choice
 from ..conv import CONVS
+from ..conv.base import row_positions
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
 
 NORMS = ("batch", "layer", "none")
@@ -69,9 +70,7 @@ class _RowsReadNext:
         return self.rows
 
     def position(self) -> Tensor:
-        pos = torch.full((self.num_dst,), -1, dtype=torch.long, device=self.rows.device)
-        pos[self.rows] = torch.arange(self.rows.numel(), device=self.rows.device)
-        return pos
+        return row_positions(self.rows, self.num_dst)
 
 
 class UnifewsGNN(nn.Module):
