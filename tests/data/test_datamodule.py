@@ -106,3 +106,55 @@ def test_pyg_lib_refused_with_clear_error_when_missing():
         pytest.skip("pyg-lib is installed")
     with pytest.raises(ValueError, match="pyg-lib, which is not installed"):
         make_sampler("pyg_lib", load_dataset("synthetic-tiny").data, [2], 0, False)
+
+
+def test_gpu_sampling_refuses_what_it_cannot_do():
+    for kw, what in (({"num_workers": 2}, "num_workers=0 .got 2"), ({"pin_memory": True}, "pin_memory=false"),
+                     ({"sampler": "torch_sparse"}, "got 'torch_sparse'")):
+        with pytest.raises(ValueError, match=what):
+            UnifewsDataModule("synthetic-tiny", gpu_sampling=True, **kw)
+    if not torch.cuda.is_available():
+        dm = UnifewsDataModule("synthetic-tiny", gpu_sampling=True)
+        with pytest.raises(ValueError, match="gpu_sampling needs the trainer on a CUDA device, got cpu"):
+            dm.setup("fit")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_sampling_trains_on_gpu_resident_batches():
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+    from unifews_dist.lit import UnifewsModule
+
+    class Seen(Callback):
+        devices, steps = set(), 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            Seen.devices |= {batch.x.device.type, batch.edge_index.device.type, batch.y.device.type}
+            ei, n_id = batch.edge_index, batch.n_id  # every sampled edge is an edge of the graph
+            g = dm.load().data.edge_index
+            pairs = set(map(tuple, g.t().tolist()))
+            assert all((a, b) in pairs for a, b in zip(n_id[ei[0]].tolist(), n_id[ei[1]].tolist()))
+            assert torch.equal(batch.x.cpu(), dm.load().data.x[n_id.cpu()])
+
+    dm = UnifewsDataModule("synthetic-tiny", num_neighbors=[4, 3], batch_size=64, gpu_sampling=True)
+    host_x = dm.load().data.x
+    module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage",
+                           hidden_channels=32, num_layers=2, thr_a=0.5, thr_w=0.5)
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=6, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=2, callbacks=[Seen()])
+    trainer.fit(module, dm)
+    assert Seen.devices == {"cuda"} and trainer.global_step == 6
+    assert dm.load().data.x is host_x and not host_x.is_cuda  # the host copy is left where it was
+    assert torch.isfinite(torch.tensor(trainer.callback_metrics["train/loss"].item()))
+
+
+def test_synthetic_split_sizes_follow_the_spec(monkeypatch):
+    from unifews_dist.data import datasets
+    spec = datasets.SyntheticSpec(300, 1500, 8, 3, num_train=40, num_val=25)
+    monkeypatch.setitem(datasets.SYNTHETIC, "synthetic-split", spec)
+    ds = datasets.load_synthetic("synthetic-split")
+    assert (ds.train_idx.numel(), ds.val_idx.numel(), ds.test_idx.numel()) == (40, 25, 235)
+    assert torch.cat([ds.train_idx, ds.val_idx, ds.test_idx]).sort().values.equal(torch.arange(300))
+    products = datasets.SYNTHETIC["synthetic-products"]  # ogbn-products' split: 192 batches of 1024 + 1
+    assert (products.num_train, products.num_val) == (196_615, 39_323)

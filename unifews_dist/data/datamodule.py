@@ -1,6 +1,7 @@
 """The LightningDataModule: datasets, the neighbor sampler and evenly sharded loaders."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from typing import List, Optional
@@ -23,14 +24,15 @@ def has_module(name: str) -> bool:
 
 
 def make_sampler(kind: str, data: Data, num_neighbors: List[int], seed: int, share_memory: bool):
-    """The sampler backend: ``auto`` takes pyg-lib when it imports, else the built-in one.
+    """The sampler backend: ``auto`` takes pyg-lib when it imports and the graph is on the host,
+    else the built-in one.
 
     ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
     sampled subgraph (correct, but without trimming).
     """
     check_choice("sampler", kind, SAMPLERS)
-    if kind == "auto":
-        kind = "pyg_lib" if has_module("pyg_lib") else "torch"
+    if kind == "auto":  # pyg-lib samples on CPU only
+        kind = "pyg_lib" if has_module("pyg_lib") and not data.edge_index.is_cuda else "torch"
     if kind == "torch":
         return TorchNeighborSampler(data, num_neighbors, seed=seed, share_memory=share_memory)
     if kind == "pyg_lib" and not has_module("pyg_lib"):
@@ -78,12 +80,17 @@ class UnifewsDataModule(pl.LightningDataModule):
         sampler: ``auto`` | ``torch`` | ``pyg_lib`` | ``torch_sparse``.
         seed: seeds the shuffling (per epoch) and the sampler.
         share_memory: keep the graph in shared memory so forked workers and ranks share it.
+        gpu_sampling: keep the graph and its features on the trainer's GPU and sample there
+            (the built-in sampler runs on CUDA tensors; pyg-lib and torch-sparse sample on CPU
+            only). A batch then arrives on the GPU already: no host gather, no host-to-device
+            copy. Needs ``num_workers=0`` and a CUDA device per rank.
     """
 
     def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
                  eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False, sampler: str = "auto", seed: int = 0, share_memory: bool = True):
+                 persistent_workers: bool = False, sampler: str = "auto", seed: int = 0, share_memory: bool = True,
+                 gpu_sampling: bool = False):
         super().__init__()
         if str(name).lower() not in KNOWN:
             raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
@@ -94,6 +101,10 @@ class UnifewsDataModule(pl.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers needs num_workers > 0")
+        if gpu_sampling and (num_workers > 0 or pin_memory or sampler not in ("auto", "torch")):
+            raise ValueError(f"gpu_sampling samples in the main process with the built-in sampler: it needs "
+                             f"num_workers=0 (got {num_workers}), pin_memory=false (got {pin_memory}) and "
+                             f"sampler 'auto' or 'torch' (got {sampler!r})")
         self.save_hyperparameters()
         self.name, self.root = str(name).lower(), root
         self.num_neighbors = list(num_neighbors)
@@ -104,7 +115,9 @@ class UnifewsDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
         self.sampler_kind, self.seed, self.share_memory = sampler, seed, share_memory
+        self.gpu_sampling = gpu_sampling
         self.dataset: Optional[GraphDataset] = None
+        self._graph: Optional[Data] = None  # the graph the loaders sample from (on the GPU with gpu_sampling)
         self._samplers = {}
 
     @property
@@ -145,7 +158,22 @@ class UnifewsDataModule(pl.LightningDataModule):
                                  "(Lightning's sampler injection has broken NeighborLoader before)")
         if self.num_hops < 1:
             raise ValueError("num_neighbors needs at least one hop")
+        self._place_graph(trainer)
         self.print_source(ds)
+
+    def _place_graph(self, trainer) -> None:
+        data = self.load().data
+        if not self.gpu_sampling:
+            self._graph = data
+            return
+        device = trainer.strategy.root_device if trainer is not None else (
+            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+        if device.type != "cuda":
+            raise ValueError(f"gpu_sampling needs the trainer on a CUDA device, got {device} "
+                             f"(set trainer.accelerator=gpu, or data.gpu_sampling=false)")
+        if self._graph is None or self._graph.x.device != device:
+            self._graph = copy.copy(data).to(device)  # Data.to moves in place: keep the host copy
+            self._samplers = {}
 
     def print_source(self, ds: GraphDataset) -> None:
         trainer = getattr(self, "trainer", None)
@@ -153,17 +181,24 @@ class UnifewsDataModule(pl.LightningDataModule):
             print(f"[unifews_dist] dataset {ds.name}: {ds.data.num_nodes} nodes, {ds.data.edge_index.size(1)} edges, "
                   f"read from {ds.source}", flush=True)
 
+    @property
+    def graph(self) -> Data:
+        """The graph the loaders sample from: the dataset's, or its GPU copy with ``gpu_sampling``."""
+        if self._graph is None:
+            self._place_graph(getattr(self, "trainer", None))
+        return self._graph
+
     def _sampler(self, fanout: List[int]):
         key = tuple(fanout)
         if key not in self._samplers:
-            self._samplers[key] = make_sampler(self.sampler_kind, self.load().data, fanout, self.seed,
-                                               self.share_memory)
+            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed,
+                                               self.share_memory and not self.gpu_sampling)
         return self._samplers[key]
 
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
         world, rank = _dist_info(getattr(self, "trainer", None))
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
-        return NodeLoader(self.load().data, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size,
+        return NodeLoader(self.graph, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size,
                           sampler=shard, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers)
 
