@@ -150,6 +150,31 @@ def test_rows_no_later_layer_reads_are_skipped_without_changing_the_result(conv,
     assert stats[0].macs_sparse < stats_all[0].macs_sparse
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin", "gcnii"])
+def test_cuda_stack_prunes_and_computes_as_on_cpu(conv):
+    """The same block and weights on CUDA: the same kept edges, outputs and gradients as on CPU."""
+    ei, hops = _block3()
+    x = torch.randn(600, 16)
+    torch.manual_seed(0)
+    model = UnifewsGNN(conv, 16, 16, 3, num_layers=3, dropout=0.0, norm="layer", heads=2,
+                       thr_a=0.3 if conv == "gat" else 1.2, thr_w=0.5)
+    runs = []
+    for dev in ("cpu", "cuda"):
+        model.to(dev).zero_grad()
+        out = model(x.to(dev), ei.to(dev), num_sampled_nodes=hops, batch_size=8)
+        out.square().sum().backward()
+        runs.append((out.cpu(), {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None},
+                     [(s.edges_kept, s.weight_nnz, s.macs_sparse) for s in model.layer_stats]))
+    (o_cpu, g_cpu, s_cpu), (o_gpu, g_gpu, s_gpu) = runs
+    assert s_cpu == s_gpu and s_cpu[-1][0] < s_cpu[0][0]
+    torch.testing.assert_close(o_gpu, o_cpu, atol=1e-4, rtol=1e-3)
+    assert g_cpu.keys() == g_gpu.keys()  # (clones: moving the model moves its .grad tensors in place)
+    for name in g_cpu:
+        torch.testing.assert_close(g_gpu[name], g_cpu[name], atol=1e-3, rtol=1e-3, msg=name)
+
+
 def test_dense_stack_skips_nothing():
     torch.manual_seed(0)
     ei, hops = _block3()

@@ -29,6 +29,27 @@ def test_sparse_kernel_equals_masked_dense_with_gradients(density):
     assert (w.grad[~mask] == 0).all()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sparse_transform_equals_masked_dense_with_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(150, 33, device="cuda", requires_grad=True)
+    w = torch.randn(17, 33, device="cuda", requires_grad=True)
+    mask = torch.rand(17, 33, device="cuda") < 0.1
+    y = sparse_linear(x, w, mask)
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y2 = x2 @ (w2 * mask).t()
+    torch.testing.assert_close(y, y2, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y2 * g).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(w.grad, w2.grad, atol=1e-4, rtol=1e-4)
+    lin = UnifewsLinear(33, 17, thr_w=1.0, backend="sparse").cuda()
+    lin(x.detach())
+    assert lin.last_backend == "sparse" and lin.weight_mask.is_cuda
+
+
 def test_linear_modes_and_backends():
     torch.manual_seed(0)
     lin = UnifewsLinear(20, 10, thr_w=1.0)
