@@ -1,6 +1,8 @@
 """Test accuracy against edge and weight sparsity on real Cora, GCN and SAGE, several seeds.
 
     python benchmarks/accuracy_sparsity.py [--out DIR] [--scale full|tiny] [--root ../shared/data/planetoid]
+                                           [--models gcn sage] [--thr_a A ...] [--thr_w W ...]
+                                           [--hidden 64] [--accelerator cpu|gpu]
 
 Sweeps ``thr_a x thr_w`` over the reference method's ranges (the Unifews scripts sweep edge
 thresholds up to a few units and weight thresholds up to about 2), 3 seeds each, with the
@@ -32,19 +34,20 @@ from unifews_dist.lit import UnifewsModule  # noqa: E402
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "planetoid")
 GRIDS = {
     "full": {"models": ("gcn", "sage"), "thr_a": (0.0, 0.5, 1.0, 2.0, 4.0), "thr_w": (0.0, 0.5, 1.0, 2.0),
-             "seeds": (0, 1, 2), "epochs": 100, "warmup": 10, "ramp": 40},
+             "seeds": (0, 1, 2), "epochs": 100, "warmup": 10, "ramp": 40, "hidden": 64},
     "tiny": {"models": ("gcn",), "thr_a": (0.0, 1.0), "thr_w": (0.0, 0.5), "seeds": (0,), "epochs": 5,
-             "warmup": 1, "ramp": 2},
+             "warmup": 1, "ramp": 2, "hidden": 64},
 }
 
 
-def run_one(conv, thr_a, thr_w, seed, g, root, workdir):
+def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu"):
     pl.seed_everything(seed, workers=True)
     dm = UnifewsDataModule(name="cora", root=root, num_neighbors=[25, 25], eval_num_neighbors=[-1, -1],
                            batch_size=140, eval_batch_size=1000, seed=seed)
     dm.prepare_data()
     dm.setup("fit")
-    module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv=conv, hidden_channels=64,
+    module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv=conv,
+                           hidden_channels=g["hidden"],
                            num_layers=2, dropout=0.5, norm="none", thr_a=thr_a, thr_w=thr_w,
                            lock_target_edges="eval", lr=0.01, weight_decay=5e-4)
     monitor = SparsityMonitor()
@@ -53,7 +56,7 @@ def run_one(conv, thr_a, thr_w, seed, g, root, workdir):
     cbs = [monitor, ckpt]
     if thr_a > 0 or thr_w > 0:
         cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="cubic", warmup=g["warmup"], ramp=g["ramp"]))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=g["epochs"], logger=False, callbacks=cbs,
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=g["epochs"], logger=False, callbacks=cbs,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, dm)
     test = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False)
@@ -111,6 +114,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", choices=["gcn", "sage"], default=None, help="subset of the models")
     p.add_argument("--thr_a", nargs="+", type=float, default=None, help="override the edge-threshold grid")
     p.add_argument("--thr_w", nargs="+", type=float, default=None, help="override the weight-threshold grid")
+    p.add_argument("--hidden", type=int, default=None, help="hidden channels (default 64; the paper's 512)")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto)")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.root, "Cora", "raw")):
         sys.stderr.write(f"accuracy_sparsity: no Cora/raw under {args.root} (pass --root)\n")
@@ -119,13 +124,17 @@ def main(argv=None):
     for key in ("models", "thr_a", "thr_w"):
         if getattr(args, key):
             g[key] = tuple(sorted(set(getattr(args, key)) | ({0.0} if key != "models" else set())))
+    if args.hidden is not None:
+        if args.hidden < 1:
+            p.error(f"--hidden must be >= 1, got {args.hidden}")
+        g["hidden"] = args.hidden
     rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         for conv in g["models"]:
             for a in g["thr_a"]:
                 for w in g["thr_w"]:
                     for seed in g["seeds"]:
-                        rows.append(run_one(conv, a, w, seed, g, args.root, work))
+                        rows.append(run_one(conv, a, w, seed, g, args.root, work, args.accelerator))
     agg = aggregate(rows)
     goal = {}
     for conv in g["models"]:

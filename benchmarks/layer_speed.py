@@ -4,7 +4,10 @@ Propagation: scoring + selecting + aggregating over the kept edges (the layer's 
 vs aggregating over every edge. Transform: the sparse kernel vs a dense matmul at the same
 weight density. Thresholds are calibrated to hit each target sparsity exactly.
 
-    python benchmarks/layer_speed.py [--out DIR] [--scale tiny]
+    python benchmarks/layer_speed.py [--out DIR] [--scale tiny] [--device cpu|cuda]
+
+On CUDA the sparse transform is torch's CSR matmul (cuSPARSE); the JSON is then
+``layer_speed_cuda.json``, so the CPU figures stay beside it.
 """
 from __future__ import annotations
 
@@ -58,9 +61,9 @@ def bench_propagation(conv, x, ei, ew, repeat):
     return dense, rows
 
 
-def bench_transform(n, channels, repeat):
-    x = torch.randn(n, channels)
-    lin = UnifewsLinear(channels, channels, bias=False)
+def bench_transform(n, channels, repeat, device):
+    x = torch.randn(n, channels, device=device)
+    lin = UnifewsLinear(channels, channels, bias=False).to(device)
     dense = timeit(lambda: torch.nn.functional.linear(x, lin.weight), repeat)
     rows = {}
     for sp in SPARSITIES:
@@ -81,24 +84,30 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=None, help="timed repeats (default 5 on CPU, 20 on CUDA)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    device = torch.device(args.device)
+    repeat = args.repeat or (20 if device.type == "cuda" else 5)
     torch.manual_seed(0)
     n, e, c = SCALES[args.scale]
-    ei = torch.randint(0, n, (2, e))
-    x = torch.randn(n, c)
-    result = {"scale": args.scale, "num_nodes": n, "num_edges": e, "channels": c, "layers": {}}
+    ei = torch.randint(0, n, (2, e), device=device)
+    x = torch.randn(n, c, device=device)
+    result = {"scale": args.scale, "device": device.type, "num_nodes": n, "num_edges": e, "channels": c,
+              "layers": {}}
     print(f"graph: {n} nodes, {e} edges, {c} channels, {torch.get_num_threads()} threads")
     print(f"{'layer':6} {'op':12} {'target':>7} {'actual':>7} {'seconds':>9} {'pruned/dense':>12}")
     for name, Conv in (("gcn", UnifewsGCNConv), ("sage", UnifewsSAGEConv)):
-        conv = Conv(c, c)
+        conv = Conv(c, c).to(device)
         ei_p, ew = conv.prepare_edges(ei, n, n)
-        dense, rows = bench_propagation(conv, x, ei_p, ew, args.repeat)
+        dense, rows = bench_propagation(conv, x, ei_p, ew, repeat)
         print(f"{name:6} {'propagation':12} {'0%':>7} {'0%':>7} {dense:9.4f} {1:12.3f}")
         for sp, r in rows.items():
             print(f"{name:6} {'propagation':12} {sp:7.0%} {r['edge_sparsity']:7.1%} {r['s']:9.4f} {r['ratio']:12.3f}")
         result["layers"][name] = {"propagation_dense_s": dense, "propagation": {str(k): v for k, v in rows.items()}}
-    dense, rows = bench_transform(n, c, args.repeat)
+    dense, rows = bench_transform(n, c, repeat, device)
     print(f"{'any':6} {'transform':12} {'0%':>7} {'0%':>7} {dense:9.4f} {1:12.3f}")
     for sp, r in rows.items():
         print(f"{'any':6} {'transform':12} {sp:7.0%} {r['weight_sparsity']:7.1%} {r['s']:9.4f} {r['ratio']:12.3f}"
@@ -106,7 +115,7 @@ def main(argv=None):
     result["transform"] = {"dense_s": dense, **{str(k): v for k, v in rows.items()}}
     result["propagation_ratio_90"] = max(result["layers"][k]["propagation"]["0.9"]["ratio"] for k in ("gcn", "sage"))
     result["transform_ratio_90"] = rows[0.9]["ratio"]
-    path = write_json(args.out, "layer_speed.json", result)
+    path = write_json(args.out, "layer_speed.json" if device.type == "cpu" else "layer_speed_cuda.json", result)
     print(f"propagation_ratio_90 = {result['propagation_ratio_90']:.3f} (goal <= 0.20), "
           f"transform_ratio_90 = {result['transform_ratio_90']:.3f} (goal <= 0.50)")
     print(path)

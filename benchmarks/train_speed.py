@@ -1,6 +1,7 @@
 """Training-step speed, side by side: a plain PyG loop, unifews_dist dense, unifews_dist sparse.
 
-    python benchmarks/train_speed.py [--out DIR] [--scale products|medium|small|tiny] [--steps N]
+    python benchmarks/train_speed.py [--out DIR] [--scale products|medium|small|tiny] [--steps N | --epoch]
+                                     [--gpu-sampling | --no-gpu-sampling]
 
 GraphSAGE, 3 layers, hidden 256, fanout [15, 10, 5], batch 1024 (tiny: smaller), on the
 synthetic graph of the chosen scale (``products``: ogbn-products' 2.4M nodes and 62M edges).
@@ -12,9 +13,13 @@ over the same number of steps after warm-up:
 (b) ``dense``: unifews_dist's LightningModule and Trainer (with its monitors), thresholds 0;
 (c) ``sparse``: the same with thresholds calibrated by ``TargetSparsity`` over 100 training
     steps to >= 90% edge and >= 90% weight sparsity (seed edges locked in evaluation only, as
-    the reference code), then held fixed, continuing from the calibrated weights (message and
-    weight magnitudes, hence sparsity at given thresholds, depend on them); weight masks
-    recomputed on the first batch of each epoch.
+    the reference code), then held fixed, resuming the calibration run from its checkpoint
+    (message and weight magnitudes, hence sparsity at given thresholds, depend on the weights
+    and on Adam's state); weight masks recomputed on the first batch of each epoch.
+
+On a GPU the graph and features live on the GPU and are sampled there (``--gpu-sampling``, the
+default when CUDA is available); ``--epoch`` times as many steps as one epoch has and reports
+seconds per epoch (also estimated from the timed steps otherwise: mean step x batches).
 
 Each step is split into sampling+loading, transfer, forward, backward+optimizer (medians over
 the timed steps). ``framework_overhead_ratio`` = (b) / (a) whole step;
@@ -26,6 +31,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -109,10 +115,11 @@ def time_pyg(dm, hidden, layers, warmup, steps, device):
 
 class _Record(Callback):
     def __init__(self, tm, warmup):
-        self.tm, self.warmup, self.rows, self.stats = tm, warmup, [], []
+        self.tm, self.warmup, self.rows, self.stats, self.seen = tm, warmup, [], [], 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step > self.warmup:
+        self.seen += 1
+        if self.seen > self.warmup:
             self.rows.append(dict(self.tm.last_times))
             self.stats.append([(s.edges_dense, s.edges_kept, s.weight_numel, s.weight_nnz, s.macs_dense, s.macs_sparse)
                                for s in pl_module.model.layer_stats])
@@ -129,32 +136,44 @@ def _module(dm, hidden, layers, **kw):
                          hidden_channels=hidden, num_layers=layers, dropout=0.5, norm="none", lr=0.003, **kw)
 
 
-def calibrate(dm, hidden, layers, steps, accel):
-    """Thresholds that give >= 90% edge and weight sparsity (TargetSparsity aims at 0.92)."""
+def calibrate(dm, hidden, layers, steps, accel, ckpt):
+    """Thresholds that give >= 90% edge and weight sparsity (TargetSparsity aims at 0.92), and a
+    checkpoint of the run that found them (weights, masks, optimizer state) at ``ckpt``.
+
+    Gain 1: the per-step sparsity is noisy and steep in log(thr_a) (about 0.35 per unit), so a
+    higher gain leaves the last threshold swinging around the target from step to step."""
     pl.seed_everything(0)
     module = _module(dm, hidden, layers, lock_target_edges="eval")
-    ctl = TargetSparsity(edge_sparsity=0.92, weight_sparsity=0.92)
-    _trainer([ctl], steps, accel).fit(module, dm)
-    return ctl.thr_a, ctl.thr_w, module.state_dict()
+    ctl = TargetSparsity(edge_sparsity=0.92, weight_sparsity=0.92, gain=1.0)
+    trainer = _trainer([ctl], steps, accel)
+    trainer.fit(module, dm)
+    trainer.save_checkpoint(ckpt)
+    return ctl.thr_a, ctl.thr_w, trainer.global_step
 
 
-def time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a=None, thr_w=None, state=None):
+def time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a=None, thr_w=None, ckpt=None, start=0):
     pl.seed_everything(0)
     sparse = thr_a is not None
     module = _module(dm, hidden, layers, thr_a=thr_a or 0.0, thr_w=thr_w or 0.0, lock_target_edges="eval")
-    if state is not None:  # the thresholds were found for these weights, not for a fresh init
-        module.load_state_dict(state)
     tm = ThroughputMonitor()
     rec = _Record(tm, warmup)
     cbs = [SparsityMonitor(), tm, rec]
     if sparse:  # fixed thresholds; masks recomputed on each epoch's first batch, kept otherwise
         cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="constant", mask_update="epoch"))
-    _trainer(cbs, warmup + steps, accel).fit(module, dm)
+    # the sparse run continues the calibration run (weights, masks, Adam state): message and weight
+    # magnitudes, hence the sparsity a threshold gives, depend on them, and a fresh Adam moves
+    # the weights far in its first steps
+    _trainer(cbs, start + warmup + steps, accel).fit(module, dm, ckpt_path=ckpt)
     return rec.rows, rec.stats
 
 
 def median_phases(rows):
     return {p: statistics.median(r[p] for r in rows) for p in PHASES}
+
+
+def epoch_phases(rows, batches):
+    """Seconds per epoch, whole and by phase: mean over the timed steps x batches per epoch."""
+    return {p: statistics.fmean(r[p] for r in rows) * batches for p in PHASES}
 
 
 def main(argv=None):
@@ -163,24 +182,32 @@ def main(argv=None):
     p.add_argument("--scale", choices=sorted(SCALES), default="products")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30; tiny: 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; tiny: 2)")
+    p.add_argument("--epoch", action="store_true", help="time as many steps as one epoch has")
+    p.add_argument("--gpu-sampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="graph on the GPU, sampled there (default: on when CUDA is available)")
     args = p.parse_args(argv)
     tiny = args.scale == "tiny"
-    steps = args.steps or (5 if tiny else 30)
     warmup = args.warmup if args.warmup is not None else (2 if tiny else 5)
     name, hidden, fanout, batch = SCALES[args.scale]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     accel = "gpu" if device.type == "cuda" else "cpu"
+    gpu_sampling = device.type == "cuda" if args.gpu_sampling is None else args.gpu_sampling
     t0 = time.perf_counter()
-    dm = UnifewsDataModule(name=name, num_neighbors=fanout, batch_size=batch, seed=0)
+    dm = UnifewsDataModule(name=name, num_neighbors=fanout, batch_size=batch, seed=0, gpu_sampling=gpu_sampling)
     dm.prepare_data()
     dm.setup("fit")
-    print(f"data {name}: {time.perf_counter() - t0:.0f} s to build", flush=True)
+    batches = len(dm.train_dataloader())
+    steps = batches if args.epoch else (args.steps or (5 if tiny else 30))
+    print(f"data {name}: {time.perf_counter() - t0:.0f} s to build; {batches} batches per epoch; "
+          f"sampling on {'GPU' if gpu_sampling else 'CPU'}", flush=True)
     layers = len(fanout)
 
     a_rows, _ = time_pyg(dm, hidden, layers, warmup, steps, device)
     b_rows, b_stats = time_unifews(dm, hidden, layers, warmup, steps, accel)
-    thr_a, thr_w, state = calibrate(dm, hidden, layers, 100 if not tiny else 10, accel)
-    c_rows, c_stats = time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a, thr_w, state)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "calibrated.ckpt")
+        thr_a, thr_w, start = calibrate(dm, hidden, layers, 100 if not tiny else 10, accel, ckpt)
+        c_rows, c_stats = time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a, thr_w, ckpt, start)
     a, b, c = (median_phases(r) for r in (a_rows, b_rows, c_rows))
 
     tot = [sum(x[i] for st in c_stats for x in st) for i in range(6)]
@@ -188,8 +215,11 @@ def main(argv=None):
     macs_red = tot[4] / tot[5] if tot[5] else 1.0
     res = {
         "scale": args.scale, "dataset": name, "hidden": hidden, "fanout": fanout, "batch_size": batch,
-        "steps": steps, "warmup": warmup, "device": device.type,
+        "steps": steps, "warmup": warmup, "device": device.type, "gpu_sampling": gpu_sampling,
+        "batches_per_epoch": batches,
         "pyg_s": a, "unifews_dense_s": b, "unifews_sparse_s": c,
+        "epoch_s": {k: epoch_phases(r, batches) for k, r in (("pyg", a_rows), ("unifews_dense", b_rows),
+                                                            ("unifews_sparse", c_rows))},
         "framework_overhead_ratio": b["step"] / a["step"],
         "model_compute_ratio": (c["forward"] + c["backward"]) / (b["forward"] + b["backward"]),
         "sparse_step_ratio": c["step"] / b["step"],
@@ -199,6 +229,9 @@ def main(argv=None):
     print(f"\n{'run':<16}" + "".join(f"{p + '_s':>12}" for p in PHASES))
     for label, r in (("pyg", a), ("unifews dense", b), ("unifews sparse", c)):
         print(f"{label:<16}" + "".join(f"{r[p]:>12.4f}" for p in PHASES))
+    print(f"\nseconds per epoch ({batches} batches), by phase:")
+    for label, r in res["epoch_s"].items():
+        print(f"{label:<16}" + "".join(f"{r[p]:>12.2f}" for p in PHASES))
     print(f"\nframework_overhead_ratio (dense/pyg, step)      {res['framework_overhead_ratio']:.3f}  (goal <= 1.10)")
     print(f"model_compute_ratio (sparse/dense, fwd+bwd)      {res['model_compute_ratio']:.3f}  (goal <= 0.35)")
     print(f"edge sparsity {edge_sp:.1%}  weight sparsity {weight_sp:.1%}  MACs reduction {macs_red:.1f}x")

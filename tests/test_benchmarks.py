@@ -32,6 +32,21 @@ def test_train_speed_tiny_reaches_the_sparsity_it_times(tmp_path):
     assert res["edge_sparsity"] >= 0.9 and res["weight_sparsity"] >= 0.9 and res["macs_reduction"] > 3
     for run in ("pyg_s", "unifews_dense_s", "unifews_sparse_s"):
         assert set(res[run]) == {"data", "transfer", "forward", "backward", "step"} and res[run]["step"] > 0
+    assert res["batches_per_epoch"] == 16  # 1000 training seeds / 64
+    for run, per_epoch in res["epoch_s"].items():
+        assert per_epoch["step"] >= per_epoch["forward"] > 0, run
+
+
+def test_profile_step_tiny_counts_syncs(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--scale", "tiny",
+                           "--steps", "2", "--top", "3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "profile_step.json"))
+    assert res["dense"]["edge_sparsity"] == 0 and res["sparse"]["edge_sparsity"] > 0.2
+    assert res["sparse"]["weight_sparsity"] > 0.2
+    for run in ("dense", "sparse"):
+        assert res[run]["step_ms"] > 0 and res[run]["syncs_per_step"]["aten::nonzero"] > 0
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data", "planetoid", "Cora", "raw")),
