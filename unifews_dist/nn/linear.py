@@ -17,7 +17,9 @@ MASK_MODES = ("recompute", "refine", "keep", "dense")
 BACKENDS = ("auto", "dense", "sparse")
 
 # Density below which the sparse kernel beats dense on each device type, measured by
-# benchmarks/layer_speed.py (see BENCHMARKS.md). No GPU figure yet: CUDA stays dense in auto.
+# benchmarks/layer_speed.py (see BENCHMARKS.md). On an H100 torch's CSR matmul (cuSPARSE) took
+# 38.7x / 10.0x / 2.6x the dense GEMM at 50 / 90 / 99% weight sparsity (100k x 256 x 256): no
+# crossover, so CUDA stays dense-with-mask in auto.
 SPARSE_CROSSOVER = {"cpu": 0.2, "cuda": 0.0}
 
 

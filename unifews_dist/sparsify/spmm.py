@@ -3,7 +3,8 @@
 torch's CPU CSR matmul is slower than a dense GEMM even at 90% sparsity on the machines we
 measured (``benchmarks/layer_speed.py``), so on CPU we use a numba kernel that walks the CSR
 rows of ``W`` over blocks of 64 nodes held transposed in cache: one vector multiply-add per
-kept entry and block. On CUDA, torch's CSR matmul (cuSPARSE) is used.
+kept entry and block. On CUDA, torch's CSR matmul (cuSPARSE) is used when asked for
+(``backend="sparse"``); it never beat a dense GEMM on the H100 we measured, so ``auto`` does not.
 """
 from __future__ import annotations
 
