@@ -117,7 +117,7 @@ class UnifewsDataModule(pl.LightningDataModule):
         self.sampler_kind, self.seed, self.share_memory = sampler, seed, share_memory
         self.gpu_sampling = gpu_sampling
         self.dataset: Optional[GraphDataset] = None
-        self._graph: Optional[Data] = None  # the graph the loaders sample from (on the GPU with gpu_sampling)
+        self._graph: Optional[Data] = None  # the GPU copy the loaders sample from with gpu_sampling
         self._samplers = {}
 
     @property
@@ -158,21 +158,19 @@ class UnifewsDataModule(pl.LightningDataModule):
                                  "(Lightning's sampler injection has broken NeighborLoader before)")
         if self.num_hops < 1:
             raise ValueError("num_neighbors needs at least one hop")
-        self._place_graph(trainer)
+        if self.gpu_sampling:
+            self._place_graph(trainer)
         self.print_source(ds)
 
     def _place_graph(self, trainer) -> None:
-        data = self.load().data
-        if not self.gpu_sampling:
-            self._graph = data
-            return
+        """Copy the graph to the trainer's GPU (once per device) for ``gpu_sampling``."""
         device = trainer.strategy.root_device if trainer is not None else (
             torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
         if device.type != "cuda":
             raise ValueError(f"gpu_sampling needs the trainer on a CUDA device, got {device} "
                              f"(set trainer.accelerator=gpu, or data.gpu_sampling=false)")
         if self._graph is None or self._graph.x.device != device:
-            self._graph = copy.copy(data).to(device)  # Data.to moves in place: keep the host copy
+            self._graph = copy.copy(self.load().data).to(device)  # Data.to moves in place: keep the host copy
             self._samplers = {}
 
     def print_source(self, ds: GraphDataset) -> None:
@@ -184,6 +182,8 @@ class UnifewsDataModule(pl.LightningDataModule):
     @property
     def graph(self) -> Data:
         """The graph the loaders sample from: the dataset's, or its GPU copy with ``gpu_sampling``."""
+        if not self.gpu_sampling:
+            return self.load().data
         if self._graph is None:
             self._place_graph(getattr(self, "trainer", None))
         return self._graph

@@ -36,8 +36,8 @@ SYNTHETIC: Dict[str, SyntheticSpec] = {
     "synthetic-tiny-multilabel": SyntheticSpec(2_000, 20_000, 32, 5, extra_labels=0.2),
     "synthetic-small": SyntheticSpec(20_000, 300_000, 64, 10),
     "synthetic-medium": SyntheticSpec(200_000, 4_000_000, 100, 47),
-    # ogbn-products' sizes and split sizes (196,615 train / 39,323 valid seeds): an epoch is 192
-    # batches of 1024, as in the published per-epoch figures
+    # ogbn-products' sizes and split sizes (196,615 train / 39,323 valid seeds): an epoch is 193
+    # batches of 1024 (the last one partial), as in the published per-epoch figures
     "synthetic-products": SyntheticSpec(2_449_029, 61_859_140, 100, 47, num_train=196_615, num_val=39_323),
 }
 
