@@ -22,9 +22,15 @@ from common import DEFAULT_OUT, timeit, write_json  # noqa: E402
 
 from unifews_dist.nn import UnifewsGCNConv, UnifewsLinear, UnifewsSAGEConv  # noqa: E402
 from unifews_dist.sparsify import edge_scores, node_norms  # noqa: E402
+from unifews_dist.sparsify.spmm import sparse_linear  # noqa: E402
 
 SPARSITIES = (0.5, 0.9, 0.99)
 SCALES = {"full": (100_000, 1_000_000, 256), "tiny": (2_000, 20_000, 32)}
+# (rows, in, out) of the transform crossover sweep: where the sparse kernel starts to beat dense
+CROSSOVER_SHAPES = {"full": [(2_000, 64, 64), (2_000, 256, 256), (20_000, 256, 256), (20_000, 1433, 64),
+                             (100_000, 64, 64), (100_000, 256, 256), (100_000, 1433, 64)],
+                    "tiny": [(500, 32, 16)]}
+CROSSOVER_DENSITIES = (0.1, 0.3, 0.5, 0.7)
 
 
 def calibrated_thr_a(scores: torch.Tensor, locked: torch.Tensor, sparsity: float) -> float:
@@ -80,6 +86,21 @@ def bench_transform(n, channels, repeat, device):
     return dense, rows
 
 
+def bench_crossover(shapes, repeat, device):
+    """Sparse / dense transform time by weight density (random masks) for each (rows, in, out)."""
+    rows = []
+    for n, fi, fo in shapes:
+        x = torch.randn(n, fi, device=device)
+        w = torch.randn(fo, fi, device=device)
+        dense = timeit(lambda: x @ w.t(), repeat)
+        ratios = {}
+        for d in CROSSOVER_DENSITIES:
+            m = torch.rand(fo, fi, device=device) < d
+            ratios[str(d)] = timeit(lambda: sparse_linear(x, w, m), repeat) / dense
+        rows.append({"rows": n, "in": fi, "out": fo, "dense_s": dense, "ratio_by_density": ratios})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=DEFAULT_OUT)
@@ -113,6 +134,11 @@ def main(argv=None):
         print(f"{'any':6} {'transform':12} {sp:7.0%} {r['weight_sparsity']:7.1%} {r['s']:9.4f} {r['ratio']:12.3f}"
               f"   (masked dense: {r['masked_dense_ratio']:.3f})")
     result["transform"] = {"dense_s": dense, **{str(k): v for k, v in rows.items()}}
+    result["crossover"] = bench_crossover(CROSSOVER_SHAPES[args.scale], repeat, device)
+    print("transform crossover, sparse / dense time at density " + " / ".join(map(str, CROSSOVER_DENSITIES)))
+    for r in result["crossover"]:
+        print(f"  {r['rows']:>7} x {r['in']:>4} x {r['out']:>4} (dense {r['dense_s'] * 1e3:7.2f} ms): "
+              + " / ".join(f"{v:.2f}" for v in r["ratio_by_density"].values()))
     result["propagation_ratio_90"] = max(result["layers"][k]["propagation"]["0.9"]["ratio"] for k in ("gcn", "sage"))
     result["transform_ratio_90"] = rows[0.9]["ratio"]
     path = write_json(args.out, "layer_speed.json" if device.type == "cpu" else "layer_speed_cuda.json", result)

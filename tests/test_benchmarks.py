@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("script,out,keys", [
-    ("layer_speed.py", "layer_speed.json", ["propagation_ratio_90", "transform_ratio_90"]),
+    ("layer_speed.py", "layer_speed.json", ["propagation_ratio_90", "transform_ratio_90", "crossover"]),
     ("sampler_speed.py", "sampler_speed.json", ["builtin_s_per_batch", "torch_sparse_s_per_batch"]),
 ])
 def test_benchmark_runs_tiny(tmp_path, script, out, keys):

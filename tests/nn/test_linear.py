@@ -14,7 +14,7 @@ from unifews_dist.sparsify.spmm import numba_available, sparse_linear
 @pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
 def test_sparse_kernel_equals_masked_dense_with_gradients(density):
     torch.manual_seed(0)
-    x = torch.randn(150, 33, requires_grad=True)  # not a multiple of the 64-row block
+    x = torch.randn(150, 33, requires_grad=True)  # not a multiple of the 32-row tile
     w = torch.randn(17, 33, requires_grad=True)
     mask = torch.rand(17, 33) < density
     y = sparse_linear(x, w, mask)
@@ -85,6 +85,20 @@ def test_linear_modes_and_backends():
     lin.mask_mode = "dense"
     assert torch.allclose(lin(x), dense(x))
     assert lin.weight_density() == 1.0
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+def test_auto_backend_follows_the_cpu_crossover():
+    from unifews_dist.nn.linear import SPARSE_CROSSOVER
+    torch.manual_seed(0)
+    lin = UnifewsLinear(40, 40, thr_w=1.0, mask_mode="keep")
+    x = torch.randn(64, 40)
+    lin(x)  # builds a mask; then set densities either side of the crossover by hand
+    for density, expected in ((SPARSE_CROSSOVER["cpu"] - 0.05, "sparse"), (SPARSE_CROSSOVER["cpu"] + 0.05, "dense")):
+        lin.weight_mask.copy_(torch.rand(40, 40) < density)
+        y = lin(x)
+        assert lin.last_backend == expected, (density, lin.weight_density())
+        assert torch.allclose(y, x @ (lin.weight * lin.weight_mask).t() + lin.bias, atol=1e-4)
 
 
 def test_mask_is_a_checkpointed_buffer():

@@ -17,10 +17,12 @@ MASK_MODES = ("recompute", "refine", "keep", "dense")
 BACKENDS = ("auto", "dense", "sparse")
 
 # Density below which the sparse kernel beats dense on each device type, measured by
-# benchmarks/layer_speed.py (see BENCHMARKS.md). On an H100 torch's CSR matmul (cuSPARSE) took
-# 38.7x / 10.0x / 2.6x the dense GEMM at 50 / 90 / 99% weight sparsity (100k x 256 x 256): no
-# crossover, so CUDA stays dense-with-mask in auto.
-SPARSE_CROSSOVER = {"cpu": 0.2, "cuda": 0.0}
+# benchmarks/layer_speed.py and a shape sweep (see BENCHMARKS.md). On the 2-core AVX-512 CPU the
+# numba kernel took 0.35-0.94x the dense GEMM at 30% density for layers of 20k-100k rows and
+# 64-1433 features (1.26x only for a 2000 x 64 x 64 layer, well under a millisecond). On an H100
+# torch's CSR matmul (cuSPARSE) took 38.7x / 10.0x / 2.6x the dense GEMM at 50 / 90 / 99% weight
+# sparsity (100k x 256 x 256): no crossover, so CUDA stays dense-with-mask in auto.
+SPARSE_CROSSOVER = {"cpu": 0.3, "cuda": 0.0}
 
 
 class UnifewsLinear(nn.Module):

@@ -1,9 +1,14 @@
 """``X @ W_masked.T`` that computes only the kept weight entries.
 
 torch's CPU CSR matmul is slower than a dense GEMM even at 90% sparsity on the machines we
-measured (``benchmarks/layer_speed.py``), so on CPU we use a numba kernel that walks the CSR
-rows of ``W`` over blocks of 64 nodes held transposed in cache: one vector multiply-add per
-kept entry and block. On CUDA, torch's CSR matmul (cuSPARSE) is used when asked for
+measured (``benchmarks/layer_speed.py``), so on CPU we use a numba kernel. It walks the CSR rows
+of ``W`` over tiles of 32 nodes held transposed in L1 cache: each output row of the tile is
+summed in vector registers over that row's kept entries (one broadcast multiply-add of 32 nodes
+per kept entry) and stored once. The register accumulation is written as a small LLVM intrinsic
+(``_row_fma``) because numba's loops kept the sum in memory (a store-to-load chain per entry,
+4-5x slower) or turned it into gathers. The output is allocated by numpy, which asks for huge
+pages on large arrays; first-touch page faults of a 100 MB output otherwise cost as much as the
+arithmetic. On CUDA, torch's CSR matmul (cuSPARSE) is used when asked for
 (``backend="sparse"``); it never beat a dense GEMM on the H100 we measured, so ``auto`` does not.
 """
 from __future__ import annotations
@@ -16,11 +21,14 @@ from torch import Tensor
 try:  # numba is a declared dependency; keep the dense fallback if a platform lacks it
     import numba as _nb
     import numpy as _np
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cgutils
+    from numba.extending import intrinsic as _intrinsic
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     _nb = None
 
-_BLOCK = 64
-_kernel = None
+_TILE = 32  # nodes per tile: a 32 x 256 float tile of X is 32 KiB, it stays in L1
+_LANES = 16  # floats per vector register the intrinsic asks LLVM for (it splits them if narrower)
 _IMPORT_PID = os.getpid()
 _layer_checked_pid = None
 
@@ -46,40 +54,76 @@ def _choose_threading_layer() -> None:
         _nb.config.THREADING_LAYER = "workqueue"
 
 
-def _get_kernel():
-    global _kernel
-    _choose_threading_layer()
-    if _kernel is None:
-        if _nb is None:
-            raise RuntimeError("the CPU sparse transform needs numba: pip install numba")
-        B = _BLOCK
+if _nb is not None:
 
-        @_nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-        def csr_rows_times_x(x, crow, col, val, nout):  # y = x @ W.T, W given as CSR [nout, fin]
-            n, fi = x.shape
-            y = _np.empty((n, nout), dtype=x.dtype)
-            nblk = (n + B - 1) // B
-            for b in _nb.prange(nblk):
-                s = b * B
-                m = min(B, n - s)
-                xt = _np.zeros((fi, B), dtype=x.dtype)
-                yt = _np.zeros((nout, B), dtype=x.dtype)
-                for r in range(m):
-                    for j in range(fi):
-                        xt[j, r] = x[s + r, j]
+    @_intrinsic
+    def _row_fma(typingctx, xt, col, val, p0, p1, yt, out_at):
+        """``yt[out_at : out_at + T] = sum_p val[p] * xt[col[p] * T : col[p] * T + T]`` over
+        ``p0 <= p < p1``, with ``T = _TILE`` and the running sum in registers."""
+        f32 = _nb.types.float32
+        for name, arr in (("xt", xt), ("val", val), ("yt", yt)):
+            if not (isinstance(arr, _nb.types.Array) and arr.dtype == f32 and arr.ndim == 1):
+                raise _nb.core.errors.TypingError(f"_row_fma: {name} must be a 1-d float32 array, got {arr}")
+        if not (isinstance(col, _nb.types.Array) and isinstance(col.dtype, _nb.types.Integer)):
+            raise _nb.core.errors.TypingError(f"_row_fma: col must be an integer array, got {col}")
+        intp = _nb.types.intp
+        sig = _nb.types.void(xt, col, val, intp, intp, yt, intp)
+
+        def codegen(context, builder, signature, args):
+            xt_a, col_a, val_a, p0_v, p1_v, yt_a, at_v = args
+            xt_d = context.make_array(signature.args[0])(context, builder, xt_a).data
+            col_d = context.make_array(signature.args[1])(context, builder, col_a).data
+            val_d = context.make_array(signature.args[2])(context, builder, val_a).data
+            yt_d = context.make_array(signature.args[5])(context, builder, yt_a).data
+            i_t = context.get_value_type(intp)
+            v_t = _ir.VectorType(_ir.FloatType(), _LANES)
+            splat0 = _ir.Constant(_ir.VectorType(_ir.IntType(32), _LANES), [0] * _LANES)
+            zero = _ir.Constant(v_t, [0.0] * _LANES)
+            # entry-block allocas: LLVM's mem2reg turns them into registers carried by the loop
+            accs = [_cgutils.alloca_once_value(builder, zero) for _ in range(_TILE // _LANES)]
+            with _cgutils.for_range_slice(builder, p0_v, p1_v, _ir.Constant(i_t, 1), inc=True) as (p, _):
+                j = builder.load(builder.gep(col_d, [p]))
+                j = builder.sext(j, i_t) if j.type.width < i_t.width else j
+                w = builder.insert_element(_ir.Constant(v_t, _ir.Undefined), builder.load(builder.gep(val_d, [p])),
+                                           _ir.Constant(_ir.IntType(32), 0))
+                w = builder.shuffle_vector(w, _ir.Constant(v_t, _ir.Undefined), splat0)
+                base = builder.mul(j, _ir.Constant(i_t, _TILE))
+                for k, acc in enumerate(accs):
+                    ptr = builder.gep(xt_d, [builder.add(base, _ir.Constant(i_t, k * _LANES))])
+                    xv = builder.load(builder.bitcast(ptr, v_t.as_pointer()), align=4)
+                    prod = builder.fmul(w, xv, flags=["fast"])
+                    builder.store(builder.fadd(builder.load(acc), prod, flags=["fast"]), acc)
+            for k, acc in enumerate(accs):
+                ptr = builder.gep(yt_d, [builder.add(at_v, _ir.Constant(i_t, k * _LANES))])
+                builder.store(builder.load(acc), builder.bitcast(ptr, v_t.as_pointer()), align=4)
+
+        return sig, codegen
+
+    @_nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+    def _csr_rows_times_x(x, crow, col, val, y):  # y[:] = x @ W.T, W given as CSR [nout, fin]
+        n, fi = x.shape
+        nout = y.shape[1]
+        T = _TILE
+        for b in _nb.prange((n + T - 1) // T):
+            s = b * T
+            m = min(T, n - s)
+            xt = _np.zeros(fi * T, dtype=x.dtype)  # the tile, transposed: xt[j * T + r] = x[s + r, j]
+            yt = _np.empty(nout * T, dtype=x.dtype)
+            for r in range(m):
+                for j in range(fi):
+                    xt[j * T + r] = x[s + r, j]
+            for i in range(nout):
+                _row_fma(xt, col, val, crow[i], crow[i + 1], yt, i * T)
+            for r in range(m):
                 for i in range(nout):
-                    for p in range(crow[i], crow[i + 1]):
-                        w = val[p]
-                        j = col[p]
-                        for r in range(B):
-                            yt[i, r] += w * xt[j, r]
-                for r in range(m):
-                    for i in range(nout):
-                        y[s + r, i] = yt[i, r]
-            return y
+                    y[s + r, i] = yt[i * T + r]
 
-        _kernel = csr_rows_times_x
-    return _kernel
+
+def _get_kernel():
+    _choose_threading_layer()
+    if _nb is None:
+        raise RuntimeError("the CPU sparse transform needs numba: pip install numba")
+    return _csr_rows_times_x
 
 
 def _csr(weight: Tensor, mask: Tensor):
@@ -99,7 +143,8 @@ def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int) -> Tenso
     x = x.detach().contiguous()
     if x.dtype != torch.float32 or val.dtype != torch.float32:
         raise TypeError(f"the CPU sparse transform supports float32, got {x.dtype}")
-    y = _get_kernel()(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), nout)
+    y = _np.empty((x.size(0), nout), dtype=_np.float32)  # numpy: huge pages for large outputs
+    _get_kernel()(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), y)
     return torch.from_numpy(y)
 
 
