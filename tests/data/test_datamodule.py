@@ -77,6 +77,34 @@ def test_planetoid_from_disk_and_bad_names(tmp_path):
         UnifewsDataModule("cora", sampler="dgl")
 
 
+def test_random_split_is_stratified_seeded_and_checked():
+    from unifews_dist.data.datasets import random_split
+    y = torch.arange(7).repeat_interleave(torch.tensor([351, 217, 418, 818, 426, 298, 180]))  # Cora's classes
+    tr, va, te = random_split(y, [0.5, 0.25], seed=3)
+    assert tr.numel() + va.numel() + te.numel() == y.numel()
+    assert torch.equal(torch.cat([tr, va, te]).sort().values, torch.arange(y.numel()))  # disjoint, covering
+    counts = torch.bincount(y, minlength=7)
+    assert (torch.bincount(y[tr], minlength=7) - counts * 0.5).abs().max() <= 0.5  # half of every class
+    assert (torch.bincount(y[va], minlength=7) - counts * 0.25).abs().max() <= 1
+    again, other = random_split(y, [0.5, 0.25], seed=3), random_split(y, [0.5, 0.25], seed=4)
+    assert torch.equal(again[0], tr) and not torch.equal(other[0], tr)
+    multi = (torch.rand(100, 3) < 0.5).long()  # multi-label: drawn over all nodes
+    assert [t.numel() for t in random_split(multi, [0.6, 0.2])] == [60, 20, 20]
+    for bad in ([0.5], [0.7, 0.4], [0.0, 0.2], [float("nan"), 0.1], "ab"):
+        with pytest.raises(ValueError, match="random_split needs \\[train, val\\] fractions"):
+            UnifewsDataModule("cora", random_split=bad)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_CORA, "Cora")), reason="../shared/data (real Cora) missing")
+def test_data_module_random_split_replaces_the_public_one(tmp_path):
+    shutil.copytree(os.path.join(SHARED_CORA, "Cora"), tmp_path / "Cora")
+    ds = UnifewsDataModule("cora", root=str(tmp_path), random_split=[0.5, 0.25], seed=1).load()
+    assert (ds.train_idx.numel(), ds.val_idx.numel(), ds.test_idx.numel()) == (1354, 675, 679)  # per-class rounding
+    assert "random split 0.5 / 0.25 / rest, seed 1" in ds.source
+    public = UnifewsDataModule("cora", root=str(tmp_path)).load()
+    assert public.train_idx.numel() == 140
+
+
 def test_synthetic_is_seeded_and_learnable():
     a, b = load_dataset("synthetic-tiny", seed=0), load_dataset("synthetic-tiny", seed=0)
     assert torch.equal(a.data.edge_index, b.data.edge_index) and torch.equal(a.data.x, b.data.x)

@@ -118,6 +118,7 @@ def test_checkpoint_from_another_model_exit_2(tmp_path):
     (["--model.num_layers", "3"], "data.num_neighbors has 2 hops but model.num_layers is 3"),
     (["--trainer.accelerator", "gpu", "--trainer.devices", "4"], "devices"),
     (["--model.conv", "gcm"], "gcm"),
+    (["--data.random_split", "[0.8, 0.3]"], "random_split needs [train, val] fractions > 0 with sum < 1"),
     (["--ckpt_path", "/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
     (["--trainer.callbacks+=unifews_dist.callbacks.SparsitySchedule", "--trainer.callbacks.kind=exp",
       "--trainer.callbacks.thr_a=1"], "kind must be one of"),

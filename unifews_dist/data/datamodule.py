@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
 from ..checks import check_choice
-from .datasets import KNOWN, GraphDataset, load_dataset
+from .datasets import KNOWN, GraphDataset, check_split_fractions, load_dataset, random_split
 from .sampler import TorchNeighborSampler
 from .shard import ShardedSeedSampler
 
@@ -84,13 +84,16 @@ class UnifewsDataModule(pl.LightningDataModule):
             (the built-in sampler runs on CUDA tensors; pyg-lib and torch-sparse sample on CPU
             only). A batch then arrives on the GPU already: no host gather, no host-to-device
             copy. Needs ``num_workers=0`` and a CUDA device per rank.
+        random_split: ``null`` keeps the dataset's own split (Planetoid's public one, OGB's);
+            ``[train, val]`` fractions draw a class-stratified random split from ``seed``, the rest
+            test (``[0.5, 0.25]`` is the Unifews reference code's split of Planetoid graphs).
     """
 
     def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
                  eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, sampler: str = "auto", seed: int = 0, share_memory: bool = True,
-                 gpu_sampling: bool = False):
+                 gpu_sampling: bool = False, random_split: Optional[List[float]] = None):
         super().__init__()
         if str(name).lower() not in KNOWN:
             raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
@@ -105,7 +108,10 @@ class UnifewsDataModule(pl.LightningDataModule):
             raise ValueError(f"gpu_sampling samples in the main process with the built-in sampler: it needs "
                              f"num_workers=0 (got {num_workers}), pin_memory=false (got {pin_memory}) and "
                              f"sampler 'auto' or 'torch' (got {sampler!r})")
+        if random_split is not None:  # checked before any data is read
+            random_split = check_split_fractions(random_split)
         self.save_hyperparameters()
+        self.random_split = random_split
         self.name, self.root = str(name).lower(), root
         self.num_neighbors = list(num_neighbors)
         self.eval_num_neighbors = list(eval_num_neighbors) if eval_num_neighbors else list(num_neighbors)
@@ -139,6 +145,10 @@ class UnifewsDataModule(pl.LightningDataModule):
     def load(self) -> GraphDataset:
         if self.dataset is None:
             self.dataset = load_dataset(self.name, self.root, self.seed)
+            if self.random_split is not None:
+                ds = self.dataset
+                ds.train_idx, ds.val_idx, ds.test_idx = random_split(ds.data.y, self.random_split, self.seed)
+                ds.source += f" (random split {self.random_split[0]:g} / {self.random_split[1]:g} / rest, seed {self.seed})"
             if self.share_memory:
                 self.dataset.data.share_memory_()
         return self.dataset
