@@ -53,12 +53,13 @@ def test_profile_step_tiny_counts_syncs(tmp_path):
                     reason="real Cora not on disk")
 def test_accuracy_sparsity_tiny(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accuracy_sparsity.py"), "--scale", "tiny",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           "--split", "reference", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.load(open(tmp_path / "accuracy_sparsity.json"))
+    res = json.load(open(tmp_path / "accuracy_sparsity_reference.json"))
+    assert res["split"] == "reference" and all(r["num_train"] == 1354 for r in res["runs"])  # 50% of Cora
     assert len(res["runs"]) == 4 and len(res["aggregate"]) == 4
     by = {(r["thr_a"], r["thr_w"]): r for r in res["aggregate"]}
     assert by[(0.0, 0.0)]["edge_sparsity"] == 0 and by[(1.0, 0.5)]["edge_sparsity"] > 0.2
     assert by[(0.0, 0.5)]["weight_sparsity"] > 0.2 and all(0 < r["test_acc"] <= 1 for r in res["runs"])
-    png = (tmp_path / "accuracy_sparsity.png").read_bytes()
+    png = (tmp_path / "accuracy_sparsity_reference.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
