@@ -52,6 +52,7 @@ class UnifewsLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.register_buffer("weight_mask", torch.ones(out_features, in_features, dtype=torch.bool))
         self.register_buffer("mask_ready", torch.zeros((), dtype=torch.bool))
+        self._nnz_cache = None  # (mask version, mask address, kept entries)
         self.thr_w = thr_w
         self.mask_mode = mask_mode
         self.backend = backend
@@ -116,13 +117,21 @@ class UnifewsLinear(nn.Module):
         self.weight_mask.copy_(mask)
         self.mask_ready.fill_(True)
 
+    def _mask_nnz(self) -> int:
+        """Kept entries, counted once per mask version (a device sync on GPU): the tensor's
+        version counter moves on every in-place change (update, load_state_dict, copy_)."""
+        version = self.weight_mask._version
+        if self._nnz_cache is None or self._nnz_cache[0] != version or self._nnz_cache[1] != self.weight_mask.data_ptr():
+            self._nnz_cache = (version, self.weight_mask.data_ptr(), int(self.weight_mask.sum()))
+        return self._nnz_cache[2]
+
     def weight_density(self) -> float:
         if not self.pruning:
             return 1.0
-        return float(self.weight_mask.sum()) / self.weight_mask.numel()
+        return self._mask_nnz() / self.weight_mask.numel()
 
     def weight_nnz(self) -> int:
-        return int(self.weight_mask.sum()) if self.pruning else self.weight.numel()
+        return self._mask_nnz() if self.pruning else self.weight.numel()
 
     def macs(self) -> tuple[int, int]:
         """(dense, sparse) MACs of the last forward."""
@@ -134,7 +143,8 @@ class UnifewsLinear(nn.Module):
             return self.backend
         if x.device.type == "cpu" and (not numba_available() or x.dtype != torch.float32):
             return "dense"
-        return "sparse" if self.weight_density() < SPARSE_CROSSOVER.get(x.device.type, 0.0) else "dense"
+        crossover = SPARSE_CROSSOVER.get(x.device.type, 0.0)
+        return "sparse" if crossover > 0 and self.weight_density() < crossover else "dense"
 
     def forward(self, x: Tensor) -> Tensor:
         if x.size(-1) != self.in_features:

@@ -35,11 +35,11 @@ def split_pair(x: Union[Tensor, PairTensor]) -> PairTensor:
 def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
-    if edge_index.numel() and (int(edge_index[0].max()) >= num_src or int(edge_index[1].max()) >= num_dst):
-        raise ValueError(
-            f"edge_index refers to node {int(edge_index[0].max())} -> {int(edge_index[1].max())}, "
-            f"but x has {num_src} source and {num_dst} target nodes"
-        )
+    if edge_index.numel():
+        max_src, max_dst = edge_index.amax(dim=1).tolist()  # one device sync for both
+        if max_src >= num_src or max_dst >= num_dst:
+            raise ValueError(f"edge_index refers to node {max_src} -> {max_dst}, "
+                             f"but x has {num_src} source and {num_dst} target nodes")
 
 
 class UnifewsConv(MessagePassing):

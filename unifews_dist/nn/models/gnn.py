@@ -224,7 +224,9 @@ class UnifewsGNN(nn.Module):
         num_src, num_dst = self._layer_sizes(x.size(0), num_sampled_nodes)
         Conv = type(self.convs[0])
         ei, ew = Conv.prepare_edges(edge_index, num_src[0], num_dst[0])
-        all_dst = ei[1]
+        # each layer's dense edge count (edges into its targets), read in one device sync
+        edges_dense_l = torch.stack([(ei[1] < nd).sum() for nd in num_dst]).tolist()
+        trimmed_to = None  # targets the edges are already restricted to
         lock = self.lock_target_edges == "always" or (self.lock_target_edges == "eval" and not self.training)
         x0 = None
         if self.lin_in is not None:
@@ -233,10 +235,11 @@ class UnifewsGNN(nn.Module):
         ns = num_src[0]  # rows of this layer's input; fewer than num_src[i] once rows are skipped
         for i, conv in enumerate(self.convs):
             nd = num_dst[i]
-            sel = ei[1] < nd  # trim to the targets this layer needs
-            if not bool(sel.all()):
-                ei, ew = conv.select(sel, ei, ew)
-            edges_dense = int((all_dst < nd).sum())
+            if trimmed_to != nd:  # trim to the targets this layer needs
+                sel = ei[1] < nd
+                if not bool(sel.all()):
+                    ei, ew = conv.select(sel, ei, ew)
+            edges_dense = edges_dense_l[i]
             last = i == self.num_layers - 1
             locked = ei[1] < batch_size if (lock and batch_size is not None) else None
             xs = (x[:ns], x[:nd])
@@ -250,6 +253,7 @@ class UnifewsGNN(nn.Module):
             if needed is not None and needed.rows is not None:  # renumber sources to the rows computed
                 ei, ew = conv.select(ei[1] < num_dst[i + 1], ei, ew)
                 ei = torch.stack([needed.position()[ei[0]], ei[1]])
+                trimmed_to = num_dst[i + 1]
                 ns = needed.rows.numel()
                 if x0 is not None:
                     x0 = x0.index_select(0, needed.rows)
