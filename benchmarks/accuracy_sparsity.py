@@ -3,6 +3,7 @@
     python benchmarks/accuracy_sparsity.py [--out DIR] [--scale full|tiny] [--root ../shared/data/planetoid]
                                            [--models gcn sage] [--thr_a A ...] [--thr_w W ...]
                                            [--hidden 64] [--accelerator cpu|gpu] [--split public|reference]
+                                           [--jobs N]
 
 Sweeps ``thr_a x thr_w`` over the reference method's ranges (the Unifews scripts sweep edge
 thresholds up to a few units and weight thresholds up to about 2), 3 seeds each, with the
@@ -17,15 +18,21 @@ grid, one seed, 5 epochs, GCN only.
 reference`` on the split the Unifews reference code evaluates Cora on (class-stratified random
 50% / 25% / 25%, drawn per seed), where its accuracy claims were measured; the files are then
 ``accuracy_sparsity_reference.*``.
+
+``--jobs N`` trains N runs at a time in spawned processes, the CPU's cores shared out among
+them (Cora is too small for one run to keep several cores busy: on this 2-core box two
+one-thread runs finish the grid sooner than one two-thread run at a time).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import DEFAULT_OUT, write_json  # noqa: E402
@@ -78,6 +85,27 @@ def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split
             "macs_reduction": sum(l["macs_dense"] for l in layers) / max(1, sum(l["macs_sparse"] for l in layers))}
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def run_all(cells, g, root, workdir, accelerator, split, jobs):
+    """``run_one`` over ``cells`` ((conv, thr_a, thr_w, seed) each), ``jobs`` at a time; rows in
+    the order of ``cells``."""
+    def show(r):
+        print(f"  {r['conv']} thr_a {r['thr_a']} thr_w {r['thr_w']} seed {r['seed']}: acc {r['test_acc']:.4f}, "
+              f"edges {r['edge_sparsity']:.1%}, weights {r['weight_sparsity']:.1%}", flush=True)
+        return r
+    if jobs == 1:
+        return [show(run_one(*c, g, root, workdir, accelerator, split)) for c in cells]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(run_one, *c, g, root, workdir, accelerator, split) for c in cells]
+        return [show(f.result()) for f in futures]
+
+
 def aggregate(rows):
     out = []
     keys = sorted({(r["conv"], r["thr_a"], r["thr_w"]) for r in rows})
@@ -127,6 +155,7 @@ def main(argv=None):
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto)")
     p.add_argument("--split", choices=sorted(SPLITS), default="public",
                    help="Cora split: Planetoid's public one, or the reference code's random 50/25/25")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, in separate processes")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.root, "Cora", "raw")):
         sys.stderr.write(f"accuracy_sparsity: no Cora/raw under {args.root} (pass --root)\n")
@@ -139,13 +168,12 @@ def main(argv=None):
         if args.hidden < 1:
             p.error(f"--hidden must be >= 1, got {args.hidden}")
         g["hidden"] = args.hidden
-    rows, t0 = [], time.perf_counter()
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    cells = [(conv, a, w, seed) for conv in g["models"] for a in g["thr_a"] for w in g["thr_w"] for seed in g["seeds"]]
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        for conv in g["models"]:
-            for a in g["thr_a"]:
-                for w in g["thr_w"]:
-                    for seed in g["seeds"]:
-                        rows.append(run_one(conv, a, w, seed, g, args.root, work, args.accelerator, args.split))
+        rows = run_all(cells, g, args.root, work, args.accelerator, args.split, args.jobs)
     agg = aggregate(rows)
     goal = {}
     for conv in g["models"]:
@@ -167,9 +195,9 @@ def main(argv=None):
     stem = "accuracy_sparsity" + ("" if args.split == "public" else "_" + args.split)
     png = os.path.join(args.out, stem + ".png")
     plot(agg, png)
-    print(write_json(args.out, stem + ".json", {"scale": args.scale, "split": args.split, "grid": g, "runs": rows,
-                                                          "aggregate": agg, "goal": goal,
-                                                          "seconds": time.perf_counter() - t0}))
+    print(write_json(args.out, stem + ".json", {"scale": args.scale, "split": args.split, "jobs": args.jobs,
+                                                "grid": g, "runs": rows, "aggregate": agg, "goal": goal,
+                                                "seconds": time.perf_counter() - t0}))
     print(png)
     return 0
 

@@ -53,9 +53,13 @@ def test_profile_step_tiny_counts_syncs(tmp_path):
                     reason="real Cora not on disk")
 def test_accuracy_sparsity_tiny(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accuracy_sparsity.py"), "--scale", "tiny",
-                           "--split", "reference", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           "--split", "reference", "--jobs", "2", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.load(open(tmp_path / "accuracy_sparsity_reference.json"))
+    assert res["jobs"] == 2  # runs trained in two spawned processes, rows still in grid order
+    assert [(r["thr_a"], r["thr_w"]) for r in res["runs"]] == [(a, w) for a in res["grid"]["thr_a"]
+                                                                for w in res["grid"]["thr_w"]]
     assert res["split"] == "reference" and all(r["num_train"] == 1354 for r in res["runs"])  # 50% of Cora
     assert len(res["runs"]) == 4 and len(res["aggregate"]) == 4
     by = {(r["thr_a"], r["thr_w"]): r for r in res["aggregate"]}

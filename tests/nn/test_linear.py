@@ -142,3 +142,21 @@ def test_sparse_kernel_runs_in_a_child_forked_after_openmp_use():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+def test_sparse_kernel_uses_no_more_threads_than_torch():
+    """torchrun gives each rank one torch thread; numba's pool must not take every core anyway."""
+    import numba
+
+    before = torch.get_num_threads()
+    x, w = torch.randn(64, 16), torch.randn(8, 16)
+    try:
+        torch.set_num_threads(1)
+        sparse_linear(x, w, torch.rand(8, 16) < 0.3)
+        assert numba.get_num_threads() == 1
+        torch.set_num_threads(numba.config.NUMBA_NUM_THREADS + 5)  # more than numba's pool: capped
+        sparse_linear(x, w, torch.rand(8, 16) < 0.3)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        torch.set_num_threads(before)

@@ -123,6 +123,10 @@ def _get_kernel():
     _choose_threading_layer()
     if _nb is None:
         raise RuntimeError("the CPU sparse transform needs numba: pip install numba")
+    # numba sizes its pool from the core count and ignores OMP_NUM_THREADS, so without this
+    # every torchrun/DDP rank (torch: one thread each) would start one numba thread per core
+    # and the ranks would oversubscribe the CPU. Follow torch's setting (thread-local in numba).
+    _nb.set_num_threads(max(1, min(torch.get_num_threads(), _nb.config.NUMBA_NUM_THREADS)))
     return _csr_rows_times_x
 
 
