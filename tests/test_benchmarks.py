@@ -67,3 +67,24 @@ def test_accuracy_sparsity_tiny(tmp_path):
     assert by[(0.0, 0.5)]["weight_sparsity"] > 0.2 and all(0 < r["test_acc"] <= 1 for r in res["runs"])
     png = (tmp_path / "accuracy_sparsity_reference.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_accuracy_goal_pairs_each_sparse_seed_with_its_dense_seed():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import accuracy_sparsity as acc
+    finally:
+        sys.path.pop(0)
+
+    def run(a, w, seed, test_acc, e, wsp):
+        return {"conv": "gcn", "thr_a": a, "thr_w": w, "seed": seed, "test_acc": test_acc, "edge_sparsity": e,
+                "weight_sparsity": wsp, "macs_reduction": 1.0}
+    dense = [0.80, 0.90, 0.85]  # seed spread far above the 1-point goal
+    rows = [run(0.0, 0.0, s, a, 0, 0) for s, a in enumerate(dense)]
+    rows += [run(2.0, 3.0, s, a - d, 0.75, 0.92) for s, (a, d) in enumerate(zip(dense, (0.01, 0.02, 0.03)))]
+    rows += [run(1.0, 3.0, s, a, 0.60, 0.92) for s, a in enumerate(dense)]  # too few edges pruned: not eligible
+    goal = acc.goal_check(acc.aggregate(rows), rows, ["gcn"])["gcn"]
+    assert goal["best_at_90w_70e"]["thr_a"] == 2.0 and not goal["within_1_point"]
+    assert goal["paired_diff"] == pytest.approx(-0.02)
+    assert goal["paired_diff_sem"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert acc.goal_check(acc.aggregate(rows[:3]), rows[:3], ["gcn"])["gcn"]["best_at_90w_70e"] is None
