@@ -8,7 +8,11 @@
 Sweeps ``thr_a x thr_w`` over the reference method's ranges (the Unifews scripts sweep edge
 thresholds up to a few units and weight thresholds up to about 2), 3 seeds each, with the
 quick start's recipe (``configs/quickstart.yaml``: 100 epochs, dense warm-up 10, cubic ramp
-over 40, the best checkpoint among epochs at the target sparsity). Sparsity is the last
+over 40, the best checkpoint among epochs at the target sparsity), the warm-up and ramp counted
+in optimizer steps: on the public split (140 seeds, one batch) a step is an epoch, as in the
+quick start; the reference split has 10 batches an epoch, and a ramp in epochs would allow the
+sparse runs only epochs >= 50, long after the dense baseline's best validation epoch (1-20: it
+overfits early at lr 0.01), a comparison rigged against sparsity. Sparsity is the last
 training epoch's (share of sampled edges and of weight entries not computed). Writes
 ``DIR/accuracy_sparsity.json`` and ``DIR/accuracy_sparsity.png`` (accuracy against edge and
 against weight sparsity, the dense baseline as a line). ``--scale tiny`` (CI) runs a 2 x 2
@@ -73,7 +77,8 @@ def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split
                               mode="max", save_top_k=1)
     cbs = [monitor, ckpt]
     if thr_a > 0 or thr_w > 0:
-        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="cubic", warmup=g["warmup"], ramp=g["ramp"]))
+        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="cubic", interval="step",
+                                         warmup=g["warmup"], ramp=g["ramp"]))
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=g["epochs"], logger=False, callbacks=cbs,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, dm)
