@@ -3,7 +3,7 @@
     python benchmarks/accuracy_sparsity.py [--out DIR] [--scale full|tiny] [--root ../shared/data/planetoid]
                                            [--models gcn sage] [--thr_a A ...] [--thr_w W ...]
                                            [--hidden 64] [--accelerator cpu|gpu] [--split public|reference]
-                                           [--jobs N] [--seeds N]
+                                           [--jobs N] [--seeds N] [--interval step|epoch]
 
 Sweeps ``thr_a x thr_w`` over the reference method's ranges (the Unifews scripts sweep edge
 thresholds up to a few units and weight thresholds up to about 2), 3 seeds each, with the
@@ -12,7 +12,8 @@ over 40, the best checkpoint among epochs at the target sparsity), the warm-up a
 in optimizer steps: on the public split (140 seeds, one batch) a step is an epoch, as in the
 quick start; the reference split has 10 batches an epoch, and a ramp in epochs would allow the
 sparse runs only epochs >= 50, long after the dense baseline's best validation epoch (1-20: it
-overfits early at lr 0.01), a comparison rigged against sparsity. Sparsity is the last
+overfits early at lr 0.01), a comparison rigged against sparsity (``--interval epoch``
+restores it, for comparison; files then end in ``_epoch_ramp``). Sparsity is the last
 training epoch's (share of sampled edges and of weight entries not computed). Writes
 ``DIR/accuracy_sparsity.json`` and ``DIR/accuracy_sparsity.png`` (accuracy against edge and
 against weight sparsity, the dense baseline as a line). ``--scale tiny`` (CI) runs a 2 x 2
@@ -62,7 +63,7 @@ GRIDS = {
 }
 
 
-def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split="public"):
+def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split="public", interval="step"):
     pl.seed_everything(seed, workers=True)
     dm = UnifewsDataModule(name="cora", root=root, num_neighbors=[25, 25], eval_num_neighbors=[-1, -1],
                            batch_size=140, eval_batch_size=1000, seed=seed, random_split=SPLITS[split])
@@ -77,7 +78,7 @@ def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split
                               mode="max", save_top_k=1)
     cbs = [monitor, ckpt]
     if thr_a > 0 or thr_w > 0:
-        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="cubic", interval="step",
+        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w, kind="cubic", interval=interval,
                                          warmup=g["warmup"], ramp=g["ramp"]))
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=g["epochs"], logger=False, callbacks=cbs,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -98,7 +99,7 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_all(cells, g, root, workdir, accelerator, split, jobs):
+def run_all(cells, g, root, workdir, accelerator, split, jobs, interval="step"):
     """``run_one`` over ``cells`` ((conv, thr_a, thr_w, seed) each), ``jobs`` at a time; rows in
     the order of ``cells``."""
     def show(r):
@@ -106,11 +107,11 @@ def run_all(cells, g, root, workdir, accelerator, split, jobs):
               f"edges {r['edge_sparsity']:.1%}, weights {r['weight_sparsity']:.1%}", flush=True)
         return r
     if jobs == 1:
-        return [show(run_one(*c, g, root, workdir, accelerator, split)) for c in cells]
+        return [show(run_one(*c, g, root, workdir, accelerator, split, interval)) for c in cells]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(run_one, *c, g, root, workdir, accelerator, split) for c in cells]
+        futures = [pool.submit(run_one, *c, g, root, workdir, accelerator, split, interval) for c in cells]
         return [show(f.result()) for f in futures]
 
 
@@ -189,6 +190,8 @@ def main(argv=None):
                    help="Cora split: Planetoid's public one, or the reference code's random 50/25/25")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, in separate processes")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (0..N-1; default 3)")
+    p.add_argument("--interval", choices=["step", "epoch"], default="step",
+                   help="unit of the warm-up and ramp: optimizer steps (default) or epochs")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.root, "Cora", "raw")):
         sys.stderr.write(f"accuracy_sparsity: no Cora/raw under {args.root} (pass --root)\n")
@@ -210,7 +213,7 @@ def main(argv=None):
     cells = [(conv, a, w, seed) for conv in g["models"] for a in g["thr_a"] for w in g["thr_w"] for seed in g["seeds"]]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        rows = run_all(cells, g, args.root, work, args.accelerator, args.split, args.jobs)
+        rows = run_all(cells, g, args.root, work, args.accelerator, args.split, args.jobs, args.interval)
     agg = aggregate(rows)
     goal = goal_check(agg, rows, g["models"])
     print(f"{'conv':<5} {'thr_a':>6} {'thr_w':>6} {'acc':>7} {'std':>6} {'edge sp':>8} {'weight sp':>9} {'MACs x':>7}")
@@ -224,9 +227,11 @@ def main(argv=None):
                  f"{v['paired_diff']:+.4f} +- {v['paired_diff_sem']:.4f} s.e.)" if b else "none reached"))
     os.makedirs(args.out, exist_ok=True)
     stem = "accuracy_sparsity" + ("" if args.split == "public" else "_" + args.split)
+    stem += "" if args.interval == "step" else "_epoch_ramp"
     png = os.path.join(args.out, stem + ".png")
     plot(agg, png)
-    print(write_json(args.out, stem + ".json", {"scale": args.scale, "split": args.split, "jobs": args.jobs,
+    print(write_json(args.out, stem + ".json", {"scale": args.scale, "split": args.split, "interval": args.interval,
+                                                "jobs": args.jobs,
                                                 "grid": g, "runs": rows, "aggregate": agg, "goal": goal,
                                                 "seconds": time.perf_counter() - t0}))
     print(png)
