@@ -53,10 +53,14 @@ def test_profile_step_tiny_counts_syncs(tmp_path):
                     reason="real Cora not on disk")
 def test_accuracy_sparsity_tiny(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "accuracy_sparsity.py"), "--scale", "tiny",
-                           "--split", "reference", "--jobs", "2", "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
+                           "--split", "reference", "--jobs", "2", "--thr_w_out", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.load(open(tmp_path / "accuracy_sparsity_reference.json"))
+    res = json.load(open(tmp_path / "accuracy_sparsity_reference_out0.json"))
+    assert res["grid"]["thr_w_out"] == 0
+    for r in res["runs"]:  # --thr_w_out 0: the output layer's weights stay dense, the hidden layer's are pruned
+        assert len(r["layers"]) == 2 and r["layers"][1]["weight_sparsity"] == 0
+        assert (r["layers"][0]["weight_sparsity"] > 0.2) == (r["thr_w"] > 0)
     assert res["jobs"] == 2  # runs trained in two spawned processes, rows still in grid order
     assert [(r["thr_a"], r["thr_w"]) for r in res["runs"]] == [(a, w) for a in res["grid"]["thr_a"]
                                                                 for w in res["grid"]["thr_w"]]
@@ -65,8 +69,21 @@ def test_accuracy_sparsity_tiny(tmp_path):
     by = {(r["thr_a"], r["thr_w"]): r for r in res["aggregate"]}
     assert by[(0.0, 0.0)]["edge_sparsity"] == 0 and by[(1.0, 0.5)]["edge_sparsity"] > 0.2
     assert by[(0.0, 0.5)]["weight_sparsity"] > 0.2 and all(0 < r["test_acc"] <= 1 for r in res["runs"])
-    png = (tmp_path / "accuracy_sparsity_reference.png").read_bytes()
+    png = (tmp_path / "accuracy_sparsity_reference_out0.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_accuracy_sparsity_output_layer_threshold():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import accuracy_sparsity as acc
+    finally:
+        sys.path.pop(0)
+    assert acc.layer_thresholds(3.0, None, 2) == 3.0  # default: one threshold for every layer
+    assert acc.layer_thresholds(3.0, 0.0, 3) == [3.0, 3.0, 0.0]
+    assert acc.layer_thresholds(0.0, 1.0, 2) == 0.0  # a dense-weight cell stays dense
+    with pytest.raises(SystemExit):
+        acc.main(["--thr_w_out", "-1"])
 
 
 def test_accuracy_goal_pairs_each_sparse_seed_with_its_dense_seed():
