@@ -59,6 +59,7 @@ from common import DEFAULT_OUT, write_json  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
 from unifews_dist.callbacks import AtTargetCheckpoint, SparsityMonitor, SparsitySchedule  # noqa: E402
+from unifews_dist.callbacks.sparsity_monitor import sparsity_metrics  # noqa: E402
 from unifews_dist.data import UnifewsDataModule  # noqa: E402
 from unifews_dist.lit import UnifewsModule  # noqa: E402
 
@@ -104,17 +105,13 @@ def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, dm)
     test = trainer.test(module, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False)
-    layers = monitor.epoch_layers
-    dense = sum(l["edges_dense"] for l in layers)
-    numel = sum(l["weight_numel"] for l in layers)
+    m = sparsity_metrics(monitor.epoch_layers)  # the last training epoch's, as SparsityMonitor logs them
     return {"conv": conv, "thr_a": thr_a, "thr_w": thr_w, "seed": seed, "test_acc": float(test[0]["test/acc"]),
             "num_train": int(dm.load().train_idx.numel()),
-            "edge_sparsity": 1 - sum(l["edges_kept"] for l in layers) / dense if dense else 0.0,
-            "weight_sparsity": 1 - sum(l["weight_nnz"] for l in layers) / numel if numel else 0.0,
-            "macs_reduction": sum(l["macs_dense"] for l in layers) / max(1, sum(l["macs_sparse"] for l in layers)),
-            "layers": [{"edge_sparsity": 1 - l["edges_kept"] / l["edges_dense"] if l["edges_dense"] else 0.0,
-                        "weight_sparsity": 1 - l["weight_nnz"] / l["weight_numel"] if l["weight_numel"] else 0.0}
-                       for l in layers]}
+            "edge_sparsity": m["sparsity/edge/all"], "weight_sparsity": m["sparsity/weight/all"],
+            "macs_reduction": m["macs/reduction"],
+            "layers": [{"edge_sparsity": m[f"sparsity/edge/layer{i}"],
+                        "weight_sparsity": m[f"sparsity/weight/layer{i}"]} for i in range(len(monitor.epoch_layers))]}
 
 
 def _worker_init(threads: int) -> None:
