@@ -66,6 +66,7 @@ from unifews_dist.lit import UnifewsModule  # noqa: E402
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "planetoid")
 # public: Planetoid's split (140 training labels); reference: the Unifews reference code's split of
 # Planetoid graphs, class-stratified random 50% / 25% / 25%, a new draw per seed
+NUM_LAYERS = 2
 SPLITS = {"public": None, "reference": [0.5, 0.25]}
 GRIDS = {
     "full": {"models": ("gcn", "sage"), "thr_a": (0.0, 0.5, 1.0, 2.0, 4.0), "thr_w": (0.0, 0.5, 1.0, 2.0),
@@ -83,23 +84,23 @@ def layer_thresholds(thr_w, thr_w_out, num_layers):
     return [thr_w] * (num_layers - 1) + [thr_w_out]
 
 
-def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split="public", interval="step"):
+def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split="public"):
     pl.seed_everything(seed, workers=True)
-    thr_w_layers = layer_thresholds(thr_w, g.get("thr_w_out"), 2)
-    dm = UnifewsDataModule(name="cora", root=root, num_neighbors=[25, 25], eval_num_neighbors=[-1, -1],
+    thr_w_layers = layer_thresholds(thr_w, g.get("thr_w_out"), NUM_LAYERS)
+    dm = UnifewsDataModule(name="cora", root=root, num_neighbors=[25] * NUM_LAYERS, eval_num_neighbors=[-1] * NUM_LAYERS,
                            batch_size=140, eval_batch_size=1000, seed=seed, random_split=SPLITS[split])
     dm.prepare_data()
     dm.setup("fit")
     module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv=conv,
                            hidden_channels=g["hidden"],
-                           num_layers=2, dropout=0.5, norm=g.get("norm", "none"), thr_a=thr_a, thr_w=thr_w_layers,
+                           num_layers=NUM_LAYERS, dropout=0.5, norm=g["norm"], thr_a=thr_a, thr_w=thr_w_layers,
                            lock_target_edges="eval", lr=0.01, weight_decay=5e-4)
     monitor = SparsityMonitor()
     ckpt = AtTargetCheckpoint(dirpath=os.path.join(workdir, f"{conv}-{thr_a}-{thr_w}-{seed}"), monitor="val/acc",
                               mode="max", save_top_k=1)
     cbs = [monitor, ckpt]
     if thr_a > 0 or thr_w > 0:
-        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w_layers, kind="cubic", interval=interval,
+        cbs.insert(0, SparsitySchedule(thr_a=thr_a, thr_w=thr_w_layers, kind="cubic", interval=g["interval"],
                                          warmup=g["warmup"], ramp=g["ramp"]))
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=g["epochs"], logger=False, callbacks=cbs,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -119,7 +120,7 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_all(cells, g, root, workdir, accelerator, split, jobs, interval="step"):
+def run_all(cells, g, root, workdir, accelerator, split, jobs):
     """``run_one`` over ``cells`` ((conv, thr_a, thr_w, seed) each), ``jobs`` at a time; rows in
     the order of ``cells``."""
     def show(r):
@@ -127,11 +128,11 @@ def run_all(cells, g, root, workdir, accelerator, split, jobs, interval="step"):
               f"edges {r['edge_sparsity']:.1%}, weights {r['weight_sparsity']:.1%}", flush=True)
         return r
     if jobs == 1:
-        return [show(run_one(*c, g, root, workdir, accelerator, split, interval)) for c in cells]
+        return [show(run_one(*c, g, root, workdir, accelerator, split)) for c in cells]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(run_one, *c, g, root, workdir, accelerator, split, interval) for c in cells]
+        futures = [pool.submit(run_one, *c, g, root, workdir, accelerator, split) for c in cells]
         return [show(f.result()) for f in futures]
 
 
@@ -232,7 +233,7 @@ def main(argv=None):
         g["hidden"] = args.hidden
     if args.thr_w_out is not None:
         g["thr_w_out"] = args.thr_w_out
-    g["norm"] = args.norm
+    g["norm"], g["interval"] = args.norm, args.interval
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.seeds is not None:
@@ -242,7 +243,7 @@ def main(argv=None):
     cells = [(conv, a, w, seed) for conv in g["models"] for a in g["thr_a"] for w in g["thr_w"] for seed in g["seeds"]]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        rows = run_all(cells, g, args.root, work, args.accelerator, args.split, args.jobs, args.interval)
+        rows = run_all(cells, g, args.root, work, args.accelerator, args.split, args.jobs)
     agg = aggregate(rows)
     goal = goal_check(agg, rows, g["models"])
     print(f"{'conv':<5} {'thr_a':>6} {'thr_w':>6} {'acc':>7} {'std':>6} {'edge sp':>8} {'weight sp':>9} {'MACs x':>7}")

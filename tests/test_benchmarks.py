@@ -73,12 +73,17 @@ def test_accuracy_sparsity_tiny(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_accuracy_sparsity_output_layer_threshold():
+def _accuracy_sparsity():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import accuracy_sparsity as acc
+        import accuracy_sparsity
     finally:
         sys.path.pop(0)
+    return accuracy_sparsity
+
+
+def test_accuracy_sparsity_output_layer_threshold():
+    acc = _accuracy_sparsity()
     assert acc.layer_thresholds(3.0, None, 2) == 3.0  # default: one threshold for every layer
     assert acc.layer_thresholds(3.0, 0.0, 3) == [3.0, 3.0, 0.0]
     assert acc.layer_thresholds(0.0, 1.0, 2) == 0.0  # a dense-weight cell stays dense
@@ -87,11 +92,7 @@ def test_accuracy_sparsity_output_layer_threshold():
 
 
 def test_accuracy_goal_pairs_each_sparse_seed_with_its_dense_seed():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import accuracy_sparsity as acc
-    finally:
-        sys.path.pop(0)
+    acc = _accuracy_sparsity()
 
     def run(a, w, seed, test_acc, e, wsp):
         return {"conv": "gcn", "thr_a": a, "thr_w": w, "seed": seed, "test_acc": test_acc, "edge_sparsity": e,
