@@ -88,7 +88,8 @@ def run_one(conv, thr_a, thr_w, seed, g, root, workdir, accelerator="cpu", split
     pl.seed_everything(seed, workers=True)
     thr_w_layers = layer_thresholds(thr_w, g.get("thr_w_out"), NUM_LAYERS)
     dm = UnifewsDataModule(name="cora", root=root, num_neighbors=[25] * NUM_LAYERS,
-                           eval_num_neighbors=[-1] * NUM_LAYERS, batch_size=140, eval_batch_size=1000, seed=seed, random_split=SPLITS[split])
+                           eval_num_neighbors=[-1] * NUM_LAYERS, batch_size=140, eval_batch_size=1000, seed=seed,
+                           random_split=SPLITS[split])
     dm.prepare_data()
     dm.setup("fit")
     module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv=conv,
