@@ -155,7 +155,7 @@ def time_unifews(dm, hidden, layers, warmup, steps, accel, thr_a=None, thr_w=Non
     pl.seed_everything(0)
     sparse = thr_a is not None
     module = _module(dm, hidden, layers, thr_a=thr_a or 0.0, thr_w=thr_w or 0.0, lock_target_edges="eval")
-    tm = ThroughputMonitor()
+    tm = ThroughputMonitor(log_every_n_steps=1)  # every step's phase times
     rec = _Record(tm, warmup)
     cbs = [SparsityMonitor(), tm, rec]
     if sparse:  # fixed thresholds; masks recomputed on each epoch's first batch, kept otherwise

@@ -106,3 +106,22 @@ def test_accuracy_goal_pairs_each_sparse_seed_with_its_dense_seed():
     assert goal["paired_diff"] == pytest.approx(-0.02)
     assert goal["paired_diff_sem"] == pytest.approx(0.01 / 3 ** 0.5)
     assert acc.goal_check(acc.aggregate(rows[:3]), rows[:3], ["gcn"])["gcn"]["best_at_90w_70e"] is None
+
+
+def test_step_overhead_tiny_counts_host_work(tmp_path):
+    """The counts are exact: the goals met so far are asserted (issue: host work per step)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_overhead.py"), "--scale", "tiny",
+                           "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "step_overhead.json"))
+    pyg, dense, sparse = res["pyg"], res["unifews_dense"], res["unifews_sparse"]
+    assert sparse["edge_sparsity"] >= 0.6 and sparse["weight_sparsity"] >= 0.9
+    assert dense["forward"]["syncs"] == 0 and dense["forward"]["ops"] <= 1.15 * pyg["forward"]["ops"]
+    assert sparse["forward"]["syncs"] <= 2 * 3
+    assert dense["backward"]["ops"] <= 1.1 * pyg["backward"]["ops"]
+    assert sparse["backward"]["ops"] <= 1.3 * pyg["backward"]["ops"]
+    for run in (dense, sparse):
+        assert run["backward"]["syncs"] == 0 and run["lightning"]["syncs"] == 0
+    assert dense["lightning"]["ops"] <= 20
+    for run in (pyg, dense, sparse):  # the built-in sampler: 3 hops
+        assert run["sampling"]["ops"] <= 150 and run["sampling"]["syncs"] <= 7

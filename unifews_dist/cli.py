@@ -91,7 +91,7 @@ class _SetThresholds(Callback):
         pl_module.model.set_thresholds(thr_a=self.thr_a, thr_w=self.thr_w)
         if self.thr_w is not None:  # weight masks are remade from the first evaluation batch
             for lin in pl_module.model.weight_layers():
-                lin.mask_ready.fill_(False)
+                lin.invalidate_mask()
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._set(pl_module)

@@ -5,9 +5,8 @@ from typing import Dict, List, Optional
 
 from pytorch_lightning.callbacks import Callback
 
-from ._dist import reduce_sum
-
-FIELDS = ("edges_dense", "edges_kept", "weight_numel", "weight_nnz", "macs_dense", "macs_sparse")
+from ..nn.stats import FIELDS
+from ._dist import log_every, reduce_sum
 
 
 def sparsity_metrics(layers: List[Dict[str, float]]) -> Dict[str, float]:
@@ -39,9 +38,13 @@ class SparsityMonitor(Callback):
     Lightning's ``ModelPruning`` reports only parameter sparsity; edges are pruned per batch,
     so this reads the model's per-layer counts of the last forward (``model.layer_stats``).
 
+    The per-step counts are added up on the device (no host read); they are reduced over ranks
+    and read, in one transfer, on logging steps only.
+
     Args:
-        log_every_n_steps: log step values every n training steps (``None``: every step). The
-            rank reduction happens at those steps only; epoch totals count every step.
+        log_every_n_steps: log step values every n training steps (``None``: the trainer's
+            ``log_every_n_steps``). The rank reduction happens at those steps only; epoch
+            totals count every step.
     """
 
     def __init__(self, log_every_n_steps: Optional[int] = None):
@@ -49,19 +52,17 @@ class SparsityMonitor(Callback):
             raise ValueError(f"log_every_n_steps must be >= 1 or null, got {log_every_n_steps}")
         self.log_every_n_steps = log_every_n_steps
         self.epoch_layers: List[Dict[str, float]] = []
-        self._epoch: Optional[List[float]] = None
+        self._epoch = None  # device tensor: this epoch's counts so far
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        stats = pl_module.model.layer_stats
-        counts = flat_counts(stats)
-        self._epoch = counts if self._epoch is None else [a + b for a, b in zip(self._epoch, counts)]
-        n = self.log_every_n_steps or 1
-        if trainer.global_step % n:
+        counts = pl_module.model.stats_tensor()
+        self._epoch = counts.clone() if self._epoch is None else self._epoch.add_(counts)
+        if trainer.global_step % log_every(trainer, self.log_every_n_steps):
             return
-        layers = _layers(reduce_sum(trainer, counts), len(stats))
+        layers = _layers(reduce_sum(trainer, counts), len(pl_module.model.layer_stats))
         pl_module.log_dict(sparsity_metrics(layers), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -77,11 +78,6 @@ class SparsityMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_layers = state_dict.get("epoch_layers", [])
-
-
-def flat_counts(stats) -> List[float]:
-    """The :data:`FIELDS` of each layer's stats, flattened for one rank reduction."""
-    return [float(getattr(s, f)) for s in stats for f in FIELDS]
 
 
 def _layers(flat: List[float], n_layers: int) -> List[Dict[str, float]]:

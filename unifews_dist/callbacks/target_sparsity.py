@@ -7,7 +7,7 @@ from typing import List, Optional, Union
 from pytorch_lightning.callbacks import Callback
 
 from ._dist import reduce_sum
-from .sparsity_monitor import _layers, flat_counts, sparsity_metrics
+from .sparsity_monitor import _layers, sparsity_metrics
 
 Target = Union[None, float, List[float]]
 
@@ -75,7 +75,7 @@ class TargetSparsity(Callback):
         self.measured: dict = {}
         #: whether the last measurement met every target (read by :class:`AtTargetCheckpoint`)
         self.at_target = False
-        self._sums: Optional[List[float]] = None
+        self._sums = None  # device tensor of the counts since the last update
         self._count = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -101,8 +101,8 @@ class TargetSparsity(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         stats = pl_module.model.layer_stats
-        counts = flat_counts(stats)
-        self._sums = counts if self._sums is None else [a + b for a, b in zip(self._sums, counts)]
+        counts = pl_module.model.stats_tensor()  # summed on the device, read when the control acts
+        self._sums = counts.clone() if self._sums is None else self._sums.add_(counts)
         self._count += 1
         if self._count < self.update_every_n_steps:
             return

@@ -7,7 +7,8 @@ from typing import Dict, Optional
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ._dist import reduce_sum
+from ..nn.stats import FIELDS
+from ._dist import log_every, reduce_sum
 
 PHASES = ("data", "transfer", "forward", "backward")
 
@@ -51,7 +52,8 @@ class ThroughputMonitor(Callback):
     it does not split the step into phases or count edges, which is what a GNN run needs.
 
     Args:
-        log_every_n_steps: log step values every n training steps (``None``: every step).
+        log_every_n_steps: log step values every n training steps (``None``: the trainer's
+            ``log_every_n_steps``).
     """
 
     def __init__(self, log_every_n_steps: Optional[int] = None):
@@ -62,7 +64,8 @@ class ThroughputMonitor(Callback):
         self._clock: Optional[_Clock] = None
         self._t_prev_end = 0.0
         self._t_fetched: Optional[float] = None
-        self._epoch = [0.0] * 3
+        self._epoch = [0.0] * 2  # seeds, sampled edges
+        self._epoch_kept = None  # device tensor
         self._epoch_t0 = 0.0
         self._orig_batch_to_device = None
         self.last_times: Dict[str, float] = {}
@@ -99,7 +102,7 @@ class ThroughputMonitor(Callback):
 
     def _start_epoch(self, pl_module) -> None:
         self._clock = _Clock(pl_module.device)
-        self._epoch = [0.0] * 3
+        self._epoch, self._epoch_kept = [0.0] * 2, None
         self._epoch_t0 = self._t_prev_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
@@ -116,36 +119,39 @@ class ThroughputMonitor(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._clock.mark("end")
         now = time.perf_counter()
-        times = {"data": max(0.0, self._t_fetched - self._t_prev_end),
-                 "transfer": self._clock.seconds("transfer0", "transfer1"),
-                 "forward": self._clock.seconds("forward0", "backward0"),
-                 "backward": self._clock.seconds("backward0", "end")}
+        data = max(0.0, self._t_fetched - self._t_prev_end)
         step = now - self._t_prev_end
         self._t_prev_end, self._t_fetched = now, None
-        #: this rank's last step: phase seconds and the whole step (read by benchmarks)
-        self.last_times = dict(times, step=step)
         seeds = float(getattr(batch, "batch_size", 0) or 0)
         edges = float(batch.edge_index.size(1)) if hasattr(batch, "edge_index") else 0.0
-        kept = float(sum(s.edges_kept for s in pl_module.model.layer_stats))
-        self._epoch = [a + b for a, b in zip(self._epoch, (seeds, edges, kept))]
-        if trainer.global_step % (self.log_every_n_steps or 1):
+        kept = pl_module.model.stats_tensor().view(-1, len(FIELDS))[:, FIELDS.index("edges_kept")].sum()
+        self._epoch = [self._epoch[0] + seeds, self._epoch[1] + edges]
+        self._epoch_kept = kept.clone() if self._epoch_kept is None else self._epoch_kept.add_(kept)
+        if trainer.global_step % log_every(trainer, self.log_every_n_steps):
             return
-        rates = [seeds / step, edges / step, kept / step] if step > 0 else [0.0] * 3
-        s = reduce_sum(trainer, rates + [times[p] for p in PHASES] + [step])
+        times = {"data": data, "transfer": self._clock.seconds("transfer0", "transfer1"),
+                 "forward": self._clock.seconds("forward0", "backward0"),
+                 "backward": self._clock.seconds("backward0", "end")}
+        #: this rank's last logged step: phase seconds and the whole step (read by benchmarks)
+        self.last_times = dict(times, step=step)
+        rate = 1.0 / step if step > 0 else 0.0
+        s = reduce_sum(trainer, (kept * rate).view(1),
+                       extra=[seeds * rate, edges * rate] + [times[p] for p in PHASES] + [step])
         w = max(trainer.world_size, 1)
-        metrics = {"throughput/seeds_per_s": s[0], "throughput/edges_per_s": s[1],
-                   "throughput/kept_edges_per_s": s[2], "time/step_s": s[-1] / w}
+        metrics = {"throughput/kept_edges_per_s": s[0], "throughput/seeds_per_s": s[1],
+                   "throughput/edges_per_s": s[2], "time/step_s": s[-1] / w}
         metrics.update({f"time/{p}_s": s[3 + i] / w for i, p in enumerate(PHASES)})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._epoch_t0
-        s = reduce_sum(trainer, self._epoch + [seconds])
+        kept = self._epoch_kept if self._epoch_kept is not None else [0.0]
+        s = reduce_sum(trainer, kept.view(1) if hasattr(kept, "view") else kept, extra=self._epoch + [seconds])
         wall = s[-1] / max(trainer.world_size, 1)
-        self.epoch_totals = {"seeds": s[0], "edges": s[1], "kept_edges": s[2], "seconds": wall}
+        self.epoch_totals = {"seeds": s[1], "edges": s[2], "kept_edges": s[0], "seconds": wall}
         if wall > 0:
-            pl_module.log_dict({"throughput/seeds_per_s_epoch": s[0] / wall, "throughput/edges_per_s_epoch": s[1] / wall,
-                                "throughput/kept_edges_per_s_epoch": s[2] / wall}, on_step=False, on_epoch=True)
+            pl_module.log_dict({"throughput/seeds_per_s_epoch": s[1] / wall, "throughput/edges_per_s_epoch": s[2] / wall,
+                                "throughput/kept_edges_per_s_epoch": s[0] / wall}, on_step=False, on_epoch=True)
 
     def state_dict(self) -> dict:
         return {"epoch_totals": self.epoch_totals}

@@ -6,10 +6,10 @@ from typing import List, Optional, Union
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from ..checks import check_choice
 from ..nn import UnifewsGNN
+from .accuracy import Accuracy
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
@@ -53,27 +53,32 @@ class UnifewsModule(pl.LightningModule):
                                 gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta,
                                 lock_target_edges=lock_target_edges, weight_backend=weight_backend)
         self.multilabel = multilabel
-        metric = MultilabelAccuracy if multilabel else MulticlassAccuracy  # (num_labels | num_classes, ...)
-        self.accuracy = torch.nn.ModuleDict({s: metric(out_channels, average="micro")
-                                             for s in ("train_", "val_", "test_")})
+        self.accuracy = torch.nn.ModuleDict({s: Accuracy() for s in ("train_", "val_", "test_")})
 
     def forward(self, batch):
         hops = getattr(batch, "num_sampled_nodes", None)
-        out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size)
+        out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size,
+                         num_sampled_edges=getattr(batch, "num_sampled_edges", None) if hops is not None else None)
         return out[: batch.batch_size]
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, or binary cross-entropy per class for multi-hot targets."""
+        if self.multilabel:
+            if y.dim() != 2 or y.size(1) != logits.size(1):
+                raise ValueError(f"multi-label targets must be [nodes, {logits.size(1)}], got {tuple(y.shape)}")
+            return F.binary_cross_entropy_with_logits(logits, y.float())
+        return F.cross_entropy(logits, y)
 
     def _step(self, batch, stage: str):
         logits = self(batch)
         y = batch.y[: batch.batch_size]
+        loss = self.loss(logits, y)
         acc = self.accuracy[stage + "_"]
+        # update only: the accuracy is logged per epoch, so no per-batch value is computed
         if self.multilabel:
-            if y.dim() != 2 or y.size(1) != logits.size(1):
-                raise ValueError(f"multi-label targets must be [nodes, {logits.size(1)}], got {tuple(y.shape)}")
-            loss = F.binary_cross_entropy_with_logits(logits, y.float())
-            acc((logits > 0).long(), y.long())
+            acc.update((logits > 0).long(), y.long())  # every (node, class) decision
         else:
-            loss = F.cross_entropy(logits, y)
-            acc(logits.argmax(-1), y)
+            acc.update(logits.argmax(-1), y)
         self.log(f"{stage}/loss", loss, batch_size=batch.batch_size, on_step=stage == "train", on_epoch=True,
                  sync_dist=stage != "train")
         self.log(f"{stage}/acc", acc, batch_size=batch.batch_size, on_step=False, on_epoch=True)
@@ -90,7 +95,10 @@ class UnifewsModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt_cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.AdamW
-        opt = opt_cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # fused: one kernel for the whole update (and no host read of the step count) on CUDA and CPU
+        fused = all(p.device.type in ("cuda", "cpu") and p.dtype.is_floating_point for p in self.parameters())
+        opt = opt_cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                      fused=fused or None)
         if self.hparams.lr_scheduler == "none":
             return opt
         if self.hparams.lr_scheduler == "cosine":

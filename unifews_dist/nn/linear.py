@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -52,7 +52,10 @@ class UnifewsLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.register_buffer("weight_mask", torch.ones(out_features, in_features, dtype=torch.bool))
         self.register_buffer("mask_ready", torch.zeros((), dtype=torch.bool))
-        self._nnz_cache = None  # (mask version, mask address, kept entries)
+        self._nnz_cache = None  # (mask version, mask address, kept entries): host count, for auto's choice
+        self._ready = False  # host copy of mask_ready (the buffer is for checkpoints): read without a sync
+        self._nnz: Optional[Tensor] = None  # kept entries as a device tensor, counted at each mask update
+        self.register_load_state_dict_post_hook(_mask_loaded)
         self.thr_w = thr_w
         self.mask_mode = mask_mode
         self.backend = backend
@@ -65,8 +68,13 @@ class UnifewsLinear(nn.Module):
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
+        self.invalidate_mask()
+
+    def invalidate_mask(self) -> None:
+        """Forget the mask: the next forward computes a new one."""
         self.weight_mask.fill_(True)
         self.mask_ready.fill_(False)
+        self._ready, self._nnz = False, None
 
     @property
     def thr_w(self) -> float:
@@ -112,10 +120,11 @@ class UnifewsLinear(nn.Module):
         if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sq)
         mask = weight_keep_mask(self.weight, sq.sqrt(), self.thr_w)
-        if refine and bool(self.mask_ready):
+        if refine and self._ready:
             mask &= self.weight_mask
         self.weight_mask.copy_(mask)
         self.mask_ready.fill_(True)
+        self._ready, self._nnz = True, mask.sum(dtype=torch.float64)
 
     def _mask_nnz(self) -> int:
         """Kept entries, counted once per mask version (a device sync on GPU): the tensor's
@@ -130,8 +139,11 @@ class UnifewsLinear(nn.Module):
             return 1.0
         return self._mask_nnz() / self.weight_mask.numel()
 
-    def weight_nnz(self) -> int:
-        return self._mask_nnz() if self.pruning else self.weight.numel()
+    def weight_nnz(self) -> Union[int, Tensor]:
+        """Kept weight entries: an int, or a 0-dim device tensor while pruning (no device read)."""
+        if not self.pruning:
+            return self.weight.numel()
+        return self._nnz if self._nnz is not None else self._mask_nnz()
 
     def macs(self) -> tuple[int, int]:
         """(dense, sparse) MACs of the last forward."""
@@ -153,9 +165,9 @@ class UnifewsLinear(nn.Module):
         if not self.pruning:
             self.last_backend = "dense"
             return F.linear(x, self.weight, self.bias)
-        if self.training and (self.mask_mode in ("recompute", "refine") or not bool(self.mask_ready)):
+        if self.training and (self.mask_mode in ("recompute", "refine") or not self._ready):
             self.update_mask(x, refine=self.mask_mode == "refine")
-        elif not bool(self.mask_ready):  # evaluation of a never-trained pruned layer
+        elif not self._ready:  # evaluation of a never-trained pruned layer
             self.update_mask(x, sync=False)
         backend = self._choose_backend(x)
         self.last_backend = backend
@@ -169,3 +181,9 @@ class UnifewsLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, thr_w={self.thr_w}, mask_mode={self.mask_mode}")
+
+
+def _mask_loaded(module: UnifewsLinear, incompatible_keys) -> None:
+    """After ``load_state_dict``: the host copies follow the loaded buffers (one read per load)."""
+    module._ready = bool(module.mask_ready)
+    module._nnz = module.weight_mask.sum(dtype=torch.float64) if module._ready else None

@@ -81,6 +81,8 @@ def edge_keep_mask(
     thr_a: float,
     locked: Optional[Tensor] = None,
     reference: Optional[Tensor] = None,
+    valid: Optional[Tensor] = None,
+    num_valid: Optional[Tensor] = None,
 ) -> Tensor:
     """The Unifews edge rule: keep edge ``e`` unless ``s_e < thr_a * mean(s)``.
 
@@ -90,14 +92,21 @@ def edge_keep_mask(
         locked: ``[E]`` bool, edges kept whatever their score.
         reference: the quantity averaged for the threshold (defaults to ``scores``; GATv2
             compares against the mean source-feature norm).
+        valid: ``[E]`` bool, the edges the rule applies to: the mean is over them, and the
+            others are never kept (``None``: all).
+        num_valid: ``valid.sum()``, if the caller has it already.
     """
     thr_a = check_threshold("thr_a", thr_a)
     if locked is not None and locked.shape != scores.shape:
         raise ValueError(f"locked must have shape {tuple(scores.shape)}, got {tuple(locked.shape)}")
     if thr_a == 0 or scores.numel() == 0:
-        return torch.ones_like(scores, dtype=torch.bool)
+        return torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.clone()
     ref = scores if reference is None else reference
-    keep = scores >= thr_a * ref.mean()
+    if valid is None:
+        mean = ref.mean()
+    else:  # a masked mean, with no device read (no valid edge: NaN, and nothing is kept)
+        mean = (ref * valid).sum() / (valid.sum() if num_valid is None else num_valid)
+    keep = scores >= thr_a * mean
     if locked is not None:
         keep = keep | locked
-    return keep
+    return keep if valid is None else keep & valid

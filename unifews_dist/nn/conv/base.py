@@ -1,7 +1,7 @@
 """What every Unifews layer shares: the edge-pruning step and its bookkeeping."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -11,18 +11,6 @@ from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edg
 from ..linear import UnifewsLinear
 
 PairTensor = Tuple[Tensor, Tensor]
-#: Given a layer's kept edges (target-numbered), the sorted target rows a later layer reads,
-#: or ``None`` for all of them.
-RowsFn = Callable[[Tensor], Optional[Tensor]]
-
-
-def row_positions(rows: Tensor, num_rows: int) -> Tensor:
-    """``pos[r]`` = index of row ``r`` in ``rows``, ``-1`` for rows not in it."""
-    pos = torch.full((num_rows,), -1, dtype=torch.long, device=rows.device)
-    pos[rows] = torch.arange(rows.numel(), device=rows.device)
-    return pos
-
-
 def split_pair(x: Union[Tensor, PairTensor]) -> PairTensor:
     """``(x_src, x_dst)`` from a tensor (square graph) or a pair (bipartite sampled block)."""
     if isinstance(x, Tensor):
@@ -42,22 +30,42 @@ def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
                              f"but x has {num_src} source and {num_dst} target nodes")
 
 
+class Selection(NamedTuple):
+    """What a layer aggregated: ``rows`` it computed (``None``: all), the kept ``edge_index``
+    (targets renumbered to positions in ``rows``), the same edges with both ends renumbered
+    (``renumbered``; valid where the source is a row computed: every edge into the next
+    layer's targets), and the first per-edge tensor (the message weights) selected with them."""
+    rows: Optional[Tensor]
+    renumbered: Optional[Tensor]
+    edge_index: Tensor
+    edge_weight: Optional[Tensor]
+
+
 class UnifewsConv(MessagePassing):
     """Base of the sparsified layers: messages factor as ``w_e * h_src(e)`` and edges whose
     message norm is below ``thr_a`` times the layer's mean are dropped before aggregation.
 
     Subclasses implement ``forward`` and :meth:`prepare_edges`, and call :meth:`prune_edges`
-    between computing ``h_src`` and propagating, then :meth:`restrict_targets` and
-    :meth:`propagate` over the kept edges into the targets that are read.
+    between computing ``h_src`` and propagating, then :meth:`select_edges` and
+    :meth:`propagate` over the kept edges into the targets that are computed.
 
-    ``forward(..., out_rows=fn)``: after pruning, ``fn(kept_edge_index)`` names the target rows
-    to compute (``None``: all); the output then has those rows only, in that order. The stack
-    uses it so that a node whose every outgoing edge was pruned is neither aggregated into nor
-    transformed at the layer before.
+    Inside a stack (``prepared=True``) two more arguments apply. ``valid``: a bool mask of the
+    edges given that are this layer's (the rest are ignored: the stack hands on the previous
+    layer's aggregated edges without compacting them, so no device sync is spent on it).
+    ``num_next``: the next layer's targets are rows ``0 .. num_next - 1``; the output then holds
+    only the rows the next layer reads (those and the sources of the kept edges into them), and
+    a node whose every outgoing edge was pruned is neither aggregated into nor transformed.
+    What was selected is left in :attr:`last_selection` for the stack.
+
+    Device syncs: one ``nonzero`` for the kept edges and one for the rows computed, per layer;
+    nothing else reads the device (edge counts for statistics stay device tensors).
     """
 
     #: whether forward takes the initial representation ``x_0`` (GCNII)
     needs_x0 = False
+    #: whether :meth:`prepare_edges` returns the edges in the order given (and no others), so
+    #: that in a sampler's hop-ordered block each layer's edges are a prefix
+    keeps_edge_order = True
     #: names of the linear maps applied to source rows (the rest are applied to target rows)
     source_side_weights: Tuple[str, ...] = ()
 
@@ -66,10 +74,12 @@ class UnifewsConv(MessagePassing):
         super().__init__(**kwargs)
         self.thr_a = thr_a
         self.lock_self_loops = lock_self_loops
+        # statistics of the last forward: ints, or 0-dim device tensors (read only when logged)
         self.last_edges_in = 0
         self.last_edges_kept = 0
         self.last_edges_computed = 0
         self.last_prop_channels = 0
+        self.last_selection: Optional["Selection"] = None
 
     @property
     def thr_a(self) -> float:
@@ -98,18 +108,57 @@ class UnifewsConv(MessagePassing):
         return edge_index, edge_weight
 
     def prune_edges(self, edge_index: Tensor, edge_weight: Optional[Tensor], src_norm: Tensor,
-                    locked: Optional[Tensor] = None, reference: Optional[Tensor] = None) -> Optional[Tensor]:
-        """Bool mask of kept edges, or ``None`` when nothing is pruned (``thr_a == 0``)."""
-        self.last_edges_in = self.last_edges_kept = edge_index.size(1)
+                    locked: Optional[Tensor] = None, reference: Optional[Tensor] = None,
+                    valid: Optional[Tensor] = None) -> Optional[Tensor]:
+        """Bool mask of kept edges, or ``None`` when every edge given is kept. Only ``valid``
+        edges count (in the threshold's mean too) and only they can be kept."""
+        num_valid = None if valid is None else valid.sum()
+        self.last_edges_in = edge_index.size(1) if valid is None else num_valid
         if self.thr_a == 0:
-            return None
+            return valid
         lock = locked_edges(edge_index, lock_self_loops=self.lock_self_loops)
         if locked is not None:
             lock = locked if lock is None else lock | locked
         scores = edge_scores(src_norm, edge_index[0], edge_weight)
-        keep = edge_keep_mask(scores, self.thr_a, lock, reference)
-        self.last_edges_kept = int(keep.sum())
-        return keep
+        return edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid)
+
+    def select_edges(self, keep: Optional[Tensor], num_next: Optional[int], num_src: int, num_dst: int,
+                     edge_index: Tensor, *per_edge: Optional[Tensor]):
+        """``(rows, edge_index, *per_edge)``: the kept edges into the target rows computed,
+        targets renumbered to positions in ``rows`` (``None``: every target, numbering kept).
+
+        With ``num_next``, the rows computed are ``0 .. num_next - 1`` and the sources of the kept
+        edges into them; the rest are read by no later layer. Rows can only be skipped when an
+        edge was pruned (in a sampled block every node has an edge to the hop before it).
+        Targets of edges that are not kept may lie anywhere below ``max(num_src, num_dst)``.
+        """
+        rows = pos = None
+        self.last_edges_kept = edge_index.size(1)
+        if keep is not None and num_next is not None and num_next < num_dst:
+            src, dst = edge_index
+            self.last_edges_kept = keep.sum()  # by the rule; fewer are aggregated
+            size = max(num_src, num_dst)
+            read = torch.zeros(size + 1, dtype=torch.bool, device=dst.device)
+            # the sources of the kept edges into the next layer's targets (the others write the
+            # spare last slot); they are among this layer's targets, as in any sampled block
+            read.index_fill_(0, torch.where(keep & (dst < num_next), src, size), True)
+            read[:num_next] = True
+            keep = keep & read.index_select(0, dst)
+            rows = read[:num_dst].nonzero().view(-1)
+            pos = read.cumsum(0) - 1  # position of each row in rows (rows < num_dst only)
+        idx = None if keep is None else keep.nonzero().view(-1)
+        if idx is not None:
+            if rows is None:
+                self.last_edges_kept = idx.numel()
+            edge_index = edge_index.index_select(1, idx)
+            per_edge = tuple(None if t is None else t.index_select(0, idx) for t in per_edge)
+        renumbered = None
+        if pos is not None:  # both ends in one gather: the targets for this layer, both for the next
+            renumbered = pos.index_select(0, edge_index.reshape(-1)).view(2, -1)
+            edge_index = torch.stack([edge_index[0], renumbered[1]])
+        self.last_edges_computed = edge_index.size(1)
+        self.last_selection = Selection(rows, renumbered, edge_index, per_edge[0] if per_edge else None)
+        return (rows, edge_index, *per_edge)
 
     @staticmethod
     def select(keep: Optional[Tensor], edge_index: Tensor, *per_edge: Optional[Tensor]):
@@ -119,20 +168,6 @@ class UnifewsConv(MessagePassing):
         idx = keep.nonzero().view(-1)
         return (edge_index.index_select(1, idx),
                 *(None if t is None else t.index_select(0, idx) for t in per_edge))
-
-    def restrict_targets(self, out_rows: Optional[RowsFn], num_dst: int, edge_index: Tensor,
-                         *per_edge: Optional[Tensor]):
-        """``(rows, edge_index, *per_edge)`` limited to the target rows ``out_rows`` asks for,
-        targets renumbered ``0 .. len(rows) - 1``; ``rows`` is ``None`` when all are computed."""
-        self.last_edges_computed = edge_index.size(1)
-        rows = None if out_rows is None else out_rows(edge_index)
-        if rows is None:
-            return (None, edge_index, *per_edge)
-        dst = row_positions(rows, num_dst)[edge_index[1]]
-        idx = (dst >= 0).nonzero().view(-1)
-        self.last_edges_computed = idx.numel()
-        ei = torch.stack([edge_index[0].index_select(0, idx), dst.index_select(0, idx)])
-        return (rows, ei, *(None if t is None else t.index_select(0, idx) for t in per_edge))
 
     @staticmethod
     def take_rows(rows: Optional[Tensor], x: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv, check_edge_index, split_pair
 
 
 class UnifewsGATv2Conv(UnifewsConv):
@@ -28,6 +28,7 @@ class UnifewsGATv2Conv(UnifewsConv):
     """
 
     source_side_weights = ("lin_l",)
+    keeps_edge_order = False  # self-loops added
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, dropout: float = 0.0, thr_a: float = 0.0,
@@ -63,28 +64,26 @@ class UnifewsGATv2Conv(UnifewsConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
+                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
+                valid: Optional[Tensor] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:
+        if not prepared:  # a stack validates its block once, not in every layer
             edge_index, _ = self.prepare_edges(edge_index, n_src, n_dst)
-        check_edge_index(edge_index, n_src, n_dst)
+            check_edge_index(edge_index, n_src, n_dst)
+        if valid is not None:  # attention is normalised over this layer's edges: compact them first
+            edge_index, locked = self.select(valid, edge_index, locked)
         H, C = self.heads, self.out_channels
         h_l = self.lin_l(x_src).view(-1, H, C)
         h_r = self.lin_r(x_dst).view(-1, H, C)
         src, dst = edge_index
         e = F.leaky_relu(h_l[src] + h_r[dst], self.negative_slope)
         alpha = softmax((e * self.att).sum(-1), dst, num_nodes=n_dst)  # [E, H]
-        keep = None
-        if self.thr_a > 0:
-            norm_src = node_norms(h_l)
-            keep = self.prune_edges(edge_index, alpha.detach().mean(-1), norm_src, locked,
-                                    reference=norm_src[src])
-        else:
-            self.last_edges_in = self.last_edges_kept = edge_index.size(1)
+        norm_src = node_norms(h_l) if self.thr_a > 0 else None
+        keep = self.prune_edges(edge_index, alpha.detach().mean(-1), norm_src, locked,
+                                reference=None if norm_src is None else norm_src[src])
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        ei, alpha = self.select(keep, edge_index, alpha)
-        rows, ei, alpha = self.restrict_targets(out_rows, n_dst, ei, alpha)
+        rows, ei, _, alpha = self.select_edges(keep, num_next, n_src, n_dst, edge_index, None, alpha)
         h_r = self.take_rows(rows, h_r)
         self.last_prop_channels = H * C
         out = self.propagate(ei, x=(h_l, h_r), alpha=alpha, size=(n_src, h_r.size(0)))

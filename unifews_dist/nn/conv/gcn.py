@@ -9,7 +9,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv, check_edge_index, split_pair
 
 
 class UnifewsGCNConv(UnifewsConv):
@@ -33,6 +33,7 @@ class UnifewsGCNConv(UnifewsConv):
     """
 
     source_side_weights = ("lin",)
+    keeps_edge_order = False  # self-loops added
 
     def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
                  bias: bool = True, **kwargs):
@@ -60,16 +61,16 @@ class UnifewsGCNConv(UnifewsConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
+                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
+                valid: Optional[Tensor] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:
+        if not prepared:  # a stack validates its block once, not in every layer
+            check_edge_index(edge_index, n_src, n_dst)
             edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        check_edge_index(edge_index, n_src, n_dst)
         h = self.lin(x_src)
-        keep = self.prune_edges(edge_index, edge_weight, node_norms(h), locked)
-        ei, ew = self.select(keep, edge_index, edge_weight)
-        rows, ei, ew = self.restrict_targets(out_rows, n_dst, ei, ew)
+        keep = self.prune_edges(edge_index, edge_weight, node_norms(h), locked, valid=valid)
+        rows, ei, ew = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight)
         h_dst = self.take_rows(rows, h[:n_dst])
         self.last_prop_channels = self.out_channels
         out = self.propagate(ei, x=(h, h_dst), edge_weight=ew, size=(n_src, h_dst.size(0)))

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv, check_edge_index, split_pair
 from .gcn import UnifewsGCNConv
 
 
@@ -26,6 +26,7 @@ class UnifewsGCNIIConv(UnifewsConv):
     """
 
     needs_x0 = True
+    keeps_edge_order = False  # self-loops added
 
     def __init__(self, channels: int, alpha: float = 0.1, theta: Optional[float] = None,
                  layer: Optional[int] = None, thr_a: float = 0.0, thr_w: float = 0.0, **kwargs):
@@ -47,15 +48,15 @@ class UnifewsGCNIIConv(UnifewsConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], x_0: Tensor, edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
+                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
+                valid: Optional[Tensor] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:
+        if not prepared:  # a stack validates its block once, not in every layer
+            check_edge_index(edge_index, n_src, n_dst)
             edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        check_edge_index(edge_index, n_src, n_dst)
-        keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked)
-        ei, ew = self.select(keep, edge_index, edge_weight)
-        rows, ei, ew = self.restrict_targets(out_rows, n_dst, ei, ew)
+        keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked, valid=valid)
+        rows, ei, ew = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight)
         x_dst = self.take_rows(rows, x_dst)
         self.last_prop_channels = self.channels
         p = self.propagate(ei, x=(x_src, x_dst), edge_weight=ew, size=(n_src, x_dst.size(0)))

@@ -9,7 +9,7 @@ from torch_geometric.utils import degree
 
 from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import RowsFn, UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv, check_edge_index, split_pair
 
 
 class UnifewsSAGEConv(UnifewsConv):
@@ -41,20 +41,20 @@ class UnifewsSAGEConv(UnifewsConv):
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
                       edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         deg = degree(edge_index[1], num_dst, dtype=torch.get_default_dtype())
-        w = deg.clamp(min=1).reciprocal()[edge_index[1]]
+        w = deg.reciprocal()[edge_index[1]]  # (every target indexed has degree >= 1)
         return edge_index, w if edge_weight is None else w * edge_weight
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, out_rows: Optional[RowsFn] = None):
+                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
+                valid: Optional[Tensor] = None):
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
-        check_edge_index(edge_index, n_src, n_dst)
-        if not prepared:
+        if not prepared:  # a stack validates its block once, not in every layer
+            check_edge_index(edge_index, n_src, n_dst)
             edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked)
-        ei, ew = self.select(keep, edge_index, edge_weight)
-        rows, ei, ew = self.restrict_targets(out_rows, n_dst, ei, ew)
+        keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked, valid=valid)
+        rows, ei, ew = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight)
         x_dst = self.take_rows(rows, x_dst)
         self.last_prop_channels = self.in_channels
         agg = self.propagate(ei, x=(x_src, x_dst), edge_weight=ew.to(x_src.dtype), size=(n_src, x_dst.size(0)))

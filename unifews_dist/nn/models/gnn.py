@@ -1,7 +1,7 @@
 """The layer stack: carries the kept edges from layer to layer."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from itertools import accumulate
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -11,35 +11,11 @@ from torch import Tensor, nn
 from ...sparsify import check_threshold, transform_macs
 from ...checks import check_choice
 from ..conv import CONVS
-from ..conv.base import row_positions
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
+from ..stats import LayerStats, stats_tensor
 
 NORMS = ("batch", "layer", "none")
 LOCK_POLICIES = ("always", "eval", "never")
-
-
-@dataclass
-class LayerStats:
-    """What one layer did in the last forward. Edge counts are of the sampled block."""
-    edges_dense: int  # edges this layer would aggregate with no pruning anywhere
-    edges_in: int  # edges that reached it (pruned ones from earlier layers are gone)
-    edges_kept: int  # edges it aggregated
-    weight_numel: int
-    weight_nnz: int
-    macs_dense: int
-    macs_sparse: int
-    transform_backend: str
-
-    @property
-    def edge_sparsity(self) -> float:
-        return 1.0 - self.edges_kept / self.edges_dense if self.edges_dense else 0.0
-
-    @property
-    def weight_sparsity(self) -> float:
-        return 1.0 - self.weight_nnz / self.weight_numel if self.weight_numel else 0.0
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "edge_sparsity": self.edge_sparsity, "weight_sparsity": self.weight_sparsity}
 
 
 def _per_layer(name: str, value: Union[float, Sequence[float]], num_layers: int) -> List[float]:
@@ -51,26 +27,6 @@ def _per_layer(name: str, value: Union[float, Sequence[float]], num_layers: int)
             raise ValueError(f"{name} must be one number or a list of {num_layers} (one per layer), "
                              f"got {len(values)} values: {values}")
     return [check_threshold(name, v) for v in values]
-
-
-class _RowsReadNext:
-    """The targets of layer ``l`` that layer ``l + 1`` reads: its own targets (the first
-    ``num_next`` rows) and the sources of the edges into them that survived pruning. The rest
-    are neither aggregated into nor transformed. Remembers the rows it chose."""
-
-    def __init__(self, num_dst: int, num_next: int):
-        self.num_dst, self.num_next = num_dst, num_next
-        self.rows: Optional[Tensor] = None
-
-    def __call__(self, kept: Tensor) -> Optional[Tensor]:
-        read = torch.zeros(self.num_dst, dtype=torch.bool, device=kept.device)
-        read[:self.num_next] = True
-        read[kept[0][kept[1] < self.num_next]] = True
-        self.rows = None if bool(read.all()) else read.nonzero().view(-1)
-        return self.rows
-
-    def position(self) -> Tensor:
-        return row_positions(self.rows, self.num_dst)
 
 
 class UnifewsGNN(nn.Module):
@@ -155,6 +111,10 @@ class UnifewsGNN(nn.Module):
                               else nn.Identity())
         self.set_weight_backend(weight_backend)
         self.layer_stats: List[LayerStats] = []
+        #: skip, at layer ``l``, the rows layer ``l + 1`` does not read (off: compute every row)
+        self.skip_unread_rows = True
+        self._stats_tensor: Optional[Tensor] = None
+        self._stats_cache: dict = {}
 
     # -- knobs the callbacks turn ------------------------------------------------------------
     @property
@@ -195,7 +155,7 @@ class UnifewsGNN(nn.Module):
         if len(hops) < L + 1:
             raise ValueError(f"{L} layers need per-hop node counts for {L + 1} hops (seeds + {L}), "
                              f"got {len(hops)}: {hops}; sample with as many hops as layers")
-        cum = torch.tensor(hops[:L + 1]).cumsum(0).tolist()
+        cum = list(accumulate(hops[:L + 1]))
         num_src = [cum[L - i] for i in range(L)]
         num_dst = [cum[L - i - 1] for i in range(L)]
         if num_src[0] != num_nodes:
@@ -203,66 +163,99 @@ class UnifewsGNN(nn.Module):
         return num_src, num_dst
 
     @staticmethod
-    def _layer_stats(conv, edges_dense: int, num_src: int, num_dst: int) -> LayerStats:
-        """MACs of the layer as run, and as a dense layer would run on the whole block."""
+    def _layer_stats(conv, edges_dense, num_src: int, num_dst: int) -> LayerStats:
+        """What the layer ran, and what a dense layer would run on the whole block."""
         lins = [(name, m) for name, m in conv.named_modules() if isinstance(m, UnifewsLinear)]
         t_dense = sum(transform_macs(num_src if name in conv.source_side_weights else num_dst,
                                      lin.in_features, lin.out_features) for name, lin in lins)
-        t_sparse = sum(lin.macs()[1] for _, lin in lins)
         return LayerStats(
             edges_dense=edges_dense, edges_in=conv.last_edges_in, edges_kept=conv.last_edges_kept,
-            weight_numel=sum(lin.weight.numel() for _, lin in lins),
-            weight_nnz=sum(lin.weight_nnz() for _, lin in lins),
-            macs_dense=t_dense + edges_dense * conv.last_prop_channels,
-            macs_sparse=t_sparse + conv.propagation_macs()[1],
+            weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
+            transform_macs_dense=t_dense, prop_channels=conv.last_prop_channels,
+            edges_computed=conv.last_edges_computed,
             transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
 
+    def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes, num_sampled_edges,
+                           keeps_order: bool):
+        """Each layer's dense edge count (edges into its targets), and whether layer ``l``'s edges
+        are the first that many of the block (a sampler's hop order, kept by ``prepare_edges``)."""
+        L = self.num_layers
+        if num_sampled_nodes is None:
+            return [ei.size(1)] * L, True
+        if num_sampled_edges is not None and keeps_order:
+            if len(num_sampled_edges) < L:
+                raise ValueError(f"{L} layers need per-hop edge counts for {L} hops, got {list(num_sampled_edges)}")
+            cum = list(accumulate(int(e) for e in num_sampled_edges))
+            return [cum[L - 1 - i] for i in range(L)], True
+        # counted on the device; read only if a statistic is
+        return list(torch.stack([(ei[1] < nd).sum() for nd in num_dst]).unbind()), False
+
     def forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]] = None,
-                batch_size: Optional[int] = None) -> Tensor:
+                batch_size: Optional[int] = None, num_sampled_edges: Optional[Sequence[int]] = None) -> Tensor:
         """Node outputs: ``[sum(num_sampled_nodes[:1]), C]`` (the seeds) when per-hop counts are
-        given, else ``[N, C]`` for every node (seeds first when ``batch_size`` is set)."""
+        given, else ``[N, C]`` for every node (seeds first when ``batch_size`` is set).
+
+        With the sampler's per-hop edge counts too (``num_sampled_edges``; edges in hop order, as
+        PyG's samplers emit them), a layer whose edges were not pruned before it takes its edges
+        as a prefix of the block (no device sync), as PyG's ``trim_to_layer``. The edge indices
+        are not checked here: a sampled block is valid by construction (a single layer called
+        on its own checks them).
+        """
         num_src, num_dst = self._layer_sizes(x.size(0), num_sampled_nodes)
         Conv = type(self.convs[0])
         ei, ew = Conv.prepare_edges(edge_index, num_src[0], num_dst[0])
-        # each layer's dense edge count (edges into its targets), read in one device sync
-        edges_dense_l = torch.stack([(ei[1] < nd).sum() for nd in num_dst]).tolist()
-        trimmed_to = None  # targets the edges are already restricted to
+        edges_dense_l, prefix = self._dense_edge_counts(ei, num_dst, num_sampled_nodes, num_sampled_edges,
+                                                        Conv.keeps_edge_order)
         lock = self.lock_target_edges == "always" or (self.lock_target_edges == "eval" and not self.training)
         x0 = None
         if self.lin_in is not None:
             x = x0 = F.relu(self.lin_in(F.dropout(x, self.dropout, self.training)))
         stats: List[LayerStats] = []
         ns = num_src[0]  # rows of this layer's input; fewer than num_src[i] once rows are skipped
+        last_nd = num_src[0]  # targets ei is known to be restricted to
+        pruned = False
         for i, conv in enumerate(self.convs):
             nd = num_dst[i]
-            if trimmed_to != nd:  # trim to the targets this layer needs
-                sel = ei[1] < nd
-                if not bool(sel.all()):
-                    ei, ew = conv.select(sel, ei, ew)
-            edges_dense = edges_dense_l[i]
+            valid = None
+            if last_nd > nd:  # this layer's edges: those into its targets
+                if prefix:
+                    ei = ei[:, :edges_dense_l[i]]
+                    ew = None if ew is None else ew[:edges_dense_l[i]]
+                elif num_sampled_nodes is not None and (i > 0 or len(num_sampled_nodes) > self.num_layers + 1):
+                    valid = ei[1] < nd
             last = i == self.num_layers - 1
+            pruned = pruned or conv.thr_a > 0  # rows can be unread only once an edge was pruned
+            num_next = None if last or not (self.skip_unread_rows and pruned) else num_dst[i + 1]
             locked = ei[1] < batch_size if (lock and batch_size is not None) else None
             xs = (x[:ns], x[:nd])
-            needed = _RowsReadNext(nd, num_dst[i + 1]) if not last else None
             if conv.needs_x0:
-                out, keep = conv(xs, x0, ei, ew, locked=locked, return_kept=True, prepared=True, out_rows=needed)
+                out = conv(xs, x0, ei, ew, locked=locked, prepared=True, num_next=num_next, valid=valid)
             else:
-                out, keep = conv(xs, ei, ew, locked=locked, return_kept=True, prepared=True, out_rows=needed)
-            ei, ew = conv.select(keep, ei, ew)
-            ns = nd
-            if needed is not None and needed.rows is not None:  # renumber sources to the rows computed
-                ei, ew = conv.select(ei[1] < num_dst[i + 1], ei, ew)
-                ei = torch.stack([needed.position()[ei[0]], ei[1]])
-                trimmed_to = num_dst[i + 1]
-                ns = needed.rows.numel()
+                out = conv(xs, ei, ew, locked=locked, prepared=True, num_next=num_next, valid=valid)
+            sel = conv.last_selection
+            prefix = prefix and sel.edge_index is ei  # nothing selected: still the block's prefix
+            ei, ew = sel.edge_index, sel.edge_weight
+            last_nd, ns = nd, nd
+            if sel.rows is not None:  # sources of the next layer: the rows computed, renumbered
+                ei = sel.renumbered
+                ns = sel.rows.numel()
                 if x0 is not None:
-                    x0 = x0.index_select(0, needed.rows)
-            stats.append(self._layer_stats(conv, edges_dense, num_src[i], nd))
+                    x0 = x0.index_select(0, sel.rows)
+            elif not prefix and not last:  # edges not into the next targets may come from further out
+                ei = torch.stack([ei[0].clamp(max=nd - 1), ei[1]])
+            stats.append(self._layer_stats(conv, edges_dense_l[i], num_src[i], nd))
             x = out
             if not last or conv.needs_x0:  # GCNII has its output layer after the stack
                 x = F.relu(self.norms[i](x))
                 x = F.dropout(x, self.dropout, self.training)
         if self.lin_out is not None:
             x = self.lin_out(x)
-        self.layer_stats = stats
+        self.layer_stats, self._stats_tensor = stats, None
         return x
+
+    def stats_tensor(self) -> Tensor:
+        """The last forward's :attr:`layer_stats` packed as one float64 device tensor (the
+        :data:`~unifews_dist.nn.stats.FIELDS` of each layer), made once per forward, no device read."""
+        if self._stats_tensor is None:
+            self._stats_tensor = stats_tensor(self.layer_stats, next(self.parameters()).device, self._stats_cache)
+        return self._stats_tensor

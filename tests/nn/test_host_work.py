@@ -1,0 +1,74 @@
+"""Host work of the stack's forward, counted exactly (op_counter.py): on a GPU every op is a
+kernel launch and every sync stalls the host, so these counts are the step time there."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import Data
+from torch_geometric.sampler import NodeSamplerInput
+
+from op_counter import OpCounter
+from unifews_dist.data.sampler import TorchNeighborSampler
+from unifews_dist.nn import UnifewsGNN
+from conftest import random_graph
+
+LAYERS = 3
+
+
+def _block(seed=0):
+    """A 3-hop sampled block, as the loader hands it to the model."""
+    n = 400
+    data = Data(edge_index=random_graph(n, 6000, seed), num_nodes=n)
+    out = TorchNeighborSampler(data, [8, 6, 4], seed=seed).sample_from_nodes(
+        NodeSamplerInput(input_id=torch.arange(32), node=torch.randperm(n)[:32]))
+    x = torch.randn(out.node.numel(), 16)
+    return x, torch.stack([out.row, out.col]), out.num_sampled_nodes, out.num_sampled_edges
+
+
+def _count(model, x, ei, hops, edges):
+    with OpCounter() as c:
+        out = model(x, ei, num_sampled_nodes=hops, batch_size=32, num_sampled_edges=edges)
+    return out, c.counts()
+
+
+@pytest.mark.parametrize("conv", ["sage", "gin"])
+def test_dense_forward_reads_nothing_from_the_device(conv):
+    torch.manual_seed(0)
+    model = UnifewsGNN(conv, 16, 32, 5, num_layers=LAYERS, weight_backend="dense")
+    x, ei, hops, edges = _block()
+    out, c = _count(model, x, ei, hops, edges)
+    assert out.shape == (32, 5)
+    assert c["syncs"] == 0, c
+    # the figures the monitors log are still there, on the device, for one read later
+    assert [s.edges_kept for s in model.layer_stats] == [s.edges_dense for s in model.layer_stats]
+    assert model.layer_stats[0].edges_dense == sum(edges)
+
+
+def test_sparse_forward_syncs_at_most_twice_per_layer():
+    torch.manual_seed(0)
+    model = UnifewsGNN("sage", 16, 32, 5, num_layers=LAYERS, thr_a=1.0, thr_w=1.0, weight_backend="dense",
+                       lock_target_edges="eval")
+    x, ei, hops, edges = _block()
+    model(x, ei, num_sampled_nodes=hops, batch_size=32, num_sampled_edges=edges)  # masks made
+    for lin in model.weight_layers():
+        lin.mask_mode = "keep"
+    out, c = _count(model, x, ei, hops, edges)
+    stats = model.layer_stats
+    assert stats[-1].edge_sparsity > 0.3 and stats[0].weight_sparsity > 0.3  # it did prune
+    # one nonzero for the kept edges per layer, one for the rows the next layer reads
+    assert c["syncs"] <= 2 * LAYERS - 1, c
+    with OpCounter() as c2:
+        F.cross_entropy(out, torch.zeros(32, dtype=torch.long)).backward()
+    assert c2.counts()["syncs"] == 0
+
+
+def test_statistics_pack_into_one_tensor_without_a_read():
+    torch.manual_seed(0)
+    model = UnifewsGNN("sage", 16, 32, 5, num_layers=LAYERS, thr_a=1.0, thr_w=1.0, weight_backend="dense")
+    x, ei, hops, edges = _block()
+    model(x, ei, num_sampled_nodes=hops, batch_size=32, num_sampled_edges=edges)
+    with OpCounter() as c:
+        t = model.stats_tensor()
+    assert c.counts()["syncs"] == 0 and c.counts()["ops"] <= 6
+    from unifews_dist.nn.stats import FIELDS
+    expect = [float(getattr(s, f)) for s in model.layer_stats for f in FIELDS]
+    assert t.tolist() == expect
