@@ -106,3 +106,18 @@ def test_cuda_sampling_matches_cpu_rules():
     edges = set(map(tuple, data.edge_index.t().tolist()))
     src, dst = out.node[out.row].cpu().tolist(), out.node[out.col].cpu().tolist()
     assert all((a, b) in edges for a, b in zip(src, dst))
+
+
+@pytest.mark.parametrize("fanout", [[5, 3, 2], [-1, 4]])
+def test_reads_the_device_twice_per_hop(fanout):
+    """On CUDA each host read of a device tensor stalls the host: a hop reads the number of
+    edges drawn and of nodes new to the batch, nothing else (the seed nodes are host tensors)."""
+    from op_counter import OpCounter
+
+    s = TorchNeighborSampler(_graph(), fanout)
+    index = NodeSamplerInput(input_id=torch.arange(17), node=torch.randperm(200)[:17])
+    with OpCounter() as c:
+        c.host(index.node, index.input_id)
+        out = s.sample_from_nodes(index)
+    assert len(out.num_sampled_nodes) == len(fanout) + 1
+    assert c.counts()["syncs"] == 2 * len(fanout), dict(c.sync_ops)

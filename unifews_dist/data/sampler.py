@@ -1,9 +1,11 @@
-"""A pure-PyTorch neighbor sampler with per-hop counts.
+"""A pure-PyTorch neighbor sampler with per-hop counts, and no device read but two per hop.
 
 Why our own: pyg-lib (PyG's fast sampler) is not on PyPI and cannot be installed everywhere;
 torch-sparse's sampler returns no per-hop counts, so layers cannot be trimmed to the nodes
 they need; and PyG has no pure-PyTorch sampler. This one is a :class:`BaseSampler`, so PyG's
 :class:`NodeLoader` uses it unchanged, and it runs on CPU or CUDA tensors (GPU-resident graph).
+On CUDA every host read of a device tensor stalls the host: each hop reads exactly two sizes
+(the edges drawn and the nodes new to the batch); all else has fixed shapes.
 """
 from __future__ import annotations
 
@@ -15,70 +17,57 @@ from torch_geometric.data import Data
 from torch_geometric.sampler import BaseSampler, NodeSamplerInput, SamplerOutput
 from torch_geometric.sampler.utils import to_csc
 
-# Nodes with degree up to this many times the fanout draw a random permutation of all their
-# neighbours (cost ~ degree); above it, draws with replacement and redraws duplicates
-# (collision chance per draw <= 1/_PERM_FACTOR).
+# Nodes with degree up to this many times the fanout take the k smallest of random keys over
+# all their neighbours; above it, 2k + _EXTRA_DRAWS draws with replacement, of whose distinct
+# values k are taken at random (fewer than k distinct among them: below 1e-15 per node).
 _PERM_FACTOR = 4
+_EXTRA_DRAWS = 16
+_NOT_SLOT = 2.0  # a key above every random key in [0, 1)
+_NO_CLAIM = torch.iinfo(torch.long).max
+
+
+def sample_slots(colptr: Tensor, deg: Tensor, nodes: Tensor, k: int, generator: Optional[torch.Generator] = None,
+                 max_degree: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """Uniformly sample up to ``k`` distinct in-neighbours of each node, without replacement, in
+    fixed-shape slots: ``(pos, valid)``, both ``[len(nodes), k]``: positions in the CSC ``row``
+    array, and which slots hold a neighbour (``min(degree, k)`` per node).
+
+    A node of degree ``d <= 4k`` takes the ``k`` smallest of ``d`` random keys. A larger one draws
+    ``2k + 16`` neighbours with replacement: the set of distinct values drawn is a uniformly
+    random subset given its size, and ``k`` of them are taken by random keys, so the sample is
+    a uniform ``k``-subset. ``max_degree`` (the graph's, known on the host) skips the second
+    path when no node needs it. Nothing here reads the device.
+    """
+    n, dev = nodes.numel(), nodes.device
+    d = deg.index_select(0, nodes).unsqueeze(1)
+    start = colptr.index_select(0, nodes).unsqueeze(1)
+    w = _PERM_FACTOR * k
+    keys = torch.rand(n, w, generator=generator, device=dev)
+    keys.masked_fill_(torch.arange(w, device=dev) >= d, _NOT_SLOT)  # slots past the degree never win
+    vals, off = keys.topk(k, dim=1, largest=False, sorted=False)
+    valid = vals < _NOT_SLOT
+    if max_degree is None or max_degree > w:
+        m = 2 * k + _EXTRA_DRAWS
+        draws = (torch.rand(n, m, generator=generator, device=dev, dtype=torch.float64) * d).long()
+        srt = draws.sort(dim=1).values
+        repeat = torch.zeros_like(srt, dtype=torch.bool)
+        repeat[:, 1:] = srt[:, 1:] == srt[:, :-1]  # a value drawn before
+        keys = torch.rand(n, m, generator=generator, device=dev).masked_fill_(repeat, _NOT_SLOT)
+        vals, pick = keys.topk(k, dim=1, largest=False, sorted=False)
+        big = d > w
+        off = torch.where(big, srt.gather(1, pick), off)
+        valid = torch.where(big, vals < _NOT_SLOT, valid)
+    return start + off, valid
 
 
 def _expand_ranges(start: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
-    """(segment id, position) for ``count[i]`` consecutive positions from ``start[i]``."""
-    seg = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
+    """(segment id, position) for ``count[i]`` consecutive positions from ``start[i]`` (one read:
+    the total)."""
+    total = int(count.sum())
+    seg = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count, output_size=total)
     offsets = torch.cumsum(count, 0) - count
-    pos = torch.arange(seg.numel(), device=count.device) - offsets[seg] + start[seg]
+    pos = torch.arange(total, device=count.device) - offsets[seg] + start[seg]
     return seg, pos
-
-
-def sample_neighbors(colptr: Tensor, deg: Tensor, nodes: Tensor, k: int,
-                     generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
-    """Uniformly sample up to ``k`` distinct in-neighbours of each node, without replacement.
-
-    Returns ``(segment, position)``: for each sampled edge, the index into ``nodes`` of its
-    target and its position in the CSC ``row`` array. ``k < 0`` takes every neighbour.
-    """
-    d = deg[nodes]
-    start = colptr[nodes]
-    dev = nodes.device
-    if k < 0:
-        return _expand_ranges(start, d)
-    take_all = d <= k
-    small = ~take_all & (d <= _PERM_FACTOR * k)
-    big = d > _PERM_FACTOR * k
-    segs, poss = [], []
-    idx = take_all.nonzero().view(-1)
-    if idx.numel():
-        s, p = _expand_ranges(start[idx], d[idx])
-        segs.append(idx[s]); poss.append(p)
-    idx = small.nonzero().view(-1)
-    if idx.numel():  # random keys over all neighbours, keep the k smallest per node
-        s, p = _expand_ranges(start[idx], d[idx])
-        key = torch.rand(s.numel(), generator=generator, device=dev, dtype=torch.float64) + s
-        order = torch.argsort(key)
-        s, p = s[order], p[order]
-        first = torch.cumsum(d[idx], 0) - d[idx]
-        rank = torch.arange(s.numel(), device=dev) - first[s]
-        sel = rank < k
-        segs.append(idx[s[sel]]); poss.append(p[sel])
-    idx = big.nonzero().view(-1)
-    if idx.numel():  # with replacement, then redraw duplicates until none are left
-        dd = d[idx].unsqueeze(1)
-        off = (torch.rand(idx.numel(), k, generator=generator, device=dev, dtype=torch.float64) * dd).long()
-        while True:
-            off, _ = off.sort(dim=1)
-            dup = torch.zeros_like(off, dtype=torch.bool)
-            dup[:, 1:] = off[:, 1:] == off[:, :-1]
-            if not bool(dup.any()):
-                break
-            redraw = (torch.rand(int(dup.sum()), generator=generator, device=dev, dtype=torch.float64)
-                      * dd.expand_as(off)[dup]).long()
-            off[dup] = redraw
-        segs.append(idx.repeat_interleave(k)); poss.append((start[idx].unsqueeze(1) + off).view(-1))
-    if not segs:
-        e = torch.empty(0, dtype=torch.long, device=dev)
-        return e, e
-    seg, pos = torch.cat(segs), torch.cat(poss)
-    order = torch.argsort(seg, stable=True)  # edges grouped by target, in frontier order
-    return seg[order], pos[order]
 
 
 class TorchNeighborSampler(BaseSampler):
@@ -105,7 +94,9 @@ class TorchNeighborSampler(BaseSampler):
         device = data.edge_index.device
         self.colptr, self.row, self.perm = to_csc(data, device=device, share_memory=share_memory)
         self.deg = self.colptr[1:] - self.colptr[:-1]
-        self._assoc: Optional[Tensor] = None
+        self.max_degree = int(self.deg.max()) if self.deg.numel() else 0  # once, at construction
+        self._assoc: Optional[Tensor] = None  # node -> id in the batch (-1: not in it)
+        self._claim: Optional[Tensor] = None  # node -> first edge that reached it (scratch)
 
     def sample_from_edges(self, index, neg_sampling=None):
         raise NotImplementedError("TorchNeighborSampler samples from seed nodes only (node-level tasks); "
@@ -115,46 +106,57 @@ class TorchNeighborSampler(BaseSampler):
     def edge_permutation(self) -> Optional[Tensor]:
         return self.perm
 
-    def _generator(self, seeds: Tensor, input_id: Optional[Tensor]) -> torch.Generator:
+    def _generator(self, seeds: Tensor, input_id: Optional[Tensor], device) -> torch.Generator:
+        """Seeded from the batch's seed nodes, read on the host (where the loader made them)."""
         first = int(input_id[0]) if input_id is not None and input_id.numel() else 0
         h = (self.seed * 1_000_003 + int(seeds[0]) * 7919 + int(seeds[-1]) * 104_729
              + seeds.numel() * 31 + first) % (2**63 - 1)
-        g = torch.Generator(device=seeds.device)
+        g = torch.Generator(device=device)
         g.manual_seed(h)
         return g
 
     def sample_from_nodes(self, index: NodeSamplerInput, **kwargs) -> SamplerOutput:
-        seeds = index.node.to(self.colptr.device).long()
-        if seeds.numel() == 0:
+        if index.node.numel() == 0:
             raise ValueError("cannot sample from an empty set of seed nodes")
-        if self._assoc is None or self._assoc.device != seeds.device:
-            self._assoc = torch.full((self.num_nodes,), -1, dtype=torch.long, device=seeds.device)
-        assoc = self._assoc
-        g = self._generator(seeds, index.input_id)
-        nodes = [seeds]
-        assoc[seeds] = torch.arange(seeds.numel(), device=seeds.device)
-        if int(assoc[seeds].unique().numel()) != seeds.numel():
-            assoc[seeds] = -1
+        if index.node.device.type == "cpu" and torch.unique(index.node).numel() != index.node.numel():
             raise ValueError("seed nodes of a batch must be distinct")
+        dev = self.colptr.device
+        g = self._generator(index.node, index.input_id, dev)
+        seeds = index.node.to(dev).long()
+        if self._assoc is None or self._assoc.device != dev:
+            self._assoc = torch.full((self.num_nodes,), -1, dtype=torch.long, device=dev)
+            self._claim = torch.full((self.num_nodes,), _NO_CLAIM, dtype=torch.long, device=dev)
+        assoc, claim = self._assoc, self._claim
         n = seeds.numel()
-        frontier_local = torch.arange(n, device=seeds.device)
-        frontier = seeds
-        rows, cols, edges, n_nodes, n_edges = [], [], [], [n], []
+        assoc[seeds] = torch.arange(n, device=dev)
+        frontier, first_id = seeds, 0  # frontier nodes have ids first_id .. first_id + len - 1
+        nodes, rows, cols, edges, n_nodes, n_edges = [seeds], [], [], [], [n], []
         try:
             for k in self.num_neighbors:
-                seg, pos = sample_neighbors(self.colptr, self.deg, frontier, k, g)
-                nbr = self.row[pos]
-                local = assoc[nbr]
-                new = torch.unique(nbr[local < 0])
-                assoc[new] = torch.arange(n, n + new.numel(), device=seeds.device)
-                n += new.numel()
-                rows.append(assoc[nbr]); cols.append(frontier_local[seg]); edges.append(pos)
-                n_nodes.append(new.numel()); n_edges.append(pos.numel())
+                if k < 0:
+                    seg, pos = _expand_ranges(self.colptr[frontier], self.deg[frontier])
+                else:
+                    slot_pos, valid = sample_slots(self.colptr, self.deg, frontier, k, g, self.max_degree)
+                    e = valid.view(-1).nonzero().view(-1)  # read 1: the edges drawn
+                    seg, pos = e // k, slot_pos.view(-1).index_select(0, e)
+                nbr = self.row.index_select(0, pos)
+                # nodes new to the batch, each once, numbered in order of their first edge
+                edge_id = torch.arange(nbr.numel(), device=dev)
+                claim.scatter_reduce_(0, nbr, edge_id.masked_fill(assoc.index_select(0, nbr) >= 0, _NO_CLAIM), "amin")
+                new = nbr.index_select(0, (claim.index_select(0, nbr) == edge_id).nonzero().view(-1))  # read 2
+                claim.index_fill_(0, new, _NO_CLAIM)
+                assoc[new] = torch.arange(n, n + new.numel(), device=dev)
+                rows.append(assoc.index_select(0, nbr))
+                cols.append(seg + first_id if first_id else seg)
+                edges.append(pos)
+                n_nodes.append(new.numel())
+                n_edges.append(pos.numel())
                 nodes.append(new)
-                frontier, frontier_local = new, assoc[new]
+                frontier, first_id = new, n
+                n += new.numel()
         finally:
             node = torch.cat(nodes)
-            assoc[node] = -1  # reset only what this batch touched
+            assoc.index_fill_(0, node, -1)  # reset only what this batch touched
         return SamplerOutput(node=node, row=torch.cat(rows), col=torch.cat(cols), edge=torch.cat(edges),
                              batch=None, num_sampled_nodes=n_nodes, num_sampled_edges=n_edges,
                              metadata=(index.input_id, index.time))
