@@ -1,5 +1,6 @@
-"""Test-only callback: all-gathers weights, weight masks, step counts and thresholds at the end
-of training (or of a test run)."""
+"""Test-only callback: all-gathers the weight masks every rank used at every training step (after
+the step, before the next forward, whose DDP buffer broadcast would overwrite them), and
+weights, masks, step counts and thresholds at the end of training (or of a test run)."""
 import json
 import os
 
@@ -10,6 +11,17 @@ from pytorch_lightning import Callback
 class RankCheck(Callback):
     def __init__(self, out: str, stage: str = "fit"):
         self.out, self.stage = out, stage
+        self.step_mask_diff, self.steps_checked = 0.0, 0
+
+    @staticmethod
+    def _masks(pl_module):
+        return torch.cat([b.flatten().float() for n, b in pl_module.named_buffers() if n.endswith("weight_mask")])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        g = trainer.strategy.all_gather(self._masks(pl_module))
+        if trainer.world_size > 1:
+            self.step_mask_diff = max(self.step_mask_diff, float((g - g[0]).abs().max()))
+        self.steps_checked += 1
 
     def on_train_end(self, trainer, pl_module):
         if self.stage == "fit":
@@ -21,7 +33,7 @@ class RankCheck(Callback):
 
     def _write(self, trainer, pl_module):
         params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-        masks = torch.cat([b.flatten().float() for n, b in pl_module.named_buffers() if n.endswith("weight_mask")])
+        masks = self._masks(pl_module)
         steps = torch.tensor([float(trainer.global_step)])
         thr = torch.tensor(pl_module.model.thr_a + pl_module.model.thr_w, dtype=torch.float64)
         gp, gm, gs, gt = (trainer.strategy.all_gather(t) for t in (params, masks, steps, thr))
@@ -31,7 +43,8 @@ class RankCheck(Callback):
             with open(self.out, "w") as f:
                 json.dump({"world": trainer.world_size, "steps": gs.view(-1).tolist(),
                            "param_diff": float((gp - gp[0]).abs().max()), "mask_diff": float((gm - gm[0]).abs().max()),
-                           "mask_density": float(gm[0].mean()),
+                           "mask_density": float(gm[0].mean()), "step_mask_diff": self.step_mask_diff,
+                           "steps_checked": self.steps_checked,
                            "thr_diff": float((gt - gt[0]).abs().max()), "thr": gt[0].tolist(), "pid": os.getpid()}, f)
 
 

@@ -3,22 +3,55 @@ from __future__ import annotations
 
 import glob
 import os
+import random
+import pickle
+import re
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_warn
+
+PREVIOUS = ".prev"  # suffix of the checkpoint a newer one replaced
 
 # Hyper-parameters that decide the shapes of a checkpoint's tensors.
 SHAPE_KEYS = ("conv", "in_channels", "hidden_channels", "out_channels", "num_layers", "heads")
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint holding objects that loading would have to run."""
+
+
+def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: tensors and plain Python values only, so a
+    crafted file cannot run code. Anything else is refused with one line (``ValueError``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:[Uu]nsupported global:?|unsupported) GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise UnsafeCheckpoint(f"checkpoint {path!r} holds an object other than tensors and plain values "
+                                   f"({found.group(1)}): refused, nothing in a checkpoint is run") from None
+        why = str(e).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        raise ValueError(f"checkpoint {path!r} cannot be read as tensors and plain values "
+                         f"({' '.join(why.split())[:120]}); nothing in it was run") from None
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``path.tmp``, flushes it to disk, then renames it over ``path``.
+    """Writes ``path.tmp``, flushes it to disk, then renames it over ``path``; the checkpoint it
+    replaces is kept as ``path.prev`` until the next one is complete.
 
     Lightning's ``TorchCheckpointIO`` serializes to memory first but then writes the target file
     in place, so a job killed during that write (SLURM preemption) leaves a truncated file where
     the previous good checkpoint was. A rename is atomic on POSIX file systems: the path holds
-    either the old checkpoint or the new one.
+    either the old checkpoint or the new one, and should the new one still be unreadable (a disk
+    or copy fault), :func:`resume_checkpoint` falls back to the previous. Loading is always
+    ``weights_only`` (:func:`load_checkpoint_file`).
     """
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
@@ -31,27 +64,51 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+        if os.path.isfile(path):
+            os.replace(path, path + PREVIOUS)
         os.replace(tmp, path)
+
+    def remove_checkpoint(self, path) -> None:
+        super().remove_checkpoint(path)
+        prev = os.fspath(path) + PREVIOUS
+        if os.path.isfile(prev):
+            os.remove(prev)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
+        """Always ``weights_only``: see :func:`load_checkpoint_file`."""
+        return load_checkpoint_file(os.fspath(path), map_location if map_location is not None else "cpu")
 
 
 def resume_checkpoint(run_dir: str) -> Optional[str]:
-    """The newest complete checkpoint of a run: ``checkpoints/last.ckpt`` or a SLURM
-    ``hpc_ckpt_N.ckpt`` written on the requeue signal, whichever was written last."""
+    """The newest readable checkpoint of a run: ``checkpoints/last.ckpt`` or a SLURM
+    ``hpc_ckpt_N.ckpt`` written on the requeue signal, whichever was written last; one that
+    cannot be read is passed over, saying so, for the next newest (``last.ckpt.prev`` too).
+    ``None`` when the run has none; ``ValueError`` when it has some and none can be read (a
+    fresh start would overwrite them), or one holds objects loading would run."""
     candidates = glob.glob(os.path.join(run_dir, "hpc_ckpt_*.ckpt"))
-    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
-    if os.path.isfile(last):
-        candidates.append(last)
-    return max(candidates, key=os.path.getmtime) if candidates else None
+    for name in ("last.ckpt", "last.ckpt" + PREVIOUS):
+        path = os.path.join(run_dir, "checkpoints", name)
+        if os.path.isfile(path):
+            candidates.append(path)
+    errors = []
+    for path in sorted(candidates, key=os.path.getmtime, reverse=True):
+        try:
+            load_checkpoint_file(path)
+        except UnsafeCheckpoint:
+            raise
+        except ValueError as e:
+            rank_zero_warn(f"{e}: trying an older checkpoint")
+            errors.append(str(e))
+            continue
+        return path
+    if errors:
+        raise ValueError(f"no checkpoint of {run_dir} can be read ({errors[0]}); move them away to start the run over")
+    return None
 
 
 def check_compatible(path: str, hparams: Dict[str, Any]) -> None:
     """Raise ValueError when the checkpoint at ``path`` was trained with another model shape."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {e})") from e
+    ckpt = load_checkpoint_file(path)
     theirs = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(theirs, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path!r} is not a unifews_dist checkpoint (no hyper_parameters/state_dict)")
@@ -59,3 +116,24 @@ def check_compatible(path: str, hparams: Dict[str, Any]) -> None:
     if diff:
         text = ", ".join(f"{k}={a!r} in the checkpoint but {b!r} now" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path!r} is from another model: {text}")
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random generator training reads (torch CPU and CUDA, numpy, Python), as tensors and
+    plain values (a ``weights_only`` checkpoint holds them). The sampler and the data order draw
+    from generators seeded per batch and per epoch, so they need no state."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -15,7 +15,6 @@ import json
 import netrc
 import warnings
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,17 +25,16 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .callbacks import AtTargetCheckpoint, SparsityMonitor, ThroughputMonitor
-from .checkpoint import AtomicCheckpointIO, check_compatible, resume_checkpoint
+from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, resume_checkpoint
+from .run_dir import RunCSVLogger, finished, logged_steps, resolve_run_dir, wandb_run_id, write_atomic
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
 
 _T0 = time.perf_counter()
-# The run directory holds wandb_id and config.yaml before the CSV logger starts; it appends.
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 # The monitors log values they already summed over ranks: syncing them again is not needed.
 warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(sparsity|macs|throughput|time|schedule)/")
@@ -100,32 +98,6 @@ class _SetThresholds(Callback):
         self._set(pl_module)
 
 
-def resolve_run_dir(explicit: Optional[str]) -> str:
-    """The run directory: ``--run_dir`` (or ``--trainer.default_root_dir``), else ``$UNIFEWS_RUN_DIR``, else one named after the
-    launcher's job id (torchrun's rendezvous id; SLURM's job id when srun started several tasks),
-    which every rank computes alike, else ``runs/<date-time>`` for a single process."""
-    if explicit:
-        return explicit
-    env = os.environ
-    if env.get("UNIFEWS_RUN_DIR"):
-        return env["UNIFEWS_RUN_DIR"]
-    rdzv = env.get("TORCHELASTIC_RUN_ID")
-    if rdzv and rdzv != "none":
-        return os.path.join("runs", f"torchrun-{rdzv}")
-    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
-        job = env.get("SLURM_ARRAY_JOB_ID")
-        job = f"{job}_{env['SLURM_ARRAY_TASK_ID']}" if job else env["SLURM_JOB_ID"]
-        return os.path.join("runs", f"slurm-{job}")
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("several processes were launched without a shared job id: pass --run_dir DIR "
-                         "(or set UNIFEWS_RUN_DIR) so every rank writes to the same run directory")
-    base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    path, n = base, 1
-    while os.path.exists(path):
-        path, n = f"{base}-{n}", n + 1
-    return path
-
-
 def _wandb_settings(flush_interval_s: float):
     if not flush_interval_s >= 0:
         raise ValueError(f"wandb.flush_interval_s must be >= 0, got {flush_interval_s}")
@@ -145,26 +117,12 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def wandb_run_id(run_dir: str) -> str:
-    """The W&B run id kept in ``run_dir/wandb_id`` (made and written by rank 0 on first use)."""
-    path = os.path.join(run_dir, "wandb_id")
-    if os.path.isfile(path):
-        with open(path) as f:
-            run_id = f.read().strip()
-        if run_id:
-            return run_id
-    run_id = secrets.token_hex(4)
-    if rank_zero_only.rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        _write_atomic(path, run_id + "\n")
-    return run_id
+class RunFinished(Exception):
+    """The run directory holds a run that already trained as long as it was asked to."""
 
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write a small text file so that a reader never sees it half-written."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    def __init__(self, run_dir: str, ckpt: dict):
+        super().__init__(run_dir)
+        self.run_dir, self.epochs, self.steps = run_dir, ckpt.get("epoch", 0) + 1, ckpt.get("global_step", 0)
 
 
 class UnifewsCLI(LightningCLI):
@@ -220,10 +178,19 @@ class UnifewsCLI(LightningCLI):
         for key in ("checkpoint", "last_checkpoint"):
             if cfg[key].get("dirpath") is None:
                 cfg[key]["dirpath"] = os.path.join(self.run_dir, "checkpoints")
+        self.resume_from, self.resume_step = None, None
+        if self.subcommand == "fit" and cfg.get("ckpt_path") is None:
+            self.resume_from = resume_checkpoint(self.run_dir)
+        if self.resume_from is not None:
+            ckpt = load_checkpoint_file(self.resume_from)
+            trainer = cfg["trainer"]
+            if finished(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1)):
+                raise RunFinished(self.run_dir, ckpt)
+            self.resume_step = logged_steps(ckpt)
 
     def _loggers(self) -> list:
         cfg = self._cfg()
-        loggers = [CSVLogger(self.run_dir, name="", version="")]  # metrics.csv in the run directory
+        loggers = [RunCSVLogger(self.run_dir, self.resume_step)]  # metrics.csv, history kept on resume
         opts = cfg.get("wandb")
         if opts is not False and opts is not None:
             opts = dict(opts if isinstance(opts, dict) else vars(opts))
@@ -247,11 +214,10 @@ class UnifewsCLI(LightningCLI):
     def _check_ckpt(self) -> None:
         init = self.config_init[self.subcommand]
         path = init.get("ckpt_path")
-        if self.subcommand == "fit" and path is None:
-            path = resume_checkpoint(self.run_dir)
-            if path is not None:
-                rank_zero_info(f"Resuming from {path}")
-                init["ckpt_path"] = path
+        if self.subcommand == "fit" and path is None and self.resume_from is not None:
+            path = self.resume_from
+            rank_zero_info(f"Resuming from {path}")
+            init["ckpt_path"] = path
         if path not in (None, "best", "last", "hpc", "registry"):
             check_compatible(path, dict(self.model.hparams))
 
@@ -289,14 +255,14 @@ class UnifewsCLI(LightningCLI):
         epoch, step = trainer.current_epoch, trainer.global_step
         last = os.path.join(self.run_dir, "checkpoints", "last.ckpt")
         if step == 0 and os.path.isfile(last):  # ddp_fork/ddp_spawn: the loops ran in the workers
-            state = torch.load(last, map_location="cpu", weights_only=False)
+            state = load_checkpoint_file(last)
             epoch, step = state.get("epoch", 0) + 1, state.get("global_step", 0)
         summary = build_summary(metrics, test[0].get("test/acc", float("nan")) if test else float("nan"),
                                 epoch, step, trainer.world_size, module.model.num_layers, time.perf_counter() - _T0)
         summary["tested_checkpoint"] = os.path.abspath(best) if best else None
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
-        _write_atomic(path, json.dumps(summary, indent=2))
+        write_atomic(path, json.dumps(summary, indent=2))
         print(f"test acc {summary['test_acc']:.4f} | val acc {summary['val_acc']:.4f} | "
               f"edges pruned {summary['edge_sparsity']:.1%} | weights pruned {summary['weight_sparsity']:.1%} | "
               f"MACs {summary['macs_sparse'] / max(summary['macs_dense'], 1):.2f}x of dense | "
@@ -347,6 +313,12 @@ def main(args=None) -> None:
         UnifewsCLI(UnifewsModule, UnifewsDataModule, args=argv, save_config_callback=_SaveConfig,
                    save_config_kwargs={"overwrite": True},
                    trainer_defaults={"use_distributed_sampler": False})
+    except RunFinished as done:  # started again after it finished: nothing to do, nothing changed
+        summary = os.path.abspath(os.path.join(done.run_dir, "summary.json"))
+        print(f"run {done.run_dir} is finished ({done.epochs} epochs, {done.steps} steps): nothing to do; "
+              f"raise trainer.max_epochs or trainer.max_steps to train on")
+        if os.path.isfile(summary):
+            print(summary, flush=True)
     except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise

@@ -33,3 +33,69 @@ def test_resume_picks_the_newest_of_last_and_hpc(tmp_path):
     t = time.time()
     os.utime(last, (t - 10, t - 10))
     assert resume_checkpoint(str(tmp_path)) == str(hpc)
+
+
+class _Payload:
+    """What a crafted checkpoint carries: loading it with weights_only=False runs os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted(path, marker):
+    import pickle
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {}, "hyper_parameters": {}, "x": _Payload(marker)}, f, protocol=2)
+
+
+DEBUG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
+                     "debug.yaml")
+SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1", "--wandb", "false"]
+
+
+def test_a_crafted_checkpoint_runs_nothing_on_resume_or_test(tmp_path, capsys):
+    from unifews_dist.cli import main
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    (run / "checkpoints").mkdir(parents=True)
+    _crafted(run / "checkpoints" / "last.ckpt", marker)
+    for args in (["fit", "--config", DEBUG, "--run_dir", str(run), *SHORT],
+                 ["test", "--config", DEBUG, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), *SHORT]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "refused, nothing in a checkpoint is run" in err[-1] and "last.ckpt" in err[-1]
+        assert not marker.exists()
+
+
+def test_loading_is_weights_only_and_our_checkpoints_pass(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "c.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"thr_a": [1.0, 0.5], "conv": "sage"},
+                        "callbacks": {"SparsitySchedule": {"thr_a": {3: 1.0}}}}, str(path))
+    assert io.load_checkpoint(str(path))["hyper_parameters"]["conv"] == "sage"
+    _crafted(path, tmp_path / "pwned")
+    from unifews_dist.checkpoint import UnsafeCheckpoint
+    with pytest.raises(UnsafeCheckpoint):
+        io.load_checkpoint(str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_an_unreadable_last_checkpoint_falls_back_to_the_previous(tmp_path):
+    io = AtomicCheckpointIO()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 4}, str(last))
+    io.save_checkpoint({"global_step": 8}, str(last))  # the one it replaced is kept until the next
+    assert torch.load(str(last) + ".prev", weights_only=True)["global_step"] == 4
+    assert resume_checkpoint(str(tmp_path)) == str(last)
+    last.write_bytes(b"\x80\x02 a disk fault")
+    with pytest.warns(UserWarning, match="cannot be read.*trying an older checkpoint"):
+        assert resume_checkpoint(str(tmp_path)) == str(last) + ".prev"
+    (tmp_path / "checkpoints" / "last.ckpt.prev").write_bytes(b"")  # none readable: stop, overwrite nothing
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no checkpoint of .* can be read"):
+        resume_checkpoint(str(tmp_path))
+    io.remove_checkpoint(str(last))
+    assert not last.exists() and not os.path.exists(str(last) + ".prev")

@@ -138,6 +138,8 @@ def _check_ranks(tmp_path, proc):
         r = json.load(f)
     assert r["world"] == 2 and len(set(r["steps"])) == 1 and r["steps"][0] > 0  # same optimizer steps
     assert r["param_diff"] == 0.0 and r["mask_diff"] == 0.0 and r["mask_density"] < 1.0  # identical, pruned
+    # the masks each rank computed and used, compared at every step
+    assert r["steps_checked"] == r["steps"][0] and r["step_mask_diff"] == 0.0
     summaries = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f == "summary.json"]
     assert len(summaries) == 1
     return r

@@ -208,9 +208,12 @@ class UnifewsDataModule(pl.LightningDataModule):
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
         world, rank = _dist_info(getattr(self, "trainer", None))
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
+        # the loader's own generator: making an iterator then draws nothing from torch's global
+        # one, which dropout reads (a resumed run draws what an uninterrupted one does)
         return NodeLoader(self.graph, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size,
                           sampler=shard, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers)
+                          persistent_workers=self.persistent_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> NodeLoader:
         return self._loader(self.load().train_idx, self.num_neighbors, self.batch_size, True)

@@ -229,11 +229,47 @@ def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphData
         raise ValueError(f"data root {root!r} is not a directory; give --data.root a folder for {name!r}")
     loader = load_planetoid if key in PLANETOID else load_ogb
     try:
-        return loader(key, root)
+        ds = loader(key, root)
     except ValueError:
         raise
+    except ImportError as e:  # a reader's dependency, not the data, is missing
+        raise ValueError(f"reading dataset {name!r} needs the Python package {e.name or e}, which is not installed "
+                         f"(pip install {e.name or 'it'})") from e
     except Exception as e:  # a failed download: say where the files were expected
         folder = PLANETOID.get(key) or OGB[key].replace("-", "_")
         raise ValueError(f"dataset {name!r} is not under data root {os.path.abspath(root)!r} (expected "
                          f"{os.path.join(os.path.abspath(root), folder)}) and could not be downloaded: "
                          f"{type(e).__name__}: {e}") from e
+    check_graph(ds)
+    return ds
+
+
+def check_graph(ds: GraphDataset) -> None:
+    """Refuse, in one line naming the count and the first offender, a graph that would train
+    silently wrong: non-finite features (one ``inf`` made a weight rule prune every entry),
+    labels of split nodes outside the classes, edge indices outside the nodes (negative ones
+    too: index arithmetic would wrap them)."""
+    data, name = ds.data, ds.name
+    x, n = data.x, data.num_nodes
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        node, feat = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"dataset {name!r}: {int(bad.sum())} non-finite feature values (of {x.numel()}), the first "
+                         f"at node {node}, feature {feat} ({float(x[node, feat])}); fix the features first")
+    ei = data.edge_index
+    out = (ei < 0) | (ei >= n)
+    if out.any():
+        col = int(out.any(0).nonzero()[0])
+        raise ValueError(f"dataset {name!r}: {int(out.any(0).sum())} edges refer to nodes outside 0..{n - 1}, the first "
+                         f"is edge {col}: {int(ei[0, col])} -> {int(ei[1, col])}")
+    split = torch.cat([ds.train_idx, ds.val_idx, ds.test_idx])
+    if split.numel() and (split.min() < 0 or split.max() >= n):
+        raise ValueError(f"dataset {name!r}: split node ids must lie in 0..{n - 1}, got {int(split.min())}.."
+                         f"{int(split.max())}")
+    y = data.y[split]
+    wrong = (y != 0) & (y != 1) if ds.multilabel else (y < 0) | (y >= ds.num_classes)
+    if wrong.any():
+        i = int(wrong.reshape(len(split), -1).any(1).nonzero()[0])
+        raise ValueError(f"dataset {name!r}: {int(wrong.reshape(len(split), -1).any(1).sum())} labelled nodes have "
+                         f"labels outside {'0 / 1' if ds.multilabel else f'0..{ds.num_classes - 1}'}, the first is node "
+                         f"{int(split[i])} (label {data.y[split[i]].tolist()})")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_choice
+from ..checkpoint import rng_state, set_rng_state
 from ..nn import UnifewsGNN
 from .accuracy import Accuracy
 
@@ -92,6 +93,34 @@ class UnifewsModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    # A resumed run draws the same random numbers (dropout) as an uninterrupted one: every rank's
+    # generators are saved with the checkpoint and put back when training starts again (after
+    # Lightning's sanity check, which reads the generators too).
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # a diverged model (NaN / inf weights) is never written over the last good checkpoint
+        bad = [n for n, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise ValueError(f"training diverged: non-finite weights in {bad[0]}"
+                             f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''} at step "
+                             f"{self.trainer.global_step}; stopped before writing a checkpoint, the last good one is kept")
+        state = rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)  # every rank writes the checkpoint dict
+        else:
+            states = [state]
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            rank = self.trainer.global_rank
+            set_rng_state(states[rank] if rank < len(states) else states[0])
+            self._rng_to_restore = None
 
     def configure_optimizers(self):
         opt_cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.AdamW

@@ -1,0 +1,174 @@
+"""The run directory: where a run writes everything, and what a restarted run continues from.
+
+``RUN_DIR/config.yaml`` (the resolved config), ``metrics.csv``, ``checkpoints/``, ``wandb/`` and
+``wandb_id``, ``summary.json``. A run started again with the same directory resumes from its
+newest readable checkpoint, keeps its metrics history and its W&B run; a finished run started
+again changes nothing.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import secrets
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
+
+METRICS = "metrics.csv"
+
+
+def resolve_run_dir(explicit: Optional[str]) -> str:
+    """The run directory: ``explicit`` (``--run_dir``), else ``$UNIFEWS_RUN_DIR``, else one named
+    after the launcher's job id (torchrun's rendezvous id; SLURM's job id when srun started
+    several tasks), which every rank computes alike, else ``runs/<date-time>`` for one process."""
+    if explicit:
+        return explicit
+    env = os.environ
+    if env.get("UNIFEWS_RUN_DIR"):
+        return env["UNIFEWS_RUN_DIR"]
+    rdzv = env.get("TORCHELASTIC_RUN_ID")
+    if rdzv and rdzv != "none":
+        return os.path.join("runs", f"torchrun-{rdzv}")
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
+        job = env.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{env['SLURM_ARRAY_TASK_ID']}" if job else env["SLURM_JOB_ID"]
+        return os.path.join("runs", f"slurm-{job}")
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("several processes were launched without a shared job id: pass --run_dir DIR "
+                         "(or set UNIFEWS_RUN_DIR) so every rank writes to the same run directory")
+    base = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 1
+    while os.path.exists(path):
+        path, n = f"{base}-{n}", n + 1
+    return path
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write a small text file so that a reader never sees it half-written."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def wandb_run_id(run_dir: str) -> str:
+    """The W&B run id kept in ``run_dir/wandb_id`` (made and written by rank 0 on first use)."""
+    path = os.path.join(run_dir, "wandb_id")
+    if os.path.isfile(path):
+        with open(path) as f:
+            run_id = f.read().strip()
+        if run_id:
+            return run_id
+    run_id = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        write_atomic(path, run_id + "\n")
+    return run_id
+
+
+def logged_steps(ckpt: Dict[str, Any]) -> int:
+    """The logging step a run resumed from ``ckpt`` logs next (Lightning's count of batches that
+    stepped the optimizer): rows of ``metrics.csv`` from it on are logged again."""
+    loop = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
+
+
+def finished(ckpt: Dict[str, Any], max_epochs: Optional[int], max_steps: int) -> bool:
+    """Whether a checkpoint is of a run that already trained ``max_epochs`` / ``max_steps``."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    # an end-of-epoch checkpoint is written after the epoch was processed, before it is counted completed
+    epochs_done = progress.get("current", {}).get("processed", ckpt.get("epoch", 0))
+    if max_steps is not None and max_steps >= 0 and ckpt.get("global_step", 0) >= max_steps:
+        return True
+    return max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs
+
+
+class RunCSVLogger(Logger):
+    """``RUN_DIR/metrics.csv``, kept across restarts: every step's row exactly once.
+
+    Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts and writes rows
+    every ``flush_logs_every_n_steps``: a resumed run lost its history, and a killed one the rows
+    since the last write. This one writes each row when it is logged, and a run resumed at
+    logging step ``resume_step`` keeps the rows before it (the ones after were logged by the
+    killed run after its checkpoint, and are logged again).
+
+    Args:
+        run_dir: the run directory.
+        resume_step: the resumed run's first logging step (``None``: a new run, no rows kept).
+    """
+
+    def __init__(self, run_dir: str, resume_step: Optional[int] = None):
+        super().__init__()
+        self._dir, self._path = run_dir, os.path.join(run_dir, METRICS)
+        self._keys: List[str] = []
+        self._truncate(resume_step or 0)
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def root_dir(self) -> str:
+        return self._dir
+
+    @property
+    def log_dir(self) -> str:
+        return self._dir
+
+    @property
+    def save_dir(self) -> str:
+        return self._dir
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> str:
+        return self._path
+
+    @rank_zero_only
+    def _truncate(self, resume_step: int) -> None:
+        rows = self._read()
+        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < resume_step]
+        if not kept:
+            if os.path.isfile(self._path):
+                os.remove(self._path)
+            self._keys = []
+        elif kept != rows:
+            self._write(kept)
+        else:
+            self._keys = sorted(set().union(*kept))
+
+    def _read(self) -> List[Dict[str, str]]:
+        if not os.path.isfile(self._path):
+            return []
+        with open(self._path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: List[Dict[str, Any]]) -> None:
+        keys = sorted(set().union(*rows)) if rows else []
+        os.makedirs(self._dir, exist_ok=True)
+        with open(self._path + ".tmp", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(self._path + ".tmp", self._path)
+        self._keys = keys
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        row["step"] = step
+        if set(row) - set(self._keys) or not os.path.isfile(self._path):  # a new column: rewrite once
+            self._write(self._read() + [row])
+            return
+        with open(self._path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._keys).writerow(row)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The resolved config is ``RUN_DIR/config.yaml``; nothing to add here."""
