@@ -36,7 +36,6 @@ def test_table_and_default_ramp():
     (dict(thr_a=1.0, kind="exponential"), "kind must be one of"),
     (dict(thr_a=1.0, interval="batch"), "interval must be one of"),
     (dict(thr_a=1.0, mask_update="sometimes"), "mask_update must be one of"),
-    (dict(), "needs thr_a or thr_w"),
     (dict(thr_a=-1.0), "thr_a must be a finite number >= 0"),
     (dict(thr_a=1.0, kind="table"), "takes thr_a as a non-empty"),
     (dict(thr_a={3: 1.0}), "set kind: table"),
@@ -99,3 +98,18 @@ def test_resume_mid_schedule_matches_uninterrupted(tmp_path):
     assert [r[0] for r in second.rows] == list(range(6, 12))
     resumed = first.rows + second.rows
     assert [(r[0], r[1], r[2], r[3]) for r in resumed] == [(r[0], r[1], r[2], r[3]) for r in full.rows]
+
+
+def test_a_schedule_without_thresholds_ramps_to_the_models(tmp_path):
+    """One source of truth: the model's thresholds (config or command line); 0 / 0 is dense."""
+    model, dm = make(thr_a=[1.0, 2.0], thr_w=0.8)
+    rec = Recorder()
+    sched = SparsitySchedule(kind="linear", interval="step", warmup=2, ramp=4)
+    trainer(tmp_path, [sched, rec], max_epochs=3, limit_train_batches=3).fit(model, dm)
+    assert rec.rows[0][1:3] == ([0.0, 0.0], [0.0, 0.0]) and rec.rows[-1][1] == pytest.approx([1.0, 2.0])
+    assert rec.rows[-1][2] == pytest.approx([0.8, 0.8]) and rec.rows[4][1] == pytest.approx([0.5, 1.0])
+    model, dm = make(thr_a=0.0, thr_w=0.0)
+    rec = Recorder()
+    trainer(tmp_path, [SparsitySchedule(kind="cubic", warmup=1, ramp=1), rec], max_epochs=3,
+            limit_train_batches=3).fit(model, dm)
+    assert all(s == (0.0, 0.0) for step in rec.stats for s in step)  # dense: nothing pruned anywhere

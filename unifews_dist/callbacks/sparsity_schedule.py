@@ -70,7 +70,10 @@ class SparsitySchedule(Callback):
     schedule so a checkpoint that was trained with another one is reported.
 
     Args:
-        thr_a, thr_w: final thresholds (``None`` leaves that threshold alone), or tables.
+        thr_a, thr_w: final thresholds, or tables. Give neither and the schedule ramps to the
+            model's own thresholds (``model.thr_a`` / ``model.thr_w``, as configured), so the
+            model's are the one source of truth (``--model.thr_a 0 --model.thr_w 0`` is a
+            dense run); give one and the other threshold is left alone.
         kind: one of ``constant``, ``linear``, ``cosine``, ``cubic``, ``table``.
         interval: ``epoch`` or ``step``.
         warmup: intervals of dense training first.
@@ -87,8 +90,6 @@ class SparsitySchedule(Callback):
         check_choice("SparsitySchedule kind", kind, KINDS)
         check_choice("SparsitySchedule interval", interval, INTERVALS)
         check_choice("SparsitySchedule mask_update", mask_update, MASK_UPDATES)
-        if thr_a is None and thr_w is None:
-            raise ValueError("SparsitySchedule needs thr_a or thr_w (or both), got neither")
         for name, value in (("thr_a", thr_a), ("thr_w", thr_w)):
             if value is None:
                 continue
@@ -109,6 +110,7 @@ class SparsitySchedule(Callback):
             raise ValueError(f"recompute_fraction must be in [0, 1], got {recompute_fraction}")
         self.thr_a, self.thr_w, self.kind, self.interval = thr_a, thr_w, kind, interval
         self.warmup, self.ramp, self.mask_update, self.recompute_fraction = warmup, ramp, mask_update, recompute_fraction
+        self.follows_model = thr_a is None and thr_w is None
         self.current: Dict[str, Optional[Threshold]] = {"thr_a": None, "thr_w": None}
         #: whether the thresholds hold their final values (read by :class:`AtTargetCheckpoint`)
         self.at_target = False
@@ -150,6 +152,12 @@ class SparsitySchedule(Callback):
         return "recompute" if epoch < self.recompute_fraction * max_epochs else "refine"
 
     # -- hooks ---------------------------------------------------------------------------------
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """A schedule given no thresholds takes the model's configured ones as its targets (read
+        before a checkpoint restores the ramped values a run had reached)."""
+        if self.follows_model and stage == "fit":
+            self.thr_a, self.thr_w = list(pl_module.model.thr_a), list(pl_module.model.thr_w)
+
     def _now(self, trainer: "pl.Trainer") -> int:
         return trainer.current_epoch if self.interval == "epoch" else trainer.global_step
 
@@ -182,7 +190,7 @@ class SparsitySchedule(Callback):
 
     def state_dict(self) -> dict:
         return {"config": {k: getattr(self, k) for k in ("thr_a", "thr_w", "kind", "interval", "warmup", "ramp",
-                                                          "mask_update", "recompute_fraction")},
+                                                          "mask_update", "recompute_fraction", "follows_model")},
                 "current": dict(self.current)}
 
     def load_state_dict(self, state_dict: dict) -> None:
