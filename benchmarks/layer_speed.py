@@ -59,10 +59,10 @@ def bench_propagation(conv, x, ei, ew, repeat):
 
         def pruned():
             keep = conv.prune_edges(ei, ew, node_norms(h))
-            e2, w2 = conv.select(keep, ei, ew)
+            _, e2, w2 = conv.select_edges(keep, None, x.size(0), x.size(0), ei, ew)
             return conv.propagate(e2, x=(h, h), edge_weight=w2, size=size)
         t = timeit(pruned, repeat)
-        rows[sp] = {"s": t, "ratio": t / dense, "edge_sparsity": 1 - conv.last_edges_kept / ei.size(1)}
+        rows[sp] = {"s": t, "ratio": t / dense, "edge_sparsity": 1 - int(conv.last_edges_kept) / ei.size(1)}
     conv.thr_a = 0.0
     return dense, rows
 
