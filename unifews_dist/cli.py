@@ -71,7 +71,12 @@ class _OneLineParser(LightningArgumentParser):
 
 
 class _SaveConfig(SaveConfigCallback):
-    """Also puts the resolved config into the W&B run's config."""
+    """Writes ``config.yaml`` for ``fit`` only (a test or validation of a run's checkpoint keeps
+    the run's config), and puts the resolved config into the W&B run's config."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
@@ -126,6 +131,11 @@ class RunFinished(Exception):
 
 
 class UnifewsCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict:
+        """fit, validate, test (``predict`` is not offered: no predict step yet)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
     def init_parser(self, **kwargs):
         parser = super().init_parser(**kwargs)  # adds --config
         parser.__class__ = _OneLineParser
@@ -257,40 +267,101 @@ class UnifewsCLI(LightningCLI):
         if step == 0 and os.path.isfile(last):  # ddp_fork/ddp_spawn: the loops ran in the workers
             state = load_checkpoint_file(last)
             epoch, step = state.get("epoch", 0) + 1, state.get("global_step", 0)
-        summary = build_summary(metrics, test[0].get("test/acc", float("nan")) if test else float("nan"),
-                                epoch, step, trainer.world_size, module.model.num_layers, time.perf_counter() - _T0)
+        summary = build_summary(metrics, test[0] if test else {}, epoch, step, trainer.world_size,
+                                module.model.num_layers, time.perf_counter() - _T0)
         summary["tested_checkpoint"] = os.path.abspath(best) if best else None
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
         write_atomic(path, json.dumps(summary, indent=2))
-        print(f"test acc {summary['test_acc']:.4f} | val acc {summary['val_acc']:.4f} | "
-              f"edges pruned {summary['edge_sparsity']:.1%} | weights pruned {summary['weight_sparsity']:.1%} | "
-              f"MACs {summary['macs_sparse'] / max(summary['macs_dense'], 1):.2f}x of dense | "
-              f"{summary['train_seeds_per_s']:.0f} seeds/s | {summary['wall_s']:.0f} s")
+        self._report(summary, path)
+
+    def after_test(self) -> None:
+        """A test of a checkpoint joins its run: ``summary.json`` gains the result (``tests``)."""
+        trainer = self.trainer
+        if self.subcommand != "test" or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        result = build_summary({}, metrics, 0, 0, trainer.world_size, self.model.model.num_layers, 0.0)
+        result = {k: v for k, v in result.items() if k not in ("val_acc", "epochs", "global_step", "train_seeds_per_s",
+                                                              "last_train_epoch", "wall_s")}
+        result["checkpoint"] = os.path.abspath(self._cfg()["ckpt_path"]) if self._cfg().get("ckpt_path") else None
+        result["thr_a"], result["thr_w"] = self.model.model.thr_a, self.model.model.thr_w
+        path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
+        summary = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                summary = json.load(f)
+        summary.setdefault("tests", []).append(result)
+        os.makedirs(self.run_dir, exist_ok=True)
+        write_atomic(path, json.dumps(summary, indent=2))
+        self._report(result, path)
+
+    def _report(self, s: dict, path: str) -> None:
+        """The one-line result, then the summary's path as the last line of stdout (W&B's closing
+        lines, printed when its run ends, are printed before it)."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+        parts = [f"test acc {s['test_acc']:.4f}"] + ([f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []) + [
+            f"edges pruned {s['edge_sparsity']:.1%}", f"weights pruned {s['weight_sparsity']:.1%}",
+            f"MACs {s['macs_sparse'] / max(s['macs_dense'], 1):.2f}x of dense"]
+        if "train_seeds_per_s" in s:
+            parts.append(f"{s['train_seeds_per_s']:.0f} seeds/s")
+        print(" | ".join(parts + [f"{time.perf_counter() - _T0:.0f} s"]))
         print(path, flush=True)
 
 
-def build_summary(metrics: dict, test_acc: float, epochs: int, global_step: int, world_size: int,
+def build_summary(metrics: dict, test: dict, epochs: int, global_step: int, world_size: int,
                   num_layers: int, wall_s: float) -> dict:
-    """summary.json from the trainer's last metrics: the ``*_epoch`` totals that
-    :class:`SparsityMonitor` and :class:`ThroughputMonitor` log for the last training epoch
-    (summed over ranks). ``callback_metrics`` reach the launching process under every strategy,
+    """summary.json. Every figure belongs to the model it names: accuracy, sparsity and MACs at
+    the top level are the tested model's (the best checkpoint), measured on the test batches
+    (:class:`SparsityMonitor` logs them as ``test/...``); ``last_train_epoch`` holds the last
+    training epoch's figures (the ``*_epoch`` totals of the monitors, summed over ranks).
+    ``callback_metrics`` and the test results reach the launching process under every strategy,
     ``ddp_fork``/``ddp_spawn`` included, where the callbacks' own state stays in the workers."""
-    def get(key: str, default: float = 0.0) -> float:
-        return float(metrics.get(key, default))
+    def figures(src: dict, prefix: str, suffix: str) -> dict:
+        def get(key: str) -> float:
+            return float(src.get(f"{prefix}{key}{suffix}", 0.0))
+        return {"edge_sparsity": get("sparsity/edge/all"),
+                "edge_sparsity_per_layer": [get(f"sparsity/edge/layer{i}") for i in range(num_layers)],
+                "weight_sparsity": get("sparsity/weight/all"),
+                "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}") for i in range(num_layers)],
+                "macs_dense": int(get("macs/dense")), "macs_sparse": int(get("macs/sparse"))}
 
     return {
-        "test_acc": float(test_acc), "val_acc": get("val/acc", float("nan")), "epochs": int(epochs),
-        "global_step": int(global_step), "world_size": int(world_size),
-        "edge_sparsity": get("sparsity/edge/all_epoch"),
-        "edge_sparsity_per_layer": [get(f"sparsity/edge/layer{i}_epoch") for i in range(num_layers)],
-        "weight_sparsity": get("sparsity/weight/all_epoch"),
-        "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}_epoch") for i in range(num_layers)],
-        "macs_dense": int(get("macs/dense_epoch")),
-        "macs_sparse": int(get("macs/sparse_epoch")),
-        "train_seeds_per_s": get("throughput/seeds_per_s_epoch"),
+        "test_acc": float(test.get("test/acc", float("nan"))), "val_acc": float(metrics.get("val/acc", float("nan"))),
+        **figures(test, "test/", ""),
+        "epochs": int(epochs), "global_step": int(global_step), "world_size": int(world_size),
+        "train_seeds_per_s": float(metrics.get("throughput/seeds_per_s_epoch", 0.0)),
+        "last_train_epoch": figures(metrics, "", "_epoch"),
         "wall_s": float(wall_s),
     }
+
+
+DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test
+(Lightning's), and `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
+`unifews-dist sweep-table SWEEP_DIR` (a threshold sweep's runs in one table).
+`unifews-dist test --ckpt_path RUN_DIR/checkpoints/F.ckpt` reads RUN_DIR/config.yaml and adds
+the result to RUN_DIR/summary.json."""
+
+
+def _with_run_config(argv: List[str]) -> List[str]:
+    """``test`` / ``validate`` given a checkpoint and no ``--config``: the config of the run the
+    checkpoint belongs to (``RUN_DIR/config.yaml``), so it is evaluated on that run's data and
+    reports into that run."""
+    if not argv or argv[0] not in ("test", "validate"):
+        return argv
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv
+    ckpt = next((v for a, v in zip(argv, argv[1:] + [""]) if a == "--ckpt_path"), None)
+    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if not ckpt:
+        return argv
+    run = os.path.dirname(os.path.abspath(ckpt))
+    if os.path.basename(run) == "checkpoints":
+        run = os.path.dirname(run)
+    config = os.path.join(run, "config.yaml")
+    return [argv[0], "--config", config, *argv[1:]] if os.path.isfile(config) else argv
 
 
 def _default_wandb_mode() -> None:
@@ -307,11 +378,13 @@ def main(args=None) -> None:
     if argv and argv[0] == "sweep-table":
         from .sweep import main as sweep_main
         raise SystemExit(sweep_main(argv[1:]))
-    argv = args  # None: LightningCLI reads sys.argv itself
     _default_wandb_mode()
     try:
-        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=argv, save_config_callback=_SaveConfig,
-                   save_config_kwargs={"overwrite": True},
+        cli_args = _with_run_config(argv)
+        if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)
+            sys.argv[1:], cli_args = cli_args, None
+        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=cli_args, save_config_callback=_SaveConfig,
+                   save_config_kwargs={"overwrite": True}, parser_kwargs={"description": DESCRIPTION},
                    trainer_defaults={"use_distributed_sampler": False})
     except RunFinished as done:  # started again after it finished: nothing to do, nothing changed
         summary = os.path.abspath(os.path.join(done.run_dir, "summary.json"))

@@ -62,3 +62,17 @@ def test_finished_run_started_again_changes_nothing(tmp_path):
     assert "is finished" in again.stdout and again.stdout.strip().splitlines()[-1] == str(run / "summary.json")
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_summary_figures_belong_to_the_tested_checkpoint(tmp_path):
+    """Accuracy, sparsity and MACs at the top of summary.json are the tested (best) checkpoint's,
+    on the test batches; the last training epoch's figures are kept apart."""
+    run = tmp_path / "run"
+    s = _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false",
+                       "--trainer.max_epochs", "3"], tmp_path))
+    ckpt = torch.load(s["tested_checkpoint"], weights_only=True)
+    masks = [v for k, v in ckpt["state_dict"].items() if k.endswith("weight_mask")]
+    expect = 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+    assert s["weight_sparsity"] == pytest.approx(expect, abs=1e-6)
+    assert set(s["last_train_epoch"]) >= {"edge_sparsity", "weight_sparsity", "macs_dense", "macs_sparse"}
+    assert 0 < s["edge_sparsity"] < 1 and s["macs_sparse"] < s["macs_dense"]

@@ -41,6 +41,10 @@ class SparsityMonitor(Callback):
     The per-step counts are added up on the device (no host read); they are reduced over ranks
     and read, in one transfer, on logging steps only.
 
+    In a test run the same figures are summed over the test batches and logged once with a
+    ``test/`` prefix (``test/sparsity/edge/all``, ``test/macs/dense`` ...): the sparsity of the
+    model that was tested, on the batches it was tested on (``summary.json`` reports these).
+
     Args:
         log_every_n_steps: log step values every n training steps (``None``: the trainer's
             ``log_every_n_steps``). The rank reduction happens at those steps only; epoch
@@ -64,6 +68,19 @@ class SparsityMonitor(Callback):
             return
         layers = _layers(reduce_sum(trainer, counts), len(pl_module.model.layer_stats))
         pl_module.log_dict(sparsity_metrics(layers), on_step=True, on_epoch=False)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._test = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        counts = pl_module.model.stats_tensor()
+        self._test = counts.clone() if self._test is None else self._test.add_(counts)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if getattr(self, "_test", None) is None:
+            return
+        layers = _layers(reduce_sum(trainer, self._test), len(pl_module.model.layer_stats))
+        pl_module.log_dict({f"test/{k}": v for k, v in sparsity_metrics(layers).items()}, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._epoch is None:

@@ -1,0 +1,77 @@
+"""The first hour: what README documents does what it says."""
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_cli import DEBUG, ROOT, _env, _summary
+
+SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1"]
+CORA = os.path.join(ROOT, "..", "shared", "data", "planetoid", "Cora", "raw")
+
+
+def _cli(args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "unifews_dist", *args], cwd=cwd, env=env or _env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_summary_path_is_the_last_stdout_line_with_wandb_talking(tmp_path):
+    env = _env()
+    env.pop("WANDB_SILENT", None)  # W&B prints its closing lines when its run ends
+    proc = _cli(["fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"), *SHORT], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "run" / "summary.json")
+
+
+def test_test_with_only_a_checkpoint_reports_into_its_run(tmp_path):
+    run = tmp_path / "run"
+    _summary(_cli(["fit", "--config", DEBUG, "--run_dir", str(run), *SHORT, "--wandb", "false"], ROOT))
+    config = (run / "config.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = _cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], elsewhere)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == str(run / "summary.json") and "edges pruned" in lines[-2] and "weights pruned" in lines[-2]
+    s = json.loads((run / "summary.json").read_text())
+    t = s["tests"][-1]
+    assert t["checkpoint"] == str(run / "checkpoints" / "last.ckpt") and 0 <= t["test_acc"] <= 1
+    assert 0 < t["weight_sparsity"] < 1 and t["macs_sparse"] < t["macs_dense"]
+    assert (run / "config.yaml").read_text() == config  # the run's config is not overwritten
+    assert not list(elsewhere.iterdir())  # no new run directory
+
+
+def test_help_names_every_command_and_offers_no_predict(capsys):
+    from unifews_dist.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "report RUN_DIR" in out and "sweep-table" in out and "{fit,validate,test}" in out and "predict" not in out
+    with pytest.raises(SystemExit) as e:
+        main(["predict"])
+    assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.isdir(CORA), reason="real Cora not on disk")
+def test_the_documented_dense_baseline_prunes_nothing(tmp_path, monkeypatch):
+    """README: --model.thr_a 0 --model.thr_w 0 is the dense baseline, from the command line or a
+    config file alike (the schedule ramps to the model's thresholds)."""
+    from unifews_dist.cli import main
+    monkeypatch.chdir(ROOT)
+    zero = tmp_path / "zero.yaml"
+    zero.write_text("model:\n  thr_a: 0.0\n  thr_w: 0.0\n")
+    quick = os.path.join(ROOT, "configs", "quickstart.yaml")
+    for i, extra in enumerate((["--model.thr_a", "0", "--model.thr_w", "0"], ["--config", str(zero)])):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            main(["fit", "--config", quick, *extra, "--run_dir", str(tmp_path / f"run{i}"), "--wandb", "false",
+                  "--trainer.max_epochs", "12", "--trainer.enable_progress_bar", "false"])
+        s = json.loads((tmp_path / f"run{i}" / "summary.json").read_text())
+        assert s["edge_sparsity"] == 0 and s["weight_sparsity"] == 0, s
+        assert s["last_train_epoch"]["edge_sparsity"] == 0 and s["last_train_epoch"]["weight_sparsity"] == 0
