@@ -1,7 +1,7 @@
 """Training-step speed, side by side: a plain PyG loop, unifews_dist dense, unifews_dist sparse.
 
     python benchmarks/train_speed.py [--out DIR] [--scale products|medium|small|tiny] [--steps N | --epoch]
-                                     [--gpu-sampling | --no-gpu-sampling]
+                                     [--batch-size B] [--hidden H] [--gpu-sampling | --no-gpu-sampling]
 
 GraphSAGE, 3 layers, hidden 256, fanout [15, 10, 5], batch 1024 (tiny: smaller), on the
 synthetic graph of the chosen scale (``products``: ogbn-products' 2.4M nodes and 62M edges).
@@ -183,12 +183,16 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30; tiny: 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; tiny: 2)")
     p.add_argument("--epoch", action="store_true", help="time as many steps as one epoch has")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="seeds per batch (default: the scale's, 1024): larger batches make a GPU step GPU-bound")
+    p.add_argument("--hidden", type=int, default=None, help="hidden channels (default: the scale's, 256)")
     p.add_argument("--gpu-sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="graph on the GPU, sampled there (default: on when CUDA is available)")
     args = p.parse_args(argv)
     tiny = args.scale == "tiny"
     warmup = args.warmup if args.warmup is not None else (2 if tiny else 5)
     name, hidden, fanout, batch = SCALES[args.scale]
+    hidden, batch = args.hidden or hidden, args.batch_size or batch
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     accel = "gpu" if device.type == "cuda" else "cpu"
     gpu_sampling = device.type == "cuda" if args.gpu_sampling is None else args.gpu_sampling

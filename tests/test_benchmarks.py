@@ -125,3 +125,12 @@ def test_step_overhead_tiny_counts_host_work(tmp_path):
     assert dense["lightning"]["ops"] <= 20
     for run in (pyg, dense, sparse):  # the built-in sampler: 3 hops
         assert run["sampling"]["ops"] <= 150 and run["sampling"]["syncs"] <= 7
+
+
+def test_train_speed_takes_batch_size_and_hidden(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), "--scale", "tiny",
+                           "--steps", "2", "--warmup", "1", "--batch-size", "100", "--hidden", "16",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "train_speed.json"))
+    assert res["batch_size"] == 100 and res["hidden"] == 16 and res["batches_per_epoch"] == 10

@@ -27,7 +27,6 @@ def test_edge_rule_by_hand():
 def test_locked_edges():
     ei = torch.tensor([[0, 1, 2, 3], [0, 2, 1, 5]])
     assert locked_edges(ei).tolist() == [True, False, False, False]
-    assert locked_edges(ei, lock_dst_below=2).tolist() == [True, False, True, False]
     assert locked_edges(ei, False) is None
 
 

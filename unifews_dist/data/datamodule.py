@@ -50,11 +50,8 @@ def make_sampler(kind: str, data: Data, num_neighbors: List[int], seed: int, sha
             s = NeighborSampler(data, num_neighbors, share_memory=share_memory)
         finally:
             pyg_typing.WITH_PYG_LIB = saved
-        s.gives_per_hop_counts = False
         return s
-    s = NeighborSampler(data, num_neighbors, share_memory=share_memory)
-    s.gives_per_hop_counts = True
-    return s
+    return NeighborSampler(data, num_neighbors, share_memory=share_memory)
 
 
 def _dist_info(trainer) -> tuple[int, int]:

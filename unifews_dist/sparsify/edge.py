@@ -47,33 +47,13 @@ def edge_scores(src_norm: Tensor, src: Tensor, edge_weight: Optional[Tensor] = N
     return s if edge_weight is None else s * edge_weight.abs()
 
 
-def locked_edges(
-    edge_index: Tensor,
-    lock_self_loops: bool = True,
-    lock_dst_below: Optional[int] = None,
-    lock_dst: Optional[Tensor] = None,
-) -> Optional[Tensor]:
-    """Edges that are never pruned, as a bool mask (``None`` if nothing is locked).
-
-    Args:
-        edge_index: ``[2, E]`` (source, target).
-        lock_self_loops: lock edges with ``src == dst`` (local ids: in a sampled block the
-            targets are a prefix of the sources, so equal ids mean the same node).
-        lock_dst_below: lock every edge whose target id is below this (the seed nodes of a
-            minibatch are ids ``0 .. batch_size - 1``).
-        lock_dst: ``[N_dst]`` bool mask of target nodes whose incoming edges are locked.
-    """
-    src, dst = edge_index[0], edge_index[1]
-    mask = None
-    if lock_self_loops:
-        mask = src == dst
-    if lock_dst_below is not None:
-        m = dst < int(lock_dst_below)
-        mask = m if mask is None else mask | m
-    if lock_dst is not None:
-        m = lock_dst[dst]
-        mask = m if mask is None else mask | m
-    return mask
+def locked_edges(edge_index: Tensor, lock_self_loops: bool = True) -> Optional[Tensor]:
+    """Edges that are never pruned, as a bool mask (``None`` if nothing is locked): self-loops
+    (local ids: in a sampled block the targets are a prefix of the sources, so equal ids mean
+    the same node). Edges into the seed nodes are locked by the stack (``lock_target_edges``)."""
+    if not lock_self_loops:
+        return None
+    return edge_index[0] == edge_index[1]
 
 
 def edge_keep_mask(
