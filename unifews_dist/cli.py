@@ -30,14 +30,12 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .callbacks import AtTargetCheckpoint, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, resume_checkpoint
-from .run_dir import RunCSVLogger, finished, logged_steps, resolve_run_dir, wandb_run_id, write_atomic
+from .run_dir import (RunCSVLogger, add_test_result, build_summary, finished, keep_temporaries_in, logged_steps,
+                      resolve_run_dir, wandb_run_id, write_atomic)
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
 
 _T0 = time.perf_counter()
-warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-# The monitors log values they already summed over ranks: syncing them again is not needed.
-warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(sparsity|macs|throughput|time|schedule)/")
 
 
 @dataclass
@@ -136,10 +134,6 @@ class UnifewsCLI(LightningCLI):
         """fit, validate, test (``predict`` is not offered: no predict step yet)."""
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
-    def init_parser(self, **kwargs):
-        parser = super().init_parser(**kwargs)  # adds --config
-        parser.__class__ = _OneLineParser
-        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
@@ -162,17 +156,37 @@ class UnifewsCLI(LightningCLI):
         parser.add_lightning_class_args(SparsityMonitor, "sparsity_monitor")
         parser.add_lightning_class_args(ThroughputMonitor, "throughput_monitor")
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning would overwrite the model config with the checkpoint's hyper-parameters,
-        silently dropping what the user typed (``--model.thr_a`` for a test at another
-        threshold, say). Here the config is what the user gave; a checkpoint whose shapes do not
-        fit it is an error (``check_compatible``, before fit / validate / test)."""
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning reads a given checkpoint's hyper-parameters over the parsed model config,
+        which would silently drop what the user set (``--model.thr_a`` for a test at another
+        threshold, say). The config stays what the user gave: the checkpoint path is held back
+        until the classes are made, and a checkpoint whose shapes do not fit the config is an
+        error (``check_compatible``, before fit / validate / test). Which thresholds the user
+        set (on the command line or in a config file of theirs) is read here too."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        self._ckpt_path = cfg.get("ckpt_path")
+        if self._ckpt_path is not None:
+            cfg["ckpt_path"] = None
+        user_args = list(sys.argv[1:] if args is None else args)
+        if _RUN_CONFIG_ADDED[0] and user_args[1:3] == ["--config", _RUN_CONFIG_ADDED[0]]:
+            user_args[1:3] = []  # the run's own config.yaml, added for a checkpoint-only test: not the user's
+        explicit = parser.parse_args(user_args, defaults=False, env=False) \
+            if sub in ("test", "validate") and self._ckpt_path else None
+        given = explicit[sub].get("model") if explicit is not None and explicit.get(sub) else None
+        self.thresholds_given = {k: cfg["model"][k] for k in ("thr_a", "thr_w")
+                                 if given is not None and given.get(k) is not None}
 
     def _cfg(self):
         return self.config.get(self.subcommand, self.config)
 
+    def _cfg_init(self):
+        return self.config_init.get(self.subcommand, self.config_init)
+
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
+        cfg["ckpt_path"] = self._ckpt_path
         data_hops = len(cfg["data"]["num_neighbors"])
         if data_hops != cfg["model"]["num_layers"]:
             raise ValueError(f"data.num_neighbors has {data_hops} hops but model.num_layers is "
@@ -184,6 +198,7 @@ class UnifewsCLI(LightningCLI):
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
         self.run_dir = resolve_run_dir(cfg.get("run_dir") or cfg["trainer"].get("default_root_dir"))
         cfg["run_dir"] = self.run_dir
+        keep_temporaries_in(self.run_dir)
         cfg["trainer"]["default_root_dir"] = self.run_dir  # SLURM's requeue checkpoint goes here
         for key in ("checkpoint", "last_checkpoint"):
             if cfg[key].get("dirpath") is None:
@@ -204,6 +219,8 @@ class UnifewsCLI(LightningCLI):
         opts = cfg.get("wandb")
         if opts is not False and opts is not None:
             opts = dict(opts if isinstance(opts, dict) else vars(opts))
+            # W&B's own logs and cache (~/.cache/wandb otherwise) stay with the run too
+            os.environ.setdefault("WANDB_CACHE_DIR", os.path.abspath(os.path.join(self.run_dir, "wandb", "cache")))
             loggers.append(WandbLogger(
                 project=opts.get("project"), name=opts.get("name") or os.path.basename(os.path.normpath(self.run_dir)),
                 group=opts.get("group"), tags=list(opts.get("tags") or []), entity=opts.get("entity"),
@@ -215,7 +232,7 @@ class UnifewsCLI(LightningCLI):
         cfg = self._cfg()
         if cfg["trainer"].get("logger") in (None, True):
             kwargs["logger"] = self._loggers()
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = self._cfg_init().get("trainer", {}).get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
@@ -235,12 +252,11 @@ class UnifewsCLI(LightningCLI):
         self._check_ckpt()
 
     def _evaluate_at_given_thresholds(self) -> None:
-        """A checkpoint brings back the thresholds it was trained with; ``--model.thr_a`` /
-        ``--model.thr_w`` typed on the command line evaluate it at others instead."""
-        typed = {k: self._cfg()["model"][k] for k in ("thr_a", "thr_w")
-                 if any(a == f"--model.{k}" or a.startswith(f"--model.{k}=") for a in sys.argv[1:])}
-        if typed:
-            self.trainer.callbacks.append(_SetThresholds(**typed))
+        """A checkpoint brings back the thresholds it was trained with; thresholds the user set
+        (``--model.thr_a`` / ``--model.thr_w``, or in a config file of theirs; not the run's own
+        config.yaml that a checkpoint-only test reads) evaluate it at those instead."""
+        if self.thresholds_given:
+            self.trainer.callbacks.append(_SetThresholds(**self.thresholds_given))
 
     def before_validate(self) -> None:
         self._check_ckpt()
@@ -286,14 +302,7 @@ class UnifewsCLI(LightningCLI):
                                                               "last_train_epoch", "wall_s")}
         result["checkpoint"] = os.path.abspath(self._cfg()["ckpt_path"]) if self._cfg().get("ckpt_path") else None
         result["thr_a"], result["thr_w"] = self.model.model.thr_a, self.model.model.thr_w
-        path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
-        summary = {}
-        if os.path.isfile(path):
-            with open(path) as f:
-                summary = json.load(f)
-        summary.setdefault("tests", []).append(result)
-        os.makedirs(self.run_dir, exist_ok=True)
-        write_atomic(path, json.dumps(summary, indent=2))
+        path = add_test_result(self.run_dir, result)
         self._report(result, path)
 
     def _report(self, s: dict, path: str) -> None:
@@ -311,33 +320,6 @@ class UnifewsCLI(LightningCLI):
         print(path, flush=True)
 
 
-def build_summary(metrics: dict, test: dict, epochs: int, global_step: int, world_size: int,
-                  num_layers: int, wall_s: float) -> dict:
-    """summary.json. Every figure belongs to the model it names: accuracy, sparsity and MACs at
-    the top level are the tested model's (the best checkpoint), measured on the test batches
-    (:class:`SparsityMonitor` logs them as ``test/...``); ``last_train_epoch`` holds the last
-    training epoch's figures (the ``*_epoch`` totals of the monitors, summed over ranks).
-    ``callback_metrics`` and the test results reach the launching process under every strategy,
-    ``ddp_fork``/``ddp_spawn`` included, where the callbacks' own state stays in the workers."""
-    def figures(src: dict, prefix: str, suffix: str) -> dict:
-        def get(key: str) -> float:
-            return float(src.get(f"{prefix}{key}{suffix}", 0.0))
-        return {"edge_sparsity": get("sparsity/edge/all"),
-                "edge_sparsity_per_layer": [get(f"sparsity/edge/layer{i}") for i in range(num_layers)],
-                "weight_sparsity": get("sparsity/weight/all"),
-                "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}") for i in range(num_layers)],
-                "macs_dense": int(get("macs/dense")), "macs_sparse": int(get("macs/sparse"))}
-
-    return {
-        "test_acc": float(test.get("test/acc", float("nan"))), "val_acc": float(metrics.get("val/acc", float("nan"))),
-        **figures(test, "test/", ""),
-        "epochs": int(epochs), "global_step": int(global_step), "world_size": int(world_size),
-        "train_seeds_per_s": float(metrics.get("throughput/seeds_per_s_epoch", 0.0)),
-        "last_train_epoch": figures(metrics, "", "_epoch"),
-        "wall_s": float(wall_s),
-    }
-
-
 DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test
 (Lightning's), and `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
 `unifews-dist sweep-table SWEEP_DIR` (a threshold sweep's runs in one table).
@@ -345,13 +327,14 @@ DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit,
 the result to RUN_DIR/summary.json."""
 
 
+_RUN_CONFIG_ADDED: List[Optional[str]] = [None]  # the run config _with_run_config added, if any
+
+
 def _with_run_config(argv: List[str]) -> List[str]:
-    """``test`` / ``validate`` given a checkpoint and no ``--config``: the config of the run the
-    checkpoint belongs to (``RUN_DIR/config.yaml``), so it is evaluated on that run's data and
-    reports into that run."""
+    """``test`` / ``validate`` given a checkpoint: the config of the run the checkpoint belongs to
+    (``RUN_DIR/config.yaml``) comes first, so it is evaluated on that run's data and reports into
+    that run; the user's own ``--config`` files and arguments apply on top of it."""
     if not argv or argv[0] not in ("test", "validate"):
-        return argv
-    if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
     ckpt = next((v for a, v in zip(argv, argv[1:] + [""]) if a == "--ckpt_path"), None)
     ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
@@ -361,7 +344,10 @@ def _with_run_config(argv: List[str]) -> List[str]:
     if os.path.basename(run) == "checkpoints":
         run = os.path.dirname(run)
     config = os.path.join(run, "config.yaml")
-    return [argv[0], "--config", config, *argv[1:]] if os.path.isfile(config) else argv
+    if not os.path.isfile(config):
+        return argv
+    _RUN_CONFIG_ADDED[0] = config
+    return [argv[0], "--config", config, *argv[1:]]
 
 
 def _default_wandb_mode() -> None:
@@ -379,11 +365,17 @@ def main(args=None) -> None:
         from .sweep import main as sweep_main
         raise SystemExit(sweep_main(argv[1:]))
     _default_wandb_mode()
+    # Lightning's advice that does not apply here, silenced for the CLI's process only: a resumed
+    # run's checkpoint folder is not empty by design, and the monitors log values they already
+    # summed over ranks
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(test/)?(sparsity|macs|throughput|time|schedule)/")
     try:
         cli_args = _with_run_config(argv)
         if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)
             sys.argv[1:], cli_args = cli_args, None
-        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=cli_args, save_config_callback=_SaveConfig,
+        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=cli_args, parser_class=_OneLineParser,
+                   save_config_callback=_SaveConfig,
                    save_config_kwargs={"overwrite": True}, parser_kwargs={"description": DESCRIPTION},
                    trainer_defaults={"use_distributed_sampler": False})
     except RunFinished as done:  # started again after it finished: nothing to do, nothing changed

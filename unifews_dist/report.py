@@ -75,7 +75,10 @@ def draw(run_dir: str) -> List[str]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for k in keys:
             xs, ys = series[k]
-            ax.plot(xs, ys, label=k, lw=1.5 if k.endswith("all") else 1.0)
+            if k.endswith("/all"):  # dashed and on top: visible where it coincides with a layer's line
+                ax.plot(xs, ys, label=k, color="black", ls="--", lw=1.6, zorder=3)
+            else:
+                ax.plot(xs, ys, label=k, lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("trainer/global_step")
         ax.set_ylabel(ylabel)

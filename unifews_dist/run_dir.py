@@ -8,8 +8,10 @@ again changes nothing.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import secrets
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -18,6 +20,7 @@ from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 METRICS = "metrics.csv"
+SUMMARY = "summary.json"
 
 
 def resolve_run_dir(explicit: Optional[str]) -> str:
@@ -46,6 +49,17 @@ def resolve_run_dir(explicit: Optional[str]) -> str:
     return path
 
 
+def keep_temporaries_in(run_dir: str) -> str:
+    """Temporary files of this process and the ones it starts (PyG's generated ``propagate``
+    modules, W&B's media and artifact staging) go to ``RUN_DIR/tmp`` instead of the system's
+    temporary folder, where killed runs left them behind."""
+    tmp = os.path.abspath(os.path.join(run_dir, "tmp"))
+    os.makedirs(tmp, exist_ok=True)
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = tmp
+    return tmp
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write a small text file so that a reader never sees it half-written."""
     with open(path + ".tmp", "w") as f:
@@ -66,6 +80,46 @@ def wandb_run_id(run_dir: str) -> str:
         os.makedirs(run_dir, exist_ok=True)
         write_atomic(path, run_id + "\n")
     return run_id
+
+
+def build_summary(metrics: dict, test: dict, epochs: int, global_step: int, world_size: int,
+                  num_layers: int, wall_s: float) -> dict:
+    """summary.json. Every figure belongs to the model it names: accuracy, sparsity and MACs at
+    the top level are the tested model's (the best checkpoint), measured on the test batches
+    (:class:`SparsityMonitor` logs them as ``test/...``); ``last_train_epoch`` holds the last
+    training epoch's figures (the ``*_epoch`` totals of the monitors, summed over ranks).
+    ``callback_metrics`` and the test results reach the launching process under every strategy,
+    ``ddp_fork``/``ddp_spawn`` included, where the callbacks' own state stays in the workers."""
+    def figures(src: dict, prefix: str, suffix: str) -> dict:
+        def get(key: str) -> float:
+            return float(src.get(f"{prefix}{key}{suffix}", 0.0))
+        return {"edge_sparsity": get("sparsity/edge/all"),
+                "edge_sparsity_per_layer": [get(f"sparsity/edge/layer{i}") for i in range(num_layers)],
+                "weight_sparsity": get("sparsity/weight/all"),
+                "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}") for i in range(num_layers)],
+                "macs_dense": int(get("macs/dense")), "macs_sparse": int(get("macs/sparse"))}
+
+    return {
+        "test_acc": float(test.get("test/acc", float("nan"))), "val_acc": float(metrics.get("val/acc", float("nan"))),
+        **figures(test, "test/", ""),
+        "epochs": int(epochs), "global_step": int(global_step), "world_size": int(world_size),
+        "train_seeds_per_s": float(metrics.get("throughput/seeds_per_s_epoch", 0.0)),
+        "last_train_epoch": figures(metrics, "", "_epoch"),
+        "wall_s": float(wall_s),
+    }
+
+
+def add_test_result(run_dir: str, result: dict) -> str:
+    """Append a test of one of the run's checkpoints to ``summary.json`` (``tests``); its path."""
+    path = os.path.abspath(os.path.join(run_dir, SUMMARY))
+    summary = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            summary = json.load(f)
+    summary.setdefault("tests", []).append(result)
+    os.makedirs(run_dir, exist_ok=True)
+    write_atomic(path, json.dumps(summary, indent=2))
+    return path
 
 
 def logged_steps(ckpt: Dict[str, Any]) -> int:

@@ -77,3 +77,49 @@ def test_a_diverged_model_is_not_checkpointed(tmp_path):
     good = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert good["epoch"] == 0 and all(torch.isfinite(v).all() for v in good["state_dict"].values()
                                       if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def test_a_failed_download_leaves_no_folders(tmp_path, monkeypatch):
+    from unifews_dist.data import datasets
+
+    def half_download(name, root):  # makes the folders a download makes, then the network fails
+        import os
+        os.makedirs(os.path.join(root, "Cora", "raw"))
+        raise ConnectionError("Cannot connect to host")
+
+    monkeypatch.setattr(datasets, "load_planetoid", half_download)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError, match="could not be downloaded: ConnectionError"):
+        datasets.load_dataset("cora", str(tmp_path / "new" / "root"))
+    with pytest.raises(ValueError, match="could not be downloaded"):
+        datasets.load_dataset("cora", str(tmp_path / "kept"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not list((tmp_path / "kept").iterdir())
+
+
+def test_garbage_dataset_files_are_reported_as_unreadable_not_missing(tmp_path):
+    from unifews_dist.data.datasets import load_dataset
+    raw = tmp_path / "Cora" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index"):
+        (raw / f"ind.cora.{name}").write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"dataset 'cora' in .*Cora cannot be read \(.*\); replace or remove"):
+        load_dataset("cora", str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "Cora").iterdir()) == ["raw"]  # no processed/ left
+
+
+@pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
+def test_a_bad_batch_size_names_its_key(key):
+    from unifews_dist.data import UnifewsDataModule
+    with pytest.raises(ValueError, match=rf"^data.{key} must be >= 1, got 0$"):
+        UnifewsDataModule(name="synthetic-tiny", **{key: 0})
+
+
+def test_fewer_training_nodes_than_ranks_is_one_clear_error():
+    from types import SimpleNamespace
+    from unifews_dist.data import UnifewsDataModule
+    dm = UnifewsDataModule(name="synthetic-tiny", num_neighbors=[2], batch_size=4)
+    dm.setup("fit")
+    dm.load().train_idx = dm.load().train_idx[:1]
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=0)
+    with pytest.raises(ValueError, match="has 1 training nodes, fewer than the 2 ranks"):
+        dm.train_dataloader()

@@ -75,3 +75,21 @@ def test_the_documented_dense_baseline_prunes_nothing(tmp_path, monkeypatch):
         s = json.loads((tmp_path / f"run{i}" / "summary.json").read_text())
         assert s["edge_sparsity"] == 0 and s["weight_sparsity"] == 0, s
         assert s["last_train_epoch"]["edge_sparsity"] == 0 and s["last_train_epoch"]["weight_sparsity"] == 0
+
+
+def test_thresholds_set_in_a_config_file_count_like_typed_ones(tmp_path):
+    """A test of a checkpoint runs at the checkpoint's thresholds unless the user set others, on
+    the command line or in a config file of theirs alike (not the run's own config.yaml)."""
+    run = tmp_path / "run"
+    _summary(_cli(["fit", "--config", DEBUG, "--run_dir", str(run), *SHORT, "--wandb", "false",
+                   "--model.thr_a", "0.7"], ROOT))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  thr_a: 3.0\n")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    out = {}
+    for name, extra in (("own", []), ("file", ["--config", str(mine)]), ("typed", ["--model.thr_a", "2.0"])):
+        proc = _cli(["test", "--ckpt_path", ckpt, *extra, "--wandb", "false", "--trainer.callbacks+=rank_check.RankCheck",
+                     f"--trainer.callbacks.out={tmp_path / name}.json", "--trainer.callbacks.stage=test"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["thr"][:2]
+    assert out == {"own": [0.7, 0.7], "file": [3.0, 3.0], "typed": [2.0, 2.0]}

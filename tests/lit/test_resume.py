@@ -76,3 +76,25 @@ def test_summary_figures_belong_to_the_tested_checkpoint(tmp_path):
     assert s["weight_sparsity"] == pytest.approx(expect, abs=1e-6)
     assert set(s["last_train_epoch"]) >= {"edge_sparsity", "weight_sparsity", "macs_dense", "macs_sparse"}
     assert 0 < s["edge_sparsity"] < 1 and s["macs_sparse"] < s["macs_dense"]
+
+
+def test_what_a_run_writes_stays_in_its_run_directory(tmp_path):
+    """PyG's generated propagate modules and W&B's staging go to RUN_DIR/tmp, not the system's
+    temporary folder; W&B's own logs go to RUN_DIR/wandb, not ~/.cache/wandb."""
+    from test_cli import _env
+    import subprocess
+    import sys
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(_env(), TMPDIR=str(system_tmp), HOME=str(home))
+    env.pop("WANDB_CACHE_DIR", None)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "unifews_dist", "fit", "--config", DEBUG, "--run_dir", str(run),
+                           "--trainer.max_epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p for p in system_tmp.rglob("*") if p.is_file()] == []
+    assert [p for p in home.rglob("*") if p.is_file() and "wandb" in str(p)] == []  # W&B's logs: in the run
+    assert list((run / "tmp").glob("*propagate*.py")) and list((run / "wandb").rglob("*debug*.log"))

@@ -65,7 +65,7 @@ class ThroughputMonitor(Callback):
         self._t_prev_end = 0.0
         self._t_fetched: Optional[float] = None
         self._epoch = [0.0] * 2  # seeds, sampled edges
-        self._epoch_kept = None  # device tensor
+        self._epoch_kept = None  # device tensor: the epoch's packed layer statistics
         self._epoch_t0 = 0.0
         self._orig_batch_to_device = None
         self.last_times: Dict[str, float] = {}
@@ -124,11 +124,12 @@ class ThroughputMonitor(Callback):
         self._t_prev_end, self._t_fetched = now, None
         seeds = float(getattr(batch, "batch_size", 0) or 0)
         edges = float(batch.edge_index.size(1)) if hasattr(batch, "edge_index") else 0.0
-        kept = pl_module.model.stats_tensor().view(-1, len(FIELDS))[:, FIELDS.index("edges_kept")].sum()
+        counts = pl_module.model.stats_tensor()  # summed whole (one op); kept edges read off when logged
         self._epoch = [self._epoch[0] + seeds, self._epoch[1] + edges]
-        self._epoch_kept = kept.clone() if self._epoch_kept is None else self._epoch_kept.add_(kept)
+        self._epoch_kept = counts.clone() if self._epoch_kept is None else self._epoch_kept.add_(counts)
         if trainer.global_step % log_every(trainer, self.log_every_n_steps):
             return
+        kept = _kept_edges(counts)
         times = {"data": data, "transfer": self._clock.seconds("transfer0", "transfer1"),
                  "forward": self._clock.seconds("forward0", "backward0"),
                  "backward": self._clock.seconds("backward0", "end")}
@@ -145,8 +146,8 @@ class ThroughputMonitor(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._epoch_t0
-        kept = self._epoch_kept if self._epoch_kept is not None else [0.0]
-        s = reduce_sum(trainer, kept.view(1) if hasattr(kept, "view") else kept, extra=self._epoch + [seconds])
+        kept = _kept_edges(self._epoch_kept).view(1) if self._epoch_kept is not None else [0.0]
+        s = reduce_sum(trainer, kept, extra=self._epoch + [seconds])
         wall = s[-1] / max(trainer.world_size, 1)
         self.epoch_totals = {"seeds": s[1], "edges": s[2], "kept_edges": s[0], "seconds": wall}
         if wall > 0:
@@ -158,3 +159,8 @@ class ThroughputMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_totals = state_dict.get("epoch_totals", {})
+
+
+def _kept_edges(counts):
+    """Edges aggregated, summed over layers, from a packed statistics tensor (``nn/stats.py``)."""
+    return counts.view(-1, len(FIELDS))[:, FIELDS.index("edges_kept")].sum()

@@ -95,8 +95,9 @@ class UnifewsDataModule(pl.LightningDataModule):
         if str(name).lower() not in KNOWN:
             raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
         check_choice("sampler", sampler, SAMPLERS)
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got {batch_size}, {eval_batch_size}")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {value}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if persistent_workers and num_workers == 0:
@@ -204,6 +205,9 @@ class UnifewsDataModule(pl.LightningDataModule):
 
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
         world, rank = _dist_info(getattr(self, "trainer", None))
+        if train and seeds.numel() < world:
+            raise ValueError(f"dataset {self.name!r} has {seeds.numel()} training nodes, fewer than the {world} ranks: "
+                             f"every rank needs at least one (train on fewer devices)")
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
         # the loader's own generator: making an iterator then draws nothing from torch's global
         # one, which dropout reads (a resumed run draws what an uninterrupted one does)

@@ -17,6 +17,10 @@ PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 OGB = {"ogbn-arxiv": "ogbn-arxiv", "ogbn-products": "ogbn-products", "ogbn-papers100m": "ogbn-papers100M"}
 
 
+class DatasetError(ValueError):
+    """A dataset problem already said in one line (the loaders' own checks)."""
+
+
 @dataclass(frozen=True)
 class SyntheticSpec:
     num_nodes: int
@@ -101,7 +105,7 @@ def load_ogb(name: str, root: str) -> GraphDataset:
         from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
         from ogb.nodeproppred import dataset_pyg
     except ImportError as e:  # pragma: no cover
-        raise ValueError(f"dataset {name!r} needs the ogb package: pip install 'unifews_dist[ogb]'") from e
+        raise DatasetError(f"dataset {name!r} needs the ogb package: pip install 'unifews_dist[ogb]'") from e
     from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
     from torch_geometric.data.storage import GlobalStorage
 
@@ -110,7 +114,7 @@ def load_ogb(name: str, root: str) -> GraphDataset:
     if os.path.isdir(folder):
         if not any(f.startswith("RELEASE_v") for f in os.listdir(folder)):
             # ogb would stop and ask on stdin whether to replace it
-            raise ValueError(f"{folder} has no RELEASE_v*.txt, so it is not a complete OGB download; "
+            raise DatasetError(f"{folder} has no RELEASE_v*.txt, so it is not a complete OGB download; "
                              f"remove it to download {oname} again, or complete it")
         source = os.path.abspath(folder)
     else:
@@ -228,20 +232,48 @@ def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphData
     if not root or (os.path.exists(root) and not os.path.isdir(root)):
         raise ValueError(f"data root {root!r} is not a directory; give --data.root a folder for {name!r}")
     loader = load_planetoid if key in PLANETOID else load_ogb
+    folder = PLANETOID.get(key) or OGB[key].replace("-", "_")
+    # what a failed attempt must not leave behind: folders it made (a download's, a processing's)
+    created = _missing_top(os.path.join(root, folder))
+    made = [created] if created is not None else [_missing_top(os.path.join(root, folder, "processed"))]
     try:
-        ds = loader(key, root)
-    except ValueError:
+        ds = _load_or_explain(name, key, root, loader, folder, existed=created is None)
+    except BaseException:
+        for path in made:
+            if path is not None and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    check_graph(ds)
+    return ds
+
+
+def _missing_top(path: str) -> Optional[str]:
+    """The top-most folder on the way to ``path`` that does not exist yet (``None``: it exists)."""
+    path, top = os.path.abspath(path), None
+    while not os.path.exists(path):
+        top, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
+def _load_or_explain(name: str, key: str, root: str, loader, folder: str, existed: bool) -> GraphDataset:
+    try:
+        return loader(key, root)
+    except DatasetError:  # our own, already one clear line
         raise
     except ImportError as e:  # a reader's dependency, not the data, is missing
         raise ValueError(f"reading dataset {name!r} needs the Python package {e.name or e}, which is not installed "
                          f"(pip install {e.name or 'it'})") from e
-    except Exception as e:  # a failed download: say where the files were expected
-        folder = PLANETOID.get(key) or OGB[key].replace("-", "_")
+    except Exception as e:
+        where = os.path.join(os.path.abspath(root), folder)
+        if existed:  # the files are there but cannot be read
+            raise ValueError(f"dataset {name!r} in {where} cannot be read ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}); replace or remove those files") from e
         raise ValueError(f"dataset {name!r} is not under data root {os.path.abspath(root)!r} (expected "
                          f"{os.path.join(os.path.abspath(root), folder)}) and could not be downloaded: "
                          f"{type(e).__name__}: {e}") from e
-    check_graph(ds)
-    return ds
 
 
 def check_graph(ds: GraphDataset) -> None:
