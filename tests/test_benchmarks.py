@@ -122,7 +122,7 @@ def test_step_overhead_tiny_counts_host_work(tmp_path):
     assert sparse["backward"]["ops"] <= 1.3 * pyg["backward"]["ops"]
     for run in (dense, sparse):
         assert run["backward"]["syncs"] == 0 and run["lightning"]["syncs"] == 0
-    assert dense["lightning"]["ops"] <= 20
+    assert dense["lightning"]["ops"] <= 20 and sparse["lightning"]["ops"] <= 20
     for run in (pyg, dense, sparse):  # the built-in sampler: 3 hops
         assert run["sampling"]["ops"] <= 150 and run["sampling"]["syncs"] <= 7
 

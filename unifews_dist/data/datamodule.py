@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 from typing import List, Optional
 
 import pytorch_lightning as pl

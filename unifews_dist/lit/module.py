@@ -1,7 +1,7 @@
 """The LightningModule: steps, metrics and optimizers around :class:`UnifewsGNN`."""
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import List, Union
 
 import pytorch_lightning as pl
 import torch

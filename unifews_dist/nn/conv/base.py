@@ -1,13 +1,15 @@
 """What every Unifews layer shares: the edge-pruning step and its bookkeeping."""
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
-from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges
+from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms
 from ..linear import UnifewsLinear
 
 PairTensor = Tuple[Tensor, Tensor]
@@ -45,9 +47,10 @@ class UnifewsConv(MessagePassing):
     """Base of the sparsified layers: messages factor as ``w_e * h_src(e)`` and edges whose
     message norm is below ``thr_a`` times the layer's mean are dropped before aggregation.
 
-    Subclasses implement ``forward`` and :meth:`prepare_edges`, and call :meth:`prune_edges`
-    between computing ``h_src`` and propagating, then :meth:`select_edges` and
-    :meth:`propagate` over the kept edges into the targets that are computed.
+    ``forward`` is one template for every conv: prepare the edges, :meth:`transform`, weigh the
+    edges (:meth:`edge_weights`), score and prune them, select the kept ones into the target rows
+    computed, propagate, :meth:`combine`. A conv supplies only its pieces, as PyG convs supply
+    ``message`` / ``update``.
 
     Inside a stack (``prepared=True``) two more arguments apply. ``valid``: a bool mask of the
     edges given that are this layer's (the rest are ignored: the stack hands on the previous
@@ -63,6 +66,11 @@ class UnifewsConv(MessagePassing):
 
     #: whether forward takes the initial representation ``x_0`` (GCNII)
     needs_x0 = False
+    #: whether a stack of these puts a linear map before and after its layers (all hidden x hidden)
+    stack_in_out_linears = False
+    #: whether :meth:`edge_weights` needs exactly this layer's edges (attention is normalised
+    #: over them): a stack's validity mask is then applied first, with one device read
+    needs_exact_edges = False
     #: whether :meth:`prepare_edges` returns the edges in the order given (and no others), so
     #: that in a sampler's hop-ordered block each layer's edges are a prefix
     keeps_edge_order = True
@@ -81,6 +89,14 @@ class UnifewsConv(MessagePassing):
         self.last_prop_channels = 0
         self.last_selection: Optional["Selection"] = None
 
+    @classmethod
+    def for_stack(cls, layer: int, num_layers: int, in_channels: int, out_channels: int, thr_a: float = 0.0,
+                  thr_w: float = 0.0, **options) -> "UnifewsConv":
+        """This conv as layer ``layer`` of ``num_layers`` in :class:`UnifewsGNN`. ``options`` are
+        the stack's conv options (``heads``, ``gcnii_alpha``, ``gcnii_theta``): each conv takes
+        the ones it has."""
+        return cls(in_channels, out_channels, thr_a=thr_a, thr_w=thr_w)
+
     @property
     def thr_a(self) -> float:
         return self._thr_a
@@ -96,6 +112,67 @@ class UnifewsConv(MessagePassing):
 
     def set_extra_state(self, state: dict) -> None:
         self.thr_a = state["thr_a"]
+
+    # -- the layer: one template; each conv supplies its pieces ------------------------------
+    def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor] = None,
+                locked: Optional[Tensor] = None, return_kept: bool = False, prepared: bool = False,
+                num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None):
+        """Prepare edges, transform, score, select, restrict targets, propagate, combine.
+
+        Args:
+            x: node features, or ``(x_src, x_dst)`` for a bipartite sampled block.
+            edge_index, edge_weight: the edges (source, target) and optional weights.
+            locked: ``[E]`` bool, edges never pruned (the stack's seed edges).
+            return_kept: also return the bool mask of the edges the rule kept.
+            prepared: the edges come from :meth:`prepare_edges` already (a stack's block); they
+                are then not checked again.
+            num_next, valid: see the class docstring (used by the stack).
+            x0: the initial representation, for convs that read it (GCNII).
+        """
+        x_src, x_dst = split_pair(x)
+        n_src, n_dst = x_src.size(0), x_dst.size(0)
+        if not prepared:  # a stack validates its block once, not in every layer
+            check_edge_index(edge_index, n_src, n_dst)
+            edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
+        if valid is not None and self.needs_exact_edges:
+            edge_index, edge_weight, locked = self.select(valid, edge_index, edge_weight, locked)
+            valid = None
+        h_src, h_dst = self.transform(x_src, x_dst)
+        msg_weight, score_weight = self.edge_weights(h_src, h_dst, edge_index, edge_weight, n_dst)
+        norms = self.score_norms(h_src) if self.thr_a > 0 else None
+        keep = self.prune_edges(edge_index, score_weight, norms, locked,
+                                None if norms is None else self.score_reference(norms, edge_index), valid)
+        same = msg_weight is edge_weight
+        rows, ei, *weights = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight,
+                                               *(() if same else (msg_weight,)))
+        h_dst = self.take_rows(rows, h_dst)
+        if x0 is not None:
+            x0 = self.take_rows(rows, x0[:n_dst])
+        self.last_prop_channels = math.prod(h_src.shape[1:])
+        agg = self.propagate(ei, x=(h_src, h_dst), edge_weight=weights[-1], size=(n_src, h_dst.size(0)))
+        return self._finish(self.combine(agg, h_dst, x0), keep, edge_index.size(1), return_kept)
+
+    def transform(self, x_src: Tensor, x_dst: Tensor) -> PairTensor:
+        """``(h_src, h_dst)``: what is propagated from the sources (and scored), and what
+        :meth:`combine` reads of the targets. Default: the features themselves."""
+        return x_src, x_dst
+
+    def edge_weights(self, h_src: Tensor, h_dst: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
+                     num_dst: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(message weights, score weights)`` of the edges. Default: the prepared weights, both."""
+        return edge_weight, edge_weight
+
+    def score_norms(self, h_src: Tensor) -> Tensor:
+        """Per-source norms the edge rule scores messages with."""
+        return node_norms(h_src)
+
+    def score_reference(self, norms: Tensor, edge_index: Tensor) -> Optional[Tensor]:
+        """What the threshold's mean is taken over (``None``: the scores)."""
+        return None
+
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
+        """The layer's output rows from the aggregated messages and the targets' own rows."""
+        raise NotImplementedError
 
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
@@ -176,7 +253,8 @@ class UnifewsConv(MessagePassing):
     def message(self, x_j: Tensor, edge_weight: Optional[Tensor]) -> Tensor:
         if edge_weight is None:
             return x_j
-        return x_j * edge_weight.view(-1, *([1] * (x_j.dim() - 1)))
+        edge_weight = edge_weight.to(x_j.dtype)
+        return x_j * edge_weight.view(*edge_weight.shape, *([1] * (x_j.dim() - edge_weight.dim())))
 
     def weight_layers(self) -> list[UnifewsLinear]:
         return [m for m in self.modules() if isinstance(m, UnifewsLinear)]

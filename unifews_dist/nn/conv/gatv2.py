@@ -1,16 +1,15 @@
 """GATv2 with Unifews edge and weight pruning."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
-from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv
 
 
 class UnifewsGATv2Conv(UnifewsConv):
@@ -28,6 +27,7 @@ class UnifewsGATv2Conv(UnifewsConv):
     """
 
     source_side_weights = ("lin_l",)
+    needs_exact_edges = True  # attention is normalised over the layer's edges
     keeps_edge_order = False  # self-loops added
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
@@ -43,6 +43,14 @@ class UnifewsGATv2Conv(UnifewsConv):
         self.att = nn.Parameter(torch.empty(1, heads, out_channels))
         self.bias = nn.Parameter(torch.empty(heads * out_channels if concat else out_channels)) if bias else None
         self.reset_parameters()
+
+    @classmethod
+    def for_stack(cls, layer, num_layers, in_channels, out_channels, thr_a=0.0, thr_w=0.0, heads=1, **options):
+        """Hidden layers concatenate ``heads`` heads of ``out_channels // heads``; the last has one."""
+        h = 1 if layer == num_layers - 1 else heads
+        if out_channels % h:
+            raise ValueError(f"hidden_channels ({out_channels}) must be divisible by heads ({h})")
+        return cls(in_channels, out_channels // h, heads=h, concat=True, thr_a=thr_a, thr_w=thr_w)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -62,35 +70,21 @@ class UnifewsGATv2Conv(UnifewsConv):
         edge_index, _ = add_self_loops(edge_index, num_nodes=min(num_src, num_dst))
         return edge_index, None
 
-    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
-                edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
-                valid: Optional[Tensor] = None):
-        x_src, x_dst = split_pair(x)
-        n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:  # a stack validates its block once, not in every layer
-            edge_index, _ = self.prepare_edges(edge_index, n_src, n_dst)
-            check_edge_index(edge_index, n_src, n_dst)
-        if valid is not None:  # attention is normalised over this layer's edges: compact them first
-            edge_index, locked = self.select(valid, edge_index, locked)
+    def transform(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor]:
         H, C = self.heads, self.out_channels
-        h_l = self.lin_l(x_src).view(-1, H, C)
-        h_r = self.lin_r(x_dst).view(-1, H, C)
-        src, dst = edge_index
-        e = F.leaky_relu(h_l[src] + h_r[dst], self.negative_slope)
-        alpha = softmax((e * self.att).sum(-1), dst, num_nodes=n_dst)  # [E, H]
-        norm_src = node_norms(h_l) if self.thr_a > 0 else None
-        keep = self.prune_edges(edge_index, alpha.detach().mean(-1), norm_src, locked,
-                                reference=None if norm_src is None else norm_src[src])
-        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
-        rows, ei, _, alpha = self.select_edges(keep, num_next, n_src, n_dst, edge_index, None, alpha)
-        h_r = self.take_rows(rows, h_r)
-        self.last_prop_channels = H * C
-        out = self.propagate(ei, x=(h_l, h_r), alpha=alpha, size=(n_src, h_r.size(0)))
-        out = out.reshape(h_r.size(0), H * C) if self.concat else out.mean(1)
-        if self.bias is not None:
-            out = out + self.bias
-        return self._finish(out, keep, edge_index.size(1), return_kept)
+        return self.lin_l(x_src).view(-1, H, C), self.lin_r(x_dst).view(-1, H, C)
 
-    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:  # type: ignore[override]
-        return x_j * alpha.unsqueeze(-1)
+    def edge_weights(self, h_src: Tensor, h_dst: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
+                     num_dst: int) -> Tuple[Tensor, Tensor]:
+        """Attention (dropout applied) for the messages; its head mean, without gradient, for the scores."""
+        src, dst = edge_index
+        e = F.leaky_relu(h_src[src] + h_dst[dst], self.negative_slope)
+        alpha = softmax((e * self.att).sum(-1), dst, num_nodes=num_dst)  # [E, H]
+        return F.dropout(alpha, p=self.dropout, training=self.training), alpha.detach().mean(-1)
+
+    def score_reference(self, norms: Tensor, edge_index: Tensor) -> Tensor:
+        return norms[edge_index[0]]  # the reference code compares against the mean source norm
+
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
+        out = agg.reshape(h_dst.size(0), self.heads * self.out_channels) if self.concat else agg.mean(1)
+        return out if self.bias is None else out + self.bias

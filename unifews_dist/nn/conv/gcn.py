@@ -1,15 +1,14 @@
 """GCN with Unifews edge and weight pruning."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv
 
 
 class UnifewsGCNConv(UnifewsConv):
@@ -59,21 +58,9 @@ class UnifewsGCNConv(UnifewsConv):
             ei, ew = ei[:, keep], ew[keep]
         return ei, ew
 
-    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
-                edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
-                valid: Optional[Tensor] = None):
-        x_src, x_dst = split_pair(x)
-        n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:  # a stack validates its block once, not in every layer
-            check_edge_index(edge_index, n_src, n_dst)
-            edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
+    def transform(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.lin(x_src)
-        keep = self.prune_edges(edge_index, edge_weight, node_norms(h), locked, valid=valid)
-        rows, ei, ew = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight)
-        h_dst = self.take_rows(rows, h[:n_dst])
-        self.last_prop_channels = self.out_channels
-        out = self.propagate(ei, x=(h, h_dst), edge_weight=ew, size=(n_src, h_dst.size(0)))
-        if self.bias is not None:
-            out = out + self.bias
-        return self._finish(out, keep, edge_index.size(1), return_kept)
+        return h, h[:x_dst.size(0)]
+
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
+        return agg if self.bias is None else agg + self.bias

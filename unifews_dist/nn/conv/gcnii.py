@@ -7,9 +7,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv
 from .gcn import UnifewsGCNConv
 
 
@@ -26,6 +25,7 @@ class UnifewsGCNIIConv(UnifewsConv):
     """
 
     needs_x0 = True
+    stack_in_out_linears = True
     keeps_edge_order = False  # self-loops added
 
     def __init__(self, channels: int, alpha: float = 0.1, theta: Optional[float] = None,
@@ -40,6 +40,11 @@ class UnifewsGCNIIConv(UnifewsConv):
         self.lin = UnifewsLinear(channels, channels, bias=False, thr_w=thr_w)
         self.reset_parameters()
 
+    @classmethod
+    def for_stack(cls, layer, num_layers, in_channels, out_channels, thr_a=0.0, thr_w=0.0, gcnii_alpha=0.1,
+                  gcnii_theta=0.5, **options):
+        return cls(in_channels, alpha=gcnii_alpha, theta=gcnii_theta, layer=layer + 1, thr_a=thr_a, thr_w=thr_w)
+
     def reset_parameters(self) -> None:
         super().reset_parameters()
         torch.nn.init.xavier_uniform_(self.lin.weight)
@@ -47,19 +52,10 @@ class UnifewsGCNIIConv(UnifewsConv):
     prepare_edges = staticmethod(UnifewsGCNConv.prepare_edges)
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], x_0: Tensor, edge_index: Tensor,
-                edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
-                valid: Optional[Tensor] = None):
-        x_src, x_dst = split_pair(x)
-        n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:  # a stack validates its block once, not in every layer
-            check_edge_index(edge_index, n_src, n_dst)
-            edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked, valid=valid)
-        rows, ei, ew = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight)
-        x_dst = self.take_rows(rows, x_dst)
-        self.last_prop_channels = self.channels
-        p = self.propagate(ei, x=(x_src, x_dst), edge_weight=ew, size=(n_src, x_dst.size(0)))
-        p = (1 - self.alpha) * p + self.alpha * self.take_rows(rows, x_0[:n_dst])
-        out = (1 - self.beta) * p + self.beta * self.lin(p)
-        return self._finish(out, keep, edge_index.size(1), return_kept)
+                edge_weight: Optional[Tensor] = None, **kwargs):
+        """``(x, x_0, edge_index)``, as PyG's ``GCN2Conv``; the rest as :meth:`UnifewsConv.forward`."""
+        return super().forward(x, edge_index, edge_weight, x0=x_0, **kwargs)
+
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
+        p = (1 - self.alpha) * agg + self.alpha * x0
+        return (1 - self.beta) * p + self.beta * self.lin(p)

@@ -1,15 +1,14 @@
 """GraphSAGE (mean aggregation, root weight) with Unifews edge and weight pruning."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.utils import degree
 
-from ...sparsify import node_norms
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, check_edge_index, split_pair
+from .base import UnifewsConv
 
 
 class UnifewsSAGEConv(UnifewsConv):
@@ -44,19 +43,5 @@ class UnifewsSAGEConv(UnifewsConv):
         w = deg.reciprocal()[edge_index[1]]  # (every target indexed has degree >= 1)
         return edge_index, w if edge_weight is None else w * edge_weight
 
-    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
-                edge_weight: Optional[Tensor] = None, locked: Optional[Tensor] = None,
-                return_kept: bool = False, prepared: bool = False, num_next: Optional[int] = None,
-                valid: Optional[Tensor] = None):
-        x_src, x_dst = split_pair(x)
-        n_src, n_dst = x_src.size(0), x_dst.size(0)
-        if not prepared:  # a stack validates its block once, not in every layer
-            check_edge_index(edge_index, n_src, n_dst)
-            edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        keep = self.prune_edges(edge_index, edge_weight, node_norms(x_src), locked, valid=valid)
-        rows, ei, ew = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight)
-        x_dst = self.take_rows(rows, x_dst)
-        self.last_prop_channels = self.in_channels
-        agg = self.propagate(ei, x=(x_src, x_dst), edge_weight=ew.to(x_src.dtype), size=(n_src, x_dst.size(0)))
-        out = self.lin_l(agg) + self.lin_r(x_dst)
-        return self._finish(out, keep, edge_index.size(1), return_kept)
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
+        return self.lin_l(agg) + self.lin_r(h_dst)

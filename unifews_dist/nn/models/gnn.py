@@ -72,8 +72,6 @@ class UnifewsGNN(nn.Module):
         check_choice("weight_backend", weight_backend, BACKENDS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if conv == "gat" and hidden_channels % heads:
-            raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by heads ({heads})")
         for name, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
                         ("out_channels", out_channels)):
             if v <= 0:
@@ -83,30 +81,19 @@ class UnifewsGNN(nn.Module):
         thr_a_l = _per_layer("thr_a", thr_a, num_layers)
         thr_w_l = _per_layer("thr_w", thr_w, num_layers)
         Conv = CONVS[conv]
-        self.lin_in = self.lin_out = None
+        wrap = Conv.stack_in_out_linears  # hidden x hidden layers between two linear maps (GCNII)
+        self.lin_in = nn.Linear(in_channels, hidden_channels) if wrap else None
+        self.lin_out = nn.Linear(hidden_channels, out_channels) if wrap else None
         self.convs = nn.ModuleList()
-        if conv == "gcnii":
-            self.lin_in = nn.Linear(in_channels, hidden_channels)
-            self.lin_out = nn.Linear(hidden_channels, out_channels)
-            for i in range(num_layers):
-                self.convs.append(Conv(hidden_channels, alpha=gcnii_alpha, theta=gcnii_theta, layer=i + 1,
-                                       thr_a=thr_a_l[i], thr_w=thr_w_l[i]))
-            dims = [hidden_channels] * num_layers
-        else:
-            dims = []
-            c_in = in_channels
-            for i in range(num_layers):
-                last = i == num_layers - 1
-                c_out = out_channels if last else hidden_channels
-                if conv == "gat":
-                    h = 1 if last else heads
-                    self.convs.append(Conv(c_in, c_out // h, heads=h, concat=True, thr_a=thr_a_l[i], thr_w=thr_w_l[i]))
-                else:
-                    self.convs.append(Conv(c_in, c_out, thr_a=thr_a_l[i], thr_w=thr_w_l[i]))
-                dims.append(c_out)
-                c_in = c_out
+        dims, c_in = [], hidden_channels if wrap else in_channels
+        for i in range(num_layers):
+            c_out = hidden_channels if wrap or i < num_layers - 1 else out_channels
+            self.convs.append(Conv.for_stack(i, num_layers, c_in, c_out, thr_a=thr_a_l[i], thr_w=thr_w_l[i],
+                                             heads=heads, gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta))
+            dims.append(c_out)
+            c_in = c_out
         self.norms = nn.ModuleList()
-        for d in dims[:-1] if conv != "gcnii" else dims:
+        for d in dims if wrap else dims[:-1]:
             self.norms.append(nn.BatchNorm1d(d) if norm == "batch" else nn.LayerNorm(d) if norm == "layer"
                               else nn.Identity())
         self.set_weight_backend(weight_backend)
@@ -245,7 +232,7 @@ class UnifewsGNN(nn.Module):
                 ei = torch.stack([ei[0].clamp(max=nd - 1), ei[1]])
             stats.append(self._layer_stats(conv, edges_dense_l[i], num_src[i], nd))
             x = out
-            if not last or conv.needs_x0:  # GCNII has its output layer after the stack
+            if not last or self.lin_out is not None:  # (GCNII: the output map comes after the stack)
                 x = F.relu(self.norms[i](x))
                 x = F.dropout(x, self.dropout, self.training)
         if self.lin_out is not None:
