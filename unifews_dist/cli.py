@@ -15,6 +15,7 @@ import json
 import netrc
 import warnings
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -198,6 +199,8 @@ class UnifewsCLI(LightningCLI):
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
         self.run_dir = resolve_run_dir(cfg.get("run_dir") or cfg["trainer"].get("default_root_dir"))
         cfg["run_dir"] = self.run_dir
+        if not os.path.exists(self.run_dir):
+            _NEW_RUN_DIR[0] = self.run_dir  # removed again if the run fails before it trains
         keep_temporaries_in(self.run_dir)
         cfg["trainer"]["default_root_dir"] = self.run_dir  # SLURM's requeue checkpoint goes here
         for key in ("checkpoint", "last_checkpoint"):
@@ -327,6 +330,7 @@ DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit,
 the result to RUN_DIR/summary.json."""
 
 
+_NEW_RUN_DIR: List[Optional[str]] = [None]  # a run directory this process made
 _RUN_CONFIG_ADDED: List[Optional[str]] = [None]  # the run config _with_run_config added, if any
 
 
@@ -348,6 +352,16 @@ def _with_run_config(argv: List[str]) -> List[str]:
         return argv
     _RUN_CONFIG_ADDED[0] = config
     return [argv[0], "--config", config, *argv[1:]]
+
+
+def _remove_unused_run_dir() -> None:
+    """A run that failed before it trained (bad input, setup) leaves no run directory behind: the
+    one this process made goes, unless it holds a checkpoint or metrics. Rank 0 removes it."""
+    run_dir = _NEW_RUN_DIR[0]
+    if not run_dir or not os.path.isdir(run_dir) or int(os.environ.get("RANK", "0")) != 0:
+        return
+    if not any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoints", "metrics.csv")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _default_wandb_mode() -> None:
@@ -389,6 +403,7 @@ def main(args=None) -> None:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         sys.stderr.write(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)\n")
+        _remove_unused_run_dir()
         raise SystemExit(2)
     finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
         if torch.distributed.is_available() and torch.distributed.is_initialized():

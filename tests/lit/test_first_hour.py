@@ -93,3 +93,19 @@ def test_thresholds_set_in_a_config_file_count_like_typed_ones(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())["thr"][:2]
     assert out == {"own": [0.7, 0.7], "file": [3.0, 3.0], "typed": [2.0, 2.0]}
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--data.batch_size", "0"], "data.batch_size must be >= 1, got 0"),
+    (["--model.optimizer", "sgd"], r"model.optimizer.*'adam', 'adamw'.*sgd"),
+])
+def test_a_bad_value_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, capsys, args, said):
+    from unifews_dist.cli import main
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    import re
+    assert len(err) == 1 and re.search(said, err[0]), err
+    assert not run.exists()

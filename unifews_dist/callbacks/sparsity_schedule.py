@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Literal, Optional, Union, get_args
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
@@ -10,9 +10,10 @@ from pytorch_lightning.callbacks import Callback
 from ..checks import check_choice
 from ..sparsify import check_threshold
 
-KINDS = ("constant", "linear", "cosine", "cubic", "table")
-INTERVALS = ("epoch", "step")
-MASK_UPDATES = ("reference", "epoch", "step", "keep")
+Kind = Literal["constant", "linear", "cosine", "cubic", "table"]
+Interval = Literal["epoch", "step"]
+MaskUpdate = Literal["reference", "epoch", "step", "keep"]
+KINDS, INTERVALS, MASK_UPDATES = get_args(Kind), get_args(Interval), get_args(MaskUpdate)
 
 Threshold = Union[float, List[float]]
 
@@ -84,9 +85,9 @@ class SparsitySchedule(Callback):
     """
 
     def __init__(self, thr_a: Union[None, Threshold, Dict[int, Threshold]] = None,
-                 thr_w: Union[None, Threshold, Dict[int, Threshold]] = None, kind: str = "cubic",
-                 interval: str = "epoch", warmup: int = 0, ramp: Optional[int] = None,
-                 mask_update: str = "reference", recompute_fraction: float = 0.5):
+                 thr_w: Union[None, Threshold, Dict[int, Threshold]] = None, kind: Kind = "cubic",
+                 interval: Interval = "epoch", warmup: int = 0, ramp: Optional[int] = None,
+                 mask_update: MaskUpdate = "reference", recompute_fraction: float = 0.5):
         check_choice("SparsitySchedule kind", kind, KINDS)
         check_choice("SparsitySchedule interval", interval, INTERVALS)
         check_choice("SparsitySchedule mask_update", mask_update, MASK_UPDATES)

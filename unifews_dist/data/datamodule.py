@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from typing import List, Optional
+from typing import List, Literal, Optional, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -15,7 +15,8 @@ from .datasets import KNOWN, GraphDataset, check_split_fractions, load_dataset, 
 from .sampler import TorchNeighborSampler
 from .shard import ShardedSeedSampler
 
-SAMPLERS = ("auto", "torch", "pyg_lib", "torch_sparse")
+Sampler = Literal["auto", "torch", "pyg_lib", "torch_sparse"]
+SAMPLERS = get_args(Sampler)
 
 
 def has_module(name: str) -> bool:
@@ -88,7 +89,7 @@ class UnifewsDataModule(pl.LightningDataModule):
     def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
                  eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False, sampler: str = "auto", seed: int = 0, share_memory: bool = True,
+                 persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0, share_memory: bool = True,
                  gpu_sampling: bool = False, random_split: Optional[List[float]] = None):
         super().__init__()
         if str(name).lower() not in KNOWN:

@@ -1,7 +1,7 @@
 """The LightningModule: steps, metrics and optimizers around :class:`UnifewsGNN`."""
 from __future__ import annotations
 
-from typing import List, Union
+from typing import List, Literal, Union, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -10,10 +10,14 @@ import torch.nn.functional as F
 from ..checks import check_choice
 from ..checkpoint import rng_state, set_rng_state
 from ..nn import UnifewsGNN
+from ..nn.models.gnn import Backend, ConvName, LockPolicy, Norm
 from .accuracy import Accuracy
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step")
+# The choices are Literal types: the signature is the config schema (LightningCLI reports a bad
+# value with the allowed ones); check_choice says the same to Python callers.
+Optimizer = Literal["adam", "adamw"]
+Scheduler = Literal["none", "cosine", "step"]
+OPTIMIZERS, SCHEDULERS = get_args(Optimizer), get_args(Scheduler)
 
 
 class UnifewsModule(pl.LightningModule):
@@ -34,12 +38,12 @@ class UnifewsModule(pl.LightningModule):
         multilabel: targets are multi-hot ``[nodes, out_channels]`` (set from the data by the CLI).
     """
 
-    def __init__(self, in_channels: int = -1, out_channels: int = -1, conv: str = "sage",
-                 hidden_channels: int = 256, num_layers: int = 2, dropout: float = 0.5, norm: str = "batch",
+    def __init__(self, in_channels: int = -1, out_channels: int = -1, conv: ConvName = "sage",
+                 hidden_channels: int = 256, num_layers: int = 2, dropout: float = 0.5, norm: Norm = "batch",
                  thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0, heads: int = 1,
-                 gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5, lock_target_edges: str = "always",
-                 weight_backend: str = "auto", lr: float = 0.001, weight_decay: float = 1e-5,
-                 optimizer: str = "adam", lr_scheduler: str = "none", multilabel: bool = False):
+                 gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5, lock_target_edges: LockPolicy = "always",
+                 weight_backend: Backend = "auto", lr: float = 0.001, weight_decay: float = 1e-5,
+                 optimizer: Optimizer = "adam", lr_scheduler: Scheduler = "none", multilabel: bool = False):
         super().__init__()
         if in_channels <= 0 or out_channels <= 0:
             raise ValueError(f"in_channels and out_channels must be positive (the CLI takes them from the data), "

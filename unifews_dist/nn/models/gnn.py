@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from itertools import accumulate
-from typing import List, Optional, Sequence, Union
+from typing import List, Literal, Optional, Sequence, Union, get_args
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,11 @@ from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
 from ..stats import LayerStats, stats_tensor
 
-NORMS = ("batch", "layer", "none")
-LOCK_POLICIES = ("always", "eval", "never")
+ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
+Norm = Literal["batch", "layer", "none"]
+LockPolicy = Literal["always", "eval", "never"]
+Backend = Literal["auto", "dense", "sparse"]
+NORMS, LOCK_POLICIES = get_args(Norm), get_args(LockPolicy)
 
 
 def _per_layer(name: str, value: Union[float, Sequence[float]], num_layers: int) -> List[float]:
@@ -57,11 +60,11 @@ class UnifewsGNN(nn.Module):
         weight_backend: transform backend of every pruned linear map (``auto``, ``dense``, ``sparse``).
     """
 
-    def __init__(self, conv: str, in_channels: int, hidden_channels: int, out_channels: int,
-                 num_layers: int = 2, dropout: float = 0.5, norm: str = "batch",
+    def __init__(self, conv: ConvName, in_channels: int, hidden_channels: int, out_channels: int,
+                 num_layers: int = 2, dropout: float = 0.5, norm: Norm = "batch",
                  thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0,
                  heads: int = 1, gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5,
-                 lock_target_edges: str = "always", weight_backend: str = "auto"):
+                 lock_target_edges: LockPolicy = "always", weight_backend: Backend = "auto"):
         super().__init__()
         if conv not in CONVS:
             raise ValueError(f"unknown conv {conv!r}; allowed: {sorted(CONVS)}")
