@@ -12,13 +12,10 @@ again with the same directory resumes from its newest checkpoint and continues i
 from __future__ import annotations
 
 import json
-import netrc
-import warnings
 import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+import warnings
 from typing import List, Optional, Union
 
 import torch
@@ -31,31 +28,13 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .callbacks import AtTargetCheckpoint, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, resume_checkpoint
-from .run_dir import (RunCSVLogger, add_test_result, build_summary, finished, keep_temporaries_in, logged_steps,
-                      resolve_run_dir, wandb_run_id, write_atomic)
+from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, keep_temporaries_in,
+                      logged_steps, remove_if_unused, resolve_run_dir, run_config_of, wandb_run_id, write_atomic)
+from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
 
 _T0 = time.perf_counter()
-
-
-@dataclass
-class WandbOptions:
-    """W&B run settings (``--wandb false`` logs to CSV only).
-
-    Args:
-        project, entity, group, tags: as in ``wandb.init``.
-        name: the run's display name; default: the run directory's name.
-        flush_interval_s: seconds between writes of the run's data to its ``.wandb`` file
-            (wandb's default is 15): a job killed hard (requeue, preemption) loses at most this
-            much of its history.
-    """
-    project: str = "unifews_dist"
-    name: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    entity: Optional[str] = None
-    flush_interval_s: float = 2.0
 
 
 class _OneLineParser(LightningArgumentParser):
@@ -100,33 +79,6 @@ class _SetThresholds(Callback):
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._set(pl_module)
-
-
-def _wandb_settings(flush_interval_s: float):
-    if not flush_interval_s >= 0:
-        raise ValueError(f"wandb.flush_interval_s must be >= 0, got {flush_interval_s}")
-    import wandb
-    try:
-        return wandb.Settings(x_transaction_log_flush_interval=flush_interval_s)
-    except Exception:  # an older wandb without the setting: its default behaviour
-        return None
-
-
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-class RunFinished(Exception):
-    """The run directory holds a run that already trained as long as it was asked to."""
-
-    def __init__(self, run_dir: str, ckpt: dict):
-        super().__init__(run_dir)
-        self.run_dir, self.epochs, self.steps = run_dir, ckpt.get("epoch", 0) + 1, ckpt.get("global_step", 0)
 
 
 class UnifewsCLI(LightningCLI):
@@ -228,7 +180,7 @@ class UnifewsCLI(LightningCLI):
                 project=opts.get("project"), name=opts.get("name") or os.path.basename(os.path.normpath(self.run_dir)),
                 group=opts.get("group"), tags=list(opts.get("tags") or []), entity=opts.get("entity"),
                 save_dir=self.run_dir, id=wandb_run_id(self.run_dir), resume="allow",
-                settings=_wandb_settings(float(opts.get("flush_interval_s", 2.0)))))
+                settings=wandb_settings(float(opts.get("flush_interval_s", 2.0)))))
         return loggers
 
     def instantiate_trainer(self, **kwargs):
@@ -336,38 +288,17 @@ _RUN_CONFIG_ADDED: List[Optional[str]] = [None]  # the run config _with_run_conf
 
 def _with_run_config(argv: List[str]) -> List[str]:
     """``test`` / ``validate`` given a checkpoint: the config of the run the checkpoint belongs to
-    (``RUN_DIR/config.yaml``) comes first, so it is evaluated on that run's data and reports into
-    that run; the user's own ``--config`` files and arguments apply on top of it."""
+    comes first, so it is evaluated on that run's data and reports into that run; the user's own
+    ``--config`` files and arguments apply on top of it."""
     if not argv or argv[0] not in ("test", "validate"):
         return argv
     ckpt = next((v for a, v in zip(argv, argv[1:] + [""]) if a == "--ckpt_path"), None)
     ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    if not ckpt:
-        return argv
-    run = os.path.dirname(os.path.abspath(ckpt))
-    if os.path.basename(run) == "checkpoints":
-        run = os.path.dirname(run)
-    config = os.path.join(run, "config.yaml")
-    if not os.path.isfile(config):
+    config = run_config_of(ckpt) if ckpt else None
+    if config is None:
         return argv
     _RUN_CONFIG_ADDED[0] = config
     return [argv[0], "--config", config, *argv[1:]]
-
-
-def _remove_unused_run_dir() -> None:
-    """A run that failed before it trained (bad input, setup) leaves no run directory behind: the
-    one this process made goes, unless it holds a checkpoint or metrics. Rank 0 removes it."""
-    run_dir = _NEW_RUN_DIR[0]
-    if not run_dir or not os.path.isdir(run_dir) or int(os.environ.get("RANK", "0")) != 0:
-        return
-    if not any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoints", "metrics.csv")):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _default_wandb_mode() -> None:
-    """Offline unless the user chose a mode or is logged in (no server is assumed reachable)."""
-    if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
-        os.environ["WANDB_MODE"] = "offline"
 
 
 def main(args=None) -> None:
@@ -378,7 +309,7 @@ def main(args=None) -> None:
     if argv and argv[0] == "sweep-table":
         from .sweep import main as sweep_main
         raise SystemExit(sweep_main(argv[1:]))
-    _default_wandb_mode()
+    default_wandb_mode()
     # Lightning's advice that does not apply here, silenced for the CLI's process only: a resumed
     # run's checkpoint folder is not empty by design, and the monitors log values they already
     # summed over ranks
@@ -403,7 +334,7 @@ def main(args=None) -> None:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         sys.stderr.write(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)\n")
-        _remove_unused_run_dir()
+        remove_if_unused(_NEW_RUN_DIR[0])
         raise SystemExit(2)
     finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
@@ -47,6 +48,33 @@ def resolve_run_dir(explicit: Optional[str]) -> str:
     while os.path.exists(path):
         path, n = f"{base}-{n}", n + 1
     return path
+
+
+class RunFinished(Exception):
+    """The run directory holds a run that already trained as long as it was asked to."""
+
+    def __init__(self, run_dir: str, ckpt: dict):
+        super().__init__(run_dir)
+        self.run_dir, self.epochs, self.steps = run_dir, ckpt.get("epoch", 0) + 1, ckpt.get("global_step", 0)
+
+
+def run_config_of(ckpt_path: str) -> Optional[str]:
+    """``RUN_DIR/config.yaml`` of the run a checkpoint belongs to (``RUN_DIR/checkpoints/F.ckpt``
+    or ``RUN_DIR/hpc_ckpt_N.ckpt``), if there is one."""
+    run = os.path.dirname(os.path.abspath(ckpt_path))
+    if os.path.basename(run) == "checkpoints":
+        run = os.path.dirname(run)
+    config = os.path.join(run, "config.yaml")
+    return config if os.path.isfile(config) else None
+
+
+def remove_if_unused(run_dir: Optional[str]) -> None:
+    """Remove a run directory that holds no checkpoint and no metrics (a run that failed before
+    it trained: bad input, setup). Rank 0 removes it."""
+    if not run_dir or not os.path.isdir(run_dir) or int(os.environ.get("RANK", "0")) != 0:
+        return
+    if not any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoints", METRICS)):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def keep_temporaries_in(run_dir: str) -> str:

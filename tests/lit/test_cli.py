@@ -24,9 +24,9 @@ def _env():
     return env
 
 
-def _run(args, cwd, timeout=300, runner=None):
+def _run(args, cwd, timeout=300, runner=None, env=None):
     cmd = (runner or [sys.executable, "-m", "unifews_dist"]) + args
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _summary(proc):
@@ -147,11 +147,12 @@ def _check_ranks(tmp_path, proc):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_identical_models(tmp_path):
+    talking = {k: v for k, v in _env().items() if k != "WANDB_SILENT"}  # the summary path stays the last line
     proc = _run(["fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2",
                  "--trainer.strategy", "ddp", "--trainer.callbacks+=rank_check.RankCheck",
                  f"--trainer.callbacks.out={tmp_path / 'ranks.json'}"], tmp_path, timeout=400,
                 runner=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "unifews_dist"])
+                        "-m", "unifews_dist"], env=talking)
     _check_ranks(tmp_path, proc)
     # exactly one W&B run for the job; its history has every throughput and per-layer sparsity key
     runs = glob.glob(str(tmp_path / "**" / "offline-run-*" / "run-*.wandb"), recursive=True)
