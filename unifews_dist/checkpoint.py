@@ -6,7 +6,7 @@ import os
 import random
 import pickle
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -80,9 +80,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resume_checkpoint(run_dir: str) -> Optional[str]:
-    """The newest readable checkpoint of a run: ``checkpoints/last.ckpt`` or a SLURM
-    ``hpc_ckpt_N.ckpt`` written on the requeue signal, whichever was written last; one that
-    cannot be read is passed over, saying so, for the next newest (``last.ckpt.prev`` too).
+    """The newest readable checkpoint of a run (see :func:`newest_readable`), or ``None``."""
+    found = newest_readable(run_dir)
+    return None if found is None else found[0]
+
+
+def newest_readable(run_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """``(path, checkpoint)`` of the newest readable checkpoint of a run: ``checkpoints/last.ckpt``
+    or a SLURM ``hpc_ckpt_N.ckpt`` written on the requeue signal, whichever was written last; one
+    that cannot be read is passed over, saying so, for the next newest (``last.ckpt.prev`` too).
     ``None`` when the run has none; ``ValueError`` when it has some and none can be read (a
     fresh start would overwrite them), or one holds objects loading would run."""
     candidates = glob.glob(os.path.join(run_dir, "hpc_ckpt_*.ckpt"))
@@ -93,22 +99,21 @@ def resume_checkpoint(run_dir: str) -> Optional[str]:
     errors = []
     for path in sorted(candidates, key=os.path.getmtime, reverse=True):
         try:
-            load_checkpoint_file(path)
+            return path, load_checkpoint_file(path)
         except UnsafeCheckpoint:
             raise
         except ValueError as e:
             rank_zero_warn(f"{e}: trying an older checkpoint")
             errors.append(str(e))
-            continue
-        return path
     if errors:
         raise ValueError(f"no checkpoint of {run_dir} can be read ({errors[0]}); move them away to start the run over")
     return None
 
 
-def check_compatible(path: str, hparams: Dict[str, Any]) -> None:
-    """Raise ValueError when the checkpoint at ``path`` was trained with another model shape."""
-    ckpt = load_checkpoint_file(path)
+def check_compatible(path: str, hparams: Dict[str, Any], ckpt: Optional[Dict[str, Any]] = None) -> None:
+    """Raise ValueError when the checkpoint at ``path`` (``ckpt``: already loaded) was trained
+    with another model shape."""
+    ckpt = load_checkpoint_file(path) if ckpt is None else ckpt
     theirs = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(theirs, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path!r} is not a unifews_dist checkpoint (no hyper_parameters/state_dict)")

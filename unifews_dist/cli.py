@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from typing import List, Optional, Union
@@ -27,7 +28,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from .callbacks import AtTargetCheckpoint, SparsityMonitor, ThroughputMonitor
-from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, resume_checkpoint
+from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
 from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, keep_temporaries_in,
                       logged_steps, remove_if_unused, resolve_run_dir, run_config_of, wandb_run_id, write_atomic)
 from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
@@ -158,15 +159,18 @@ class UnifewsCLI(LightningCLI):
         for key in ("checkpoint", "last_checkpoint"):
             if cfg[key].get("dirpath") is None:
                 cfg[key]["dirpath"] = os.path.join(self.run_dir, "checkpoints")
-        self.resume_from, self.resume_step = None, None
-        if self.subcommand == "fit" and cfg.get("ckpt_path") is None:
-            self.resume_from = resume_checkpoint(self.run_dir)
-        if self.resume_from is not None:
-            ckpt = load_checkpoint_file(self.resume_from)
+        self.resume_from = self.resume_step = self._resume_head = None
+        found = newest_readable(self.run_dir) if self.subcommand == "fit" and cfg.get("ckpt_path") is None else None
+        if found is not None:  # loaded once here: what the run resumes from, and whether it is done
+            self.resume_from, ckpt = found
             trainer = cfg["trainer"]
             if finished(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1)):
                 raise RunFinished(self.run_dir, ckpt)
             self.resume_step = logged_steps(ckpt)
+            # kept for the shape check once the model is made (not the weights: Lightning loads those)
+            self._resume_head = {"hyper_parameters": ckpt.get("hyper_parameters")}
+            if "state_dict" in ckpt:
+                self._resume_head["state_dict"] = {}
 
     def _loggers(self) -> list:
         cfg = self._cfg()
@@ -196,12 +200,13 @@ class UnifewsCLI(LightningCLI):
     def _check_ckpt(self) -> None:
         init = self.config_init[self.subcommand]
         path = init.get("ckpt_path")
+        loaded = None
         if self.subcommand == "fit" and path is None and self.resume_from is not None:
-            path = self.resume_from
+            path, loaded = self.resume_from, self._resume_head
             rank_zero_info(f"Resuming from {path}")
             init["ckpt_path"] = path
         if path not in (None, "best", "last", "hpc", "registry"):
-            check_compatible(path, dict(self.model.hparams))
+            check_compatible(path, dict(self.model.hparams), loaded)
 
     def before_fit(self) -> None:
         self._check_ckpt()
@@ -315,6 +320,11 @@ def main(args=None) -> None:
     # summed over ranks
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(test/)?(sparsity|macs|throughput|time|schedule)/")
+    # what this call sets for its run (the run directory it made, the temporary and W&B cache
+    # folders inside it) is put back when it returns: main() may run again in the same process
+    _NEW_RUN_DIR[0] = _RUN_CONFIG_ADDED[0] = None
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "WANDB_CACHE_DIR")}
+    saved_tempdir = tempfile.tempdir
     try:
         cli_args = _with_run_config(argv)
         if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)
@@ -339,6 +349,12 @@ def main(args=None) -> None:
     finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tempfile.tempdir = saved_tempdir
 
 
 if __name__ == "__main__":
