@@ -13,3 +13,15 @@ class KillAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAt(Callback):
+    """The SLURM warning signal (SIGUSR1) to one rank only, before a given epoch's batch: the
+    other ranks never get it, as when a signal reaches the ranks at different moments."""
+
+    def __init__(self, rank: int = 0, epoch: int = 1, batch: int = 2):
+        self.rank, self.epoch, self.batch = rank, epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGUSR1)

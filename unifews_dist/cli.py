@@ -20,6 +20,7 @@ import warnings
 from typing import List, Optional, Union
 
 import torch
+from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -27,7 +28,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from .callbacks import AtTargetCheckpoint, SparsityMonitor, ThroughputMonitor
+from .callbacks import AtTargetCheckpoint, Requeued, SlurmRequeue, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
 from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, keep_temporaries_in,
                       logged_steps, remove_if_unused, resolve_run_dir, run_config_of, wandb_run_id, write_atomic)
@@ -109,6 +110,7 @@ class UnifewsCLI(LightningCLI):
                              "last_checkpoint.save_top_k": 1, "last_checkpoint.enable_version_counter": False})
         parser.add_lightning_class_args(SparsityMonitor, "sparsity_monitor")
         parser.add_lightning_class_args(ThroughputMonitor, "throughput_monitor")
+        parser.add_lightning_class_args(SlurmRequeue, "requeue")
 
     def parse_arguments(self, parser, args) -> None:
         """Lightning reads a given checkpoint's hyper-parameters over the parsed model config,
@@ -194,7 +196,12 @@ class UnifewsCLI(LightningCLI):
         plugins = self._cfg_init().get("trainer", {}).get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
+            plugins = plugins + [AtomicCheckpointIO()]
+        if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            # the requeue signal is SlurmRequeue's (requeue.*): Lightning's handler checkpoints
+            # inside the signal handler, where ranks can deadlock
+            plugins = plugins + [SLURMEnvironment(auto_requeue=False)]
+        kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)
 
     def _check_ckpt(self) -> None:
@@ -339,6 +346,10 @@ def main(args=None) -> None:
               f"raise trainer.max_epochs or trainer.max_steps to train on")
         if os.path.isfile(summary):
             print(summary, flush=True)
+    except Requeued as r:  # every rank: the checkpoint is written and SLURM runs the job again
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+            print(f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
+                  "it resumes from there", flush=True)
     except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise

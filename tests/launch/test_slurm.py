@@ -121,9 +121,11 @@ def _release_requeued(slurm, job):
 
 
 def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
-    """The signal #SBATCH --signal=SIGUSR1@90 sends before the time limit, sent now: Lightning
-    saves hpc_ckpt_1.ckpt in the run directory and requeues the job itself; the requeued job
-    resumes from that checkpoint and ends with the uninterrupted step count."""
+    """The signal #SBATCH --signal=SIGUSR1@90 sends before the time limit, sent now: every rank
+    saves hpc_ckpt_<step>.ckpt in the run directory at the same step (SlurmRequeue) and rank 0
+    requeues the job; the requeued job resumes from that checkpoint and ends with the
+    uninterrupted step count. (Lightning's own handler, which checkpoints inside the signal
+    handler, hung this test about one run in three.)"""
     run = tmp_path / "run"
     job = _start_slow_job(slurm, tmp_path, run)
     out = slurm.run("scancel", "--signal=USR1", job)  # to every task of the job's steps, as SLURM does

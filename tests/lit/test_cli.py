@@ -120,6 +120,7 @@ def test_checkpoint_from_another_model_exit_2(tmp_path):
     (["--model.conv", "gcm"], "gcm"),
     (["--data.random_split", "[0.8, 0.3]"], "random_split needs [train, val] fractions > 0 with sum < 1"),
     (["--ckpt_path", "/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
+    (["--requeue.check_every_n_steps", "0"], "requeue.check_every_n_steps must be an integer >= 1, got 0"),
     (["--trainer.callbacks+=unifews_dist.callbacks.SparsitySchedule", "--trainer.callbacks.kind=exp",
       "--trainer.callbacks.thr_a=1"], "Literal['constant', 'linear', 'cosine', 'cubic', 'table']. Got value: exp"),
 ])

@@ -19,6 +19,26 @@ Sampler = Literal["auto", "torch", "pyg_lib", "torch_sparse"]
 SAMPLERS = get_args(Sampler)
 
 
+class ResumableNodeLoader(NodeLoader):
+    """A training loader Lightning resumes mid-epoch: its state (Lightning saves it in every
+    checkpoint, see ``CombinedLoader``'s stateful loaders) is the epoch and how many batches
+    training has taken from it; loaded, the next pass over that epoch starts after them, so a run
+    resumed from a mid-epoch checkpoint (SLURM's requeue signal, ``every_n_train_steps``) sees
+    the batches an uninterrupted one does. PyG's NodeLoader keeps no such state."""
+
+    def __iter__(self):
+        self._taken = 0
+        for batch in super().__iter__():
+            self._taken += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": getattr(self, "_taken", 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
+
+
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -211,10 +231,10 @@ class UnifewsDataModule(pl.LightningDataModule):
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
         # the loader's own generator: making an iterator then draws nothing from torch's global
         # one, which dropout reads (a resumed run draws what an uninterrupted one does)
-        return NodeLoader(self.graph, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size,
-                          sampler=shard, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return (ResumableNodeLoader if train else NodeLoader)(
+            self.graph, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size, sampler=shard,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> NodeLoader:
         return self._loader(self.load().train_idx, self.num_neighbors, self.batch_size, True)

@@ -16,7 +16,8 @@ class ShardedSeedSampler(Sampler[int]):
     number of batches for any seed count. With ``drop=False`` (evaluation) nothing is dropped
     and ranks may differ by one seed.
 
-    Lightning calls :meth:`set_epoch` on it every epoch.
+    Lightning calls :meth:`set_epoch` on it every epoch. :meth:`resume_at` makes the next pass
+    over a given epoch start after the positions a checkpointed run had already used.
     """
 
     def __init__(self, num_seeds: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
@@ -27,9 +28,14 @@ class ShardedSeedSampler(Sampler[int]):
             raise ValueError(f"{num_seeds} seed nodes cannot be split over {num_replicas} ranks")
         self.num_seeds, self.num_replicas, self.rank = num_seeds, num_replicas, rank
         self.shuffle, self.seed, self.drop, self.epoch = shuffle, seed, drop, 0
+        self._resume = None  # (epoch, positions to skip) for the next pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, used: int) -> None:
+        """The next pass, if it is over ``epoch``, skips the first ``used`` positions."""
+        self._resume = (int(epoch), int(used))
 
     def __len__(self) -> int:
         if self.drop:
@@ -44,4 +50,9 @@ class ShardedSeedSampler(Sampler[int]):
             order = torch.arange(self.num_seeds)
         if self.drop:
             order = order[: self.num_seeds - self.num_seeds % self.num_replicas]
-        return iter(order[self.rank::self.num_replicas].tolist())
+        start = 0
+        if self._resume is not None:
+            epoch, used = self._resume
+            self._resume = None
+            start = used if epoch == self.epoch else 0
+        return iter(order[self.rank::self.num_replicas][start:].tolist())
