@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import List, Optional, Union
@@ -26,12 +28,13 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from .callbacks import AtTargetCheckpoint, Requeued, SlurmRequeue, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
-from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, keep_temporaries_in,
-                      logged_steps, remove_if_unused, resolve_run_dir, run_config_of, wandb_run_id, write_atomic)
+from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, holds_results,
+                      keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir, run_config_of,
+                      wandb_run_id, write_atomic)
 from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
@@ -46,7 +49,7 @@ class _OneLineParser(LightningArgumentParser):
         if os.environ.get("UNIFEWS_TRACEBACK"):
             return super().error(message, ex)
         first = str(message).strip().splitlines()
-        sys.stderr.write(f"unifews-dist: error: {' '.join(s.strip() for s in first)[:2000]}\n")
+        _say_once(f"unifews-dist: error: {' '.join(s.strip() for s in first)[:2000]}")
         raise SystemExit(2)
 
 
@@ -154,7 +157,7 @@ class UnifewsCLI(LightningCLI):
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
         self.run_dir = resolve_run_dir(cfg.get("run_dir") or cfg["trainer"].get("default_root_dir"))
         cfg["run_dir"] = self.run_dir
-        if not os.path.exists(self.run_dir):
+        if not os.path.exists(self.run_dir) or not holds_results(self.run_dir):
             _NEW_RUN_DIR[0] = self.run_dir  # removed again if the run fails before it trains
         keep_temporaries_in(self.run_dir)
         cfg["trainer"]["default_root_dir"] = self.run_dir  # SLURM's requeue checkpoint goes here
@@ -216,6 +219,7 @@ class UnifewsCLI(LightningCLI):
             check_compatible(path, dict(self.model.hparams), loaded)
 
     def before_fit(self) -> None:
+        _setup_done()
         self._check_ckpt()
 
     def _evaluate_at_given_thresholds(self) -> None:
@@ -226,10 +230,12 @@ class UnifewsCLI(LightningCLI):
             self.trainer.callbacks.append(_SetThresholds(**self.thresholds_given))
 
     def before_validate(self) -> None:
+        _setup_done()
         self._check_ckpt()
         self._evaluate_at_given_thresholds()
 
     def before_test(self) -> None:
+        _setup_done()
         self._check_ckpt()
         self._evaluate_at_given_thresholds()
 
@@ -298,6 +304,35 @@ _NEW_RUN_DIR: List[Optional[str]] = [None]  # a run directory this process made
 _RUN_CONFIG_ADDED: List[Optional[str]] = [None]  # the run config _with_run_config added, if any
 
 
+class _Stopped(SystemExit):
+    """SIGTERM while the run is set up: a launcher stopping the other ranks after one failed."""
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise _Stopped(128 + signum)
+
+
+_SIGTERM_BEFORE: List = [None]  # the SIGTERM handler main() replaced while the run is set up
+
+
+def _setup_done() -> None:
+    """Training or evaluation starts: SIGTERM is Lightning's again (it checkpoints on it)."""
+    if _SIGTERM_BEFORE[0] is not None:
+        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE[0])
+        _SIGTERM_BEFORE[0] = None
+
+
+def _say_once(line: str) -> None:
+    """A setup error's one line, said once: under a launcher (torchrun, srun) every rank fails alike, and
+    rank 0 says it. The others wait a moment before they exit, because the launcher stops every
+    rank as soon as one exits, which could stop rank 0 before it said anything."""
+    if rank_zero_only.rank == 0:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    else:
+        time.sleep(3.0)
+
+
 def _with_run_config(argv: List[str]) -> List[str]:
     """``test`` / ``validate`` given a checkpoint: the config of the run the checkpoint belongs to
     comes first, so it is evaluated on that run's data and reports into that run; the user's own
@@ -332,6 +367,8 @@ def main(args=None) -> None:
     _NEW_RUN_DIR[0] = _RUN_CONFIG_ADDED[0] = None
     saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "WANDB_CACHE_DIR")}
     saved_tempdir = tempfile.tempdir
+    if threading.current_thread() is threading.main_thread():  # set-up stopped by SIGTERM cleans up too
+        _SIGTERM_BEFORE[0] = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         cli_args = _with_run_config(argv)
         if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)
@@ -347,17 +384,21 @@ def main(args=None) -> None:
         if os.path.isfile(summary):
             print(summary, flush=True)
     except Requeued as r:  # every rank: the checkpoint is written and SLURM runs the job again
-        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+        if rank_zero_only.rank == 0:
             print(f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
                   "it resumes from there", flush=True)
+    except SystemExit:  # a parser error, or SIGTERM during set-up (also when a library wrapped it)
+        remove_if_unused(_NEW_RUN_DIR[0])  # the run directory this rank made, if nothing was trained into it
+        raise
     except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
-        sys.stderr.write(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)\n")
+        _say_once(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)")
         remove_if_unused(_NEW_RUN_DIR[0])
         raise SystemExit(2)
     finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
+        _setup_done()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         for k, v in saved_env.items():

@@ -68,12 +68,16 @@ def run_config_of(ckpt_path: str) -> Optional[str]:
     return config if os.path.isfile(config) else None
 
 
+def holds_results(run_dir: str) -> bool:
+    """Whether a run directory holds anything a run made worth keeping: a checkpoint or metrics."""
+    return any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoints", METRICS))
+
+
 def remove_if_unused(run_dir: Optional[str]) -> None:
     """Remove a run directory that holds no checkpoint and no metrics (a run that failed before
-    it trained: bad input, setup). Rank 0 removes it."""
-    if not run_dir or not os.path.isdir(run_dir) or int(os.environ.get("RANK", "0")) != 0:
-        return
-    if not any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoints", METRICS)):
+    it trained: bad input, setup). Every rank that fails does: under a launcher the ranks make
+    its ``tmp/`` at different moments, so the last to fail leaves nothing."""
+    if run_dir and os.path.isdir(run_dir) and not holds_results(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -109,3 +109,50 @@ def test_a_bad_value_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, ca
     import re
     assert len(err) == 1 and re.search(said, err[0]), err
     assert not run.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,said", [
+    (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1"),  # found while parsing
+    (["--data.name", "cora", "--data.root", "{tmp}/no/root"], "could not be downloaded"),  # while loading data
+])
+def test_a_setup_error_under_torchrun_is_said_once_and_leaves_nothing(tmp_path, args, said):
+    """Every rank fails alike; the one line is said by rank 0 only (the others wait for it
+    before they exit, or torchrun would stop rank 0 first); the run and data folders the ranks
+    made are removed."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "unifews_dist", "fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"),
+                           "--trainer.devices", "2", "--trainer.strategy", "ddp", *args],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    lines = [l for l in proc.stderr.splitlines() if "unifews-dist: error:" in l]
+    assert proc.returncode != 0 and len(lines) == 1 and said in lines[0], proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr  # the rank that ended first ended with the bad-input code
+    left = [os.path.join(d, f) for d, ds, fs in os.walk(tmp_path) for f in fs + ds]
+    assert not left, (left, proc.stderr[-3000:])
+
+
+def test_ranks_on_a_node_take_a_dataset_folder_one_at_a_time(tmp_path):
+    """dataset_lock: every rank reads the dataset while the config is resolved, before
+    Lightning's prepare_data; a second process waits while one downloads or processes."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    log = tmp_path / "log"
+    procs = [ctx.Process(target=_hold_lock, args=(str(tmp_path / "Cora"), str(log), name)) for name in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    events = log.read_text().split()
+    assert sorted(events) == ["a+", "a-", "b+", "b-"] and events[0][0] == events[1][0], events  # never interleaved
+
+
+def _hold_lock(folder, log, name):
+    import time
+    from unifews_dist.data.datasets import dataset_lock
+    with dataset_lock(folder):
+        with open(log, "a") as f:
+            f.write(f"{name}+\n")
+        time.sleep(0.5)
+        with open(log, "a") as f:
+            f.write(f"{name}-\n")

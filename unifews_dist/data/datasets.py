@@ -1,6 +1,8 @@
 """Datasets: Planetoid, OGB node property prediction, and a seeded synthetic generator."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -234,17 +236,50 @@ def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphData
     loader = load_planetoid if key in PLANETOID else load_ogb
     folder = PLANETOID.get(key) or OGB[key].replace("-", "_")
     # what a failed attempt must not leave behind: folders it made (a download's, a processing's)
-    created = _missing_top(os.path.join(root, folder))
-    made = [created] if created is not None else [_missing_top(os.path.join(root, folder, "processed"))]
-    try:
-        ds = _load_or_explain(name, key, root, loader, folder, existed=created is None)
-    except BaseException:
-        for path in made:
-            if path is not None and os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-        raise
+    with dataset_lock(os.path.join(root, folder)):  # one download / processing at a time per node
+        created = _missing_top(os.path.join(root, folder))
+        made = [created] if created is not None else [_missing_top(os.path.join(root, folder, "processed"))]
+        try:
+            ds = _load_or_explain(name, key, root, loader, folder, existed=created is None)
+        except BaseException:
+            for path in made:
+                if path is not None and os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+            raise
     check_graph(ds)
     return ds
+
+
+@contextlib.contextmanager
+def dataset_lock(path: str):
+    """Hold an exclusive lock for a dataset folder while it is downloaded, processed or read:
+    every rank of a job reads the dataset when the config is resolved (its feature and class
+    counts size the model), before Lightning's ``prepare_data`` runs on one process, so ranks on
+    one node would otherwise download and process into the same folder at once. The lock file
+    lives in the system's temporary folder (``/tmp``), named after the folder's absolute path,
+    so nothing is written next to the data before it exists."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    base = "/tmp" if os.path.isdir("/tmp") else os.path.dirname(os.path.abspath(os.sep))
+    lock_dir = os.path.join(base, "unifews-dataset-locks")
+    name = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"
+    try:
+        if not os.path.isdir(lock_dir):
+            os.makedirs(lock_dir, exist_ok=True)
+            os.chmod(lock_dir, 0o1777)  # shared by every user, like /tmp
+        f = open(os.path.join(lock_dir, name), "a")
+    except OSError:  # another user's lock file, a read-only /tmp: go on without the lock
+        yield
+        return
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _missing_top(path: str) -> Optional[str]:
