@@ -156,3 +156,14 @@ def _hold_lock(folder, log, name):
         time.sleep(0.5)
         with open(log, "a") as f:
             f.write(f"{name}-\n")
+
+
+@pytest.mark.slow
+def test_a_setup_error_in_ranks_lightning_started_is_said_once(tmp_path):
+    """Item 7's command shape: ``--trainer.devices 3 --trainer.strategy ddp`` from a plain
+    process (Lightning starts the other ranks); an error every rank meets after the launch."""
+    proc = _cli(["fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"), "--trainer.devices", "3",
+                 "--trainer.strategy", "ddp", "--data.random_split", "[0.001, 0.1]"], tmp_path)
+    lines = [l for l in proc.stderr.splitlines() if "unifews-dist: error:" in l]
+    assert proc.returncode == 2 and len(lines) == 1 and "fewer than the 3 ranks" in lines[0], proc.stderr[-3000:]
+    assert os.listdir(tmp_path) == []
