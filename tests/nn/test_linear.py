@@ -160,3 +160,24 @@ def test_sparse_kernel_uses_no_more_threads_than_torch():
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
     finally:
         torch.set_num_threads(before)
+
+
+THREADS_SCRIPT = """
+import torch
+from unifews_dist.sparsify.spmm import sparse_linear
+before = torch.get_num_threads()
+sparse_linear(torch.randn(64, 16), torch.randn(8, 16), torch.rand(8, 16) < 0.3)
+print(before, torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+def test_sparse_kernel_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer, started by the first sparse transform, set torch's thread count to
+    the core count (1 -> 2 under torchrun's OMP_NUM_THREADS=1): ranks oversubscribed the CPU and
+    a resumed run rounded differently from an uninterrupted one. A fresh process: numba starts
+    its layer once per process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "1"]

@@ -120,13 +120,20 @@ if _nb is not None:
 
 
 def _get_kernel():
+    # numba's OpenMP threading layer, started by the first parallel call, sets the OpenMP
+    # thread count that torch's own CPU kernels follow too (torch.get_num_threads() went from
+    # torchrun's 1 to the core count): the ranks then oversubscribed the CPU, and ops such as
+    # BatchNorm's reductions rounded differently after the first sparse transform than before
+    # it, so a run resumed in a fresh process did not repeat an uninterrupted one bit for bit.
+    # _spmm puts torch's setting back after the call.
+    torch_threads = torch.get_num_threads()
     _choose_threading_layer()
     if _nb is None:
         raise RuntimeError("the CPU sparse transform needs numba: pip install numba")
     # numba sizes its pool from the core count and ignores OMP_NUM_THREADS, so without this
     # every torchrun/DDP rank (torch: one thread each) would start one numba thread per core
     # and the ranks would oversubscribe the CPU. Follow torch's setting (thread-local in numba).
-    _nb.set_num_threads(max(1, min(torch.get_num_threads(), _nb.config.NUMBA_NUM_THREADS)))
+    _nb.set_num_threads(max(1, min(torch_threads, _nb.config.NUMBA_NUM_THREADS)))
     return _csr_rows_times_x
 
 
@@ -148,7 +155,10 @@ def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int) -> Tenso
     if x.dtype != torch.float32 or val.dtype != torch.float32:
         raise TypeError(f"the CPU sparse transform supports float32, got {x.dtype}")
     y = _np.empty((x.size(0), nout), dtype=_np.float32)  # numpy: huge pages for large outputs
+    torch_threads = torch.get_num_threads()
     _get_kernel()(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), y)
+    if torch.get_num_threads() != torch_threads:  # see _get_kernel
+        torch.set_num_threads(torch_threads)
     return torch.from_numpy(y)
 
 
