@@ -30,7 +30,7 @@ def _count(model, x, ei, hops, edges):
     return out, c.counts()
 
 
-@pytest.mark.parametrize("conv", ["sage", "gin"])
+@pytest.mark.parametrize("conv", ["sage", "gin", "gcn", "gcnii"])
 def test_dense_forward_reads_nothing_from_the_device(conv):
     torch.manual_seed(0)
     model = UnifewsGNN(conv, 16, 32, 5, num_layers=LAYERS, weight_backend="dense")
@@ -40,7 +40,33 @@ def test_dense_forward_reads_nothing_from_the_device(conv):
     assert c["syncs"] == 0, c
     # the figures the monitors log are still there, on the device, for one read later
     assert [s.edges_kept for s in model.layer_stats] == [s.edges_dense for s in model.layer_stats]
-    assert model.layer_stats[0].edges_dense == sum(edges)
+    loops = sum(hops[:LAYERS]) if conv.startswith("gcn") else 0  # GCN: a self-loop per target
+    assert model.layer_stats[0].edges_dense == sum(edges) + loops
+
+
+@pytest.mark.parametrize("conv", ["gcn", "gcnii"])
+@pytest.mark.parametrize("thr_a", [0.0, 1.0])
+def test_gcn_hop_ordered_block_computes_what_the_masked_one_does(conv, thr_a):
+    """GCN's self-loops used to go after the block's edges, so a layer's edges were found with
+    a device read; now each hop's loops follow its edges and every layer takes a prefix. The
+    seeds' outputs, gradients and edge counts equal those of the masked path (no edge counts)."""
+    x, ei, hops, edges = _block()
+
+    def run(counts):
+        torch.manual_seed(0)
+        model = UnifewsGNN(conv, 16, 32, 5, num_layers=LAYERS, thr_a=thr_a, dropout=0.0, weight_backend="dense",
+                           lock_target_edges="never")
+        out = model(x, ei, num_sampled_nodes=hops, batch_size=32, num_sampled_edges=counts)
+        out.square().sum().backward()
+        kept = [int(s.edges_kept) for s in model.layer_stats]
+        return out, {n: p.grad for n, p in model.named_parameters()}, kept
+
+    out_p, grads_p, kept_p = run(edges)
+    out_m, grads_m, kept_m = run(None)
+    torch.testing.assert_close(out_p, out_m, atol=1e-5, rtol=1e-4)
+    for name, g in grads_m.items():
+        torch.testing.assert_close(grads_p[name], g, atol=1e-5, rtol=1e-4, msg=name)
+    assert kept_p == kept_m and (thr_a == 0 or kept_p[-1] < kept_p[0])
 
 
 def test_sparse_forward_syncs_at_most_twice_per_layer():

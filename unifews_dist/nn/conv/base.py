@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-
-from typing import NamedTuple, Optional, Tuple, Union
+from itertools import accumulate
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -20,6 +20,16 @@ def split_pair(x: Union[Tensor, PairTensor]) -> PairTensor:
     if len(x) != 2:
         raise ValueError(f"x must be a tensor or a (x_src, x_dst) pair, got a sequence of {len(x)}")
     return x[0], x[1]
+
+
+def hop_sums(counts: Optional[Sequence[int]], num_layers: int) -> Optional[List[int]]:
+    """Running sums of per-hop counts (host numbers), or ``None`` when fewer than ``num_layers``
+    hops are given."""
+    if counts is None:
+        return None
+    if len(counts) < num_layers:
+        raise ValueError(f"{num_layers} layers need per-hop counts for {num_layers} hops, got {list(counts)}")
+    return list(accumulate(int(c) for c in counts))
 
 
 def check_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
@@ -183,6 +193,21 @@ class UnifewsConv(MessagePassing):
         edges, so pruning never renormalises the remaining messages.
         """
         return edge_index, edge_weight
+
+    @classmethod
+    def prepare_block(cls, edge_index: Tensor, num_src: int, num_dst: int, num_layers: int,
+                      num_sampled_nodes: Optional[Sequence[int]] = None,
+                      num_sampled_edges: Optional[Sequence[int]] = None
+                      ) -> Tuple[Tensor, Optional[Tensor], Optional[List[int]]]:
+        """A stack's edges for a sampled block (:meth:`prepare_edges`) and, when each layer's
+        edges are a prefix of them, each layer's edge count (layer ``i`` takes the first
+        ``counts[i]``: no device read to find them), else ``None``. A sampler's block lists its
+        edges hop by hop (PyG's samplers, ours), so a conv that keeps their order has prefixes."""
+        ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
+        cum = hop_sums(num_sampled_edges, num_layers)
+        if not cls.keeps_edge_order or num_sampled_nodes is None or cum is None:
+            return ei, ew, None
+        return ei, ew, [cum[num_layers - 1 - i] for i in range(num_layers)]
 
     def prune_edges(self, edge_index: Tensor, edge_weight: Optional[Tensor], src_norm: Tensor,
                     locked: Optional[Tensor] = None, reference: Optional[Tensor] = None,

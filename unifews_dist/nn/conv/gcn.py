@@ -1,14 +1,14 @@
 """GCN with Unifews edge and weight pruning."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..linear import UnifewsLinear
-from .base import UnifewsConv
+from .base import UnifewsConv, hop_sums
 
 
 class UnifewsGCNConv(UnifewsConv):
@@ -57,6 +57,34 @@ class UnifewsGCNConv(UnifewsConv):
             keep = ei[1] < num_dst
             ei, ew = ei[:, keep], ew[keep]
         return ei, ew
+
+    @classmethod
+    def prepare_block(cls, edge_index: Tensor, num_src: int, num_dst: int, num_layers: int,
+                      num_sampled_nodes: Optional[Sequence[int]] = None,
+                      num_sampled_edges: Optional[Sequence[int]] = None
+                      ) -> Tuple[Tensor, Optional[Tensor], Optional[List[int]]]:
+        """With per-hop counts: the block's edges hop by hop, each hop followed by the self-loops
+        of that hop's nodes, so that every layer's edges (its targets' in-edges and self-loops)
+        are a prefix; normalised as :func:`gcn_norm` does (a self-loop per node, an edge that
+        already is one weighs 0, so it is counted once), without reading the device."""
+        cum_n, cum_e = hop_sums(num_sampled_nodes, num_layers), hop_sums(num_sampled_edges, num_layers)
+        if cum_n is None or cum_e is None:
+            ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
+            return ei, ew, None
+        n_edges, dev = edge_index.size(1), edge_index.device
+        loops = torch.arange(num_src, device=dev)
+        ei = torch.cat([edge_index, loops.expand(2, -1)], dim=1)
+        w = torch.cat([(edge_index[0] != edge_index[1]).float(), torch.ones(num_src, device=dev)])
+        deg = torch.zeros(num_src, device=dev).index_add_(0, ei[1], w)
+        dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
+        w = dinv[ei[0]] * w * dinv[ei[1]]
+        parts, e0, n0 = [], 0, 0
+        for h in range(num_layers):  # hop h: its edges (into hop-h nodes), then those nodes' loops
+            parts += [torch.arange(e0, cum_e[h], device=dev), torch.arange(n_edges + n0, n_edges + cum_n[h], device=dev)]
+            e0, n0 = cum_e[h], cum_n[h]
+        order = torch.cat(parts)
+        counts = [cum_e[num_layers - 1 - i] + cum_n[num_layers - 1 - i] for i in range(num_layers)]
+        return ei.index_select(1, order), w.index_select(0, order), counts
 
     def transform(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.lin(x_src)

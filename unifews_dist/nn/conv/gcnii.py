@@ -50,6 +50,7 @@ class UnifewsGCNIIConv(UnifewsConv):
         torch.nn.init.xavier_uniform_(self.lin.weight)
 
     prepare_edges = staticmethod(UnifewsGCNConv.prepare_edges)
+    prepare_block = classmethod(UnifewsGCNConv.prepare_block.__func__)
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], x_0: Tensor, edge_index: Tensor,
                 edge_weight: Optional[Tensor] = None, **kwargs):

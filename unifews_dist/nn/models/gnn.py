@@ -165,20 +165,12 @@ class UnifewsGNN(nn.Module):
             edges_computed=conv.last_edges_computed,
             transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
 
-    def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes, num_sampled_edges,
-                           keeps_order: bool):
-        """Each layer's dense edge count (edges into its targets), and whether layer ``l``'s edges
-        are the first that many of the block (a sampler's hop order, kept by ``prepare_edges``)."""
-        L = self.num_layers
+    def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes) -> List:
+        """Each layer's dense edge count (edges into its targets) when they are not prefixes:
+        counted on the device, read only if a statistic is."""
         if num_sampled_nodes is None:
-            return [ei.size(1)] * L, True
-        if num_sampled_edges is not None and keeps_order:
-            if len(num_sampled_edges) < L:
-                raise ValueError(f"{L} layers need per-hop edge counts for {L} hops, got {list(num_sampled_edges)}")
-            cum = list(accumulate(int(e) for e in num_sampled_edges))
-            return [cum[L - 1 - i] for i in range(L)], True
-        # counted on the device; read only if a statistic is
-        return list(torch.stack([(ei[1] < nd).sum() for nd in num_dst]).unbind()), False
+            return [ei.size(1)] * self.num_layers
+        return list(torch.stack([(ei[1] < nd).sum() for nd in num_dst]).unbind())
 
     def forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]] = None,
                 batch_size: Optional[int] = None, num_sampled_edges: Optional[Sequence[int]] = None) -> Tensor:
@@ -193,9 +185,11 @@ class UnifewsGNN(nn.Module):
         """
         num_src, num_dst = self._layer_sizes(x.size(0), num_sampled_nodes)
         Conv = type(self.convs[0])
-        ei, ew = Conv.prepare_edges(edge_index, num_src[0], num_dst[0])
-        edges_dense_l, prefix = self._dense_edge_counts(ei, num_dst, num_sampled_nodes, num_sampled_edges,
-                                                        Conv.keeps_edge_order)
+        ei, ew, edges_dense_l = Conv.prepare_block(edge_index, num_src[0], num_dst[0], self.num_layers,
+                                                   num_sampled_nodes, num_sampled_edges)
+        prefix = edges_dense_l is not None or num_sampled_nodes is None
+        if edges_dense_l is None:
+            edges_dense_l = self._dense_edge_counts(ei, num_dst, num_sampled_nodes)
         lock = self.lock_target_edges == "always" or (self.lock_target_edges == "eval" and not self.training)
         x0 = None
         if self.lin_in is not None:
