@@ -123,7 +123,8 @@ class UnifewsLinear(nn.Module):
         if refine and self._ready:
             mask &= self.weight_mask
         self.weight_mask.copy_(mask)
-        self.mask_ready.fill_(True)
+        if not self._ready:  # the buffer follows the host flag (one op saved on every later step)
+            self.mask_ready.fill_(True)
         self._ready, self._nnz = True, mask.sum(dtype=torch.float64)
 
     def _mask_nnz(self) -> int:
