@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from typing import List, Optional, Union
@@ -25,16 +23,17 @@ import torch
 from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from .callbacks import AtTargetCheckpoint, Requeued, SlurmRequeue, SparsityMonitor, ThroughputMonitor
+from .callbacks import AtTargetCheckpoint, EvaluationThresholds, Requeued, SlurmRequeue, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
 from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, holds_results,
                       keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir, run_config_of,
                       wandb_run_id, write_atomic)
+from .setup_guard import say_once, setup_begins, setup_done
 from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
@@ -49,7 +48,7 @@ class _OneLineParser(LightningArgumentParser):
         if os.environ.get("UNIFEWS_TRACEBACK"):
             return super().error(message, ex)
         first = str(message).strip().splitlines()
-        _say_once(f"unifews-dist: error: {' '.join(s.strip() for s in first)[:2000]}")
+        say_once(f"unifews-dist: error: {' '.join(s.strip() for s in first)[:2000]}")
         raise SystemExit(2)
 
 
@@ -65,25 +64,6 @@ class _SaveConfig(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_hyperparams(self.config.as_dict())
-
-
-class _SetThresholds(Callback):
-    """Sets the model's thresholds once a checkpoint has been loaded (evaluation only)."""
-
-    def __init__(self, thr_a=None, thr_w=None):
-        self.thr_a, self.thr_w = thr_a, thr_w
-
-    def _set(self, pl_module) -> None:
-        pl_module.model.set_thresholds(thr_a=self.thr_a, thr_w=self.thr_w)
-        if self.thr_w is not None:  # weight masks are remade from the first evaluation batch
-            for lin in pl_module.model.weight_layers():
-                lin.invalidate_mask()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._set(pl_module)
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._set(pl_module)
 
 
 class UnifewsCLI(LightningCLI):
@@ -219,7 +199,7 @@ class UnifewsCLI(LightningCLI):
             check_compatible(path, dict(self.model.hparams), loaded)
 
     def before_fit(self) -> None:
-        _setup_done()
+        setup_done()
         self._check_ckpt()
 
     def _evaluate_at_given_thresholds(self) -> None:
@@ -227,15 +207,15 @@ class UnifewsCLI(LightningCLI):
         (``--model.thr_a`` / ``--model.thr_w``, or in a config file of theirs; not the run's own
         config.yaml that a checkpoint-only test reads) evaluate it at those instead."""
         if self.thresholds_given:
-            self.trainer.callbacks.append(_SetThresholds(**self.thresholds_given))
+            self.trainer.callbacks.append(EvaluationThresholds(**self.thresholds_given))
 
     def before_validate(self) -> None:
-        _setup_done()
+        setup_done()
         self._check_ckpt()
         self._evaluate_at_given_thresholds()
 
     def before_test(self) -> None:
-        _setup_done()
+        setup_done()
         self._check_ckpt()
         self._evaluate_at_given_thresholds()
 
@@ -304,35 +284,6 @@ _NEW_RUN_DIR: List[Optional[str]] = [None]  # a run directory this process made
 _RUN_CONFIG_ADDED: List[Optional[str]] = [None]  # the run config _with_run_config added, if any
 
 
-class _Stopped(SystemExit):
-    """SIGTERM while the run is set up: a launcher stopping the other ranks after one failed."""
-
-
-def _stop_on_sigterm(signum, frame) -> None:
-    raise _Stopped(128 + signum)
-
-
-_SIGTERM_BEFORE: List = [None]  # the SIGTERM handler main() replaced while the run is set up
-
-
-def _setup_done() -> None:
-    """Training or evaluation starts: SIGTERM is Lightning's again (it checkpoints on it)."""
-    if _SIGTERM_BEFORE[0] is not None:
-        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE[0])
-        _SIGTERM_BEFORE[0] = None
-
-
-def _say_once(line: str) -> None:
-    """A setup error's one line, said once: under a launcher (torchrun, srun) every rank fails alike, and
-    rank 0 says it. The others wait a moment before they exit, because the launcher stops every
-    rank as soon as one exits, which could stop rank 0 before it said anything."""
-    if rank_zero_only.rank == 0:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    else:
-        time.sleep(3.0)
-
-
 def _with_run_config(argv: List[str]) -> List[str]:
     """``test`` / ``validate`` given a checkpoint: the config of the run the checkpoint belongs to
     comes first, so it is evaluated on that run's data and reports into that run; the user's own
@@ -367,8 +318,7 @@ def main(args=None) -> None:
     _NEW_RUN_DIR[0] = _RUN_CONFIG_ADDED[0] = None
     saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "WANDB_CACHE_DIR")}
     saved_tempdir = tempfile.tempdir
-    if threading.current_thread() is threading.main_thread():  # set-up stopped by SIGTERM cleans up too
-        _SIGTERM_BEFORE[0] = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    setup_begins()  # a set-up stopped by SIGTERM cleans up too (below)
     try:
         cli_args = _with_run_config(argv)
         if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)
@@ -394,11 +344,11 @@ def main(args=None) -> None:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
-        _say_once(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)")
+        say_once(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)")
         remove_if_unused(_NEW_RUN_DIR[0])
         raise SystemExit(2)
     finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
-        _setup_done()
+        setup_done()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         for k, v in saved_env.items():
