@@ -30,9 +30,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from .callbacks import AtTargetCheckpoint, EvaluationThresholds, Requeued, SlurmRequeue, SparsityMonitor, ThroughputMonitor
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
-from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, finished, holds_results,
-                      keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir, run_config_of,
-                      wandb_run_id, write_atomic)
+from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, check_writable, finished,
+                      holds_results, keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir,
+                      run_config_of, wandb_run_id, write_atomic)
 from .setup_guard import say_once, setup_begins, setup_done
 from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
 from .data import UnifewsDataModule
@@ -139,6 +139,7 @@ class UnifewsCLI(LightningCLI):
         cfg["run_dir"] = self.run_dir
         if not os.path.exists(self.run_dir) or not holds_results(self.run_dir):
             _NEW_RUN_DIR[0] = self.run_dir  # removed again if the run fails before it trains
+        check_writable(self.run_dir)
         keep_temporaries_in(self.run_dir)
         cfg["trainer"]["default_root_dir"] = self.run_dir  # SLURM's requeue checkpoint goes here
         for key in ("checkpoint", "last_checkpoint"):

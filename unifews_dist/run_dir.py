@@ -81,6 +81,19 @@ def remove_if_unused(run_dir: Optional[str]) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def check_writable(run_dir: str) -> None:
+    """A run directory that cannot be written is one clear line before anything starts (not a
+    traceback later, with W&B quietly writing elsewhere)."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".writable-", dir=run_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"run directory {os.path.abspath(run_dir)!r} cannot be written ({e.strerror or e}); "
+                         f"give --run_dir a folder this user can write") from None
+
+
 def keep_temporaries_in(run_dir: str) -> str:
     """Temporary files of this process and the ones it starts (PyG's generated ``propagate``
     modules, W&B's media and artifact staging) go to ``RUN_DIR/tmp`` instead of the system's

@@ -167,3 +167,33 @@ def test_a_setup_error_in_ranks_lightning_started_is_said_once(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if "unifews-dist: error:" in l]
     assert proc.returncode == 2 and len(lines) == 1 and "fewer than the 3 ranks" in lines[0], proc.stderr[-3000:]
     assert os.listdir(tmp_path) == []
+
+
+def _immutable(path, on):
+    """A folder even root cannot write into (chattr +i), or False where the file system says no."""
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "read_only"])
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, kind):
+    """Issue 'Nothing lost' item 8: was a traceback (rc 1), with W&B writing to /tmp/wandb."""
+    from unifews_dist.cli import main
+    if kind == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        run = tmp_path / "file" / "run"
+    else:
+        run = tmp_path / "run"
+        run.mkdir()
+        if not _immutable(run, True):
+            pytest.skip("chattr +i is not supported here")
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["fit", "--config", DEBUG, "--run_dir", str(run), *SHORT])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert f"run directory '{run}' cannot be written" in err[0], err
+        if kind == "read_only":
+            assert os.listdir(run) == []
+    finally:
+        if kind == "read_only":
+            _immutable(run, False)
