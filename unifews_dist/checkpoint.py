@@ -50,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     in place, so a job killed during that write (SLURM preemption) leaves a truncated file where
     the previous good checkpoint was. A rename is atomic on POSIX file systems: the path holds
     either the old checkpoint or the new one, and should the new one still be unreadable (a disk
-    or copy fault), :func:`resume_checkpoint` falls back to the previous. Loading is always
+    or copy fault), :func:`newest_readable` falls back to the previous. Loading is always
     ``weights_only`` (:func:`load_checkpoint_file`).
     """
 
@@ -77,12 +77,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
         """Always ``weights_only``: see :func:`load_checkpoint_file`."""
         return load_checkpoint_file(os.fspath(path), map_location if map_location is not None else "cpu")
-
-
-def resume_checkpoint(run_dir: str) -> Optional[str]:
-    """The newest readable checkpoint of a run (see :func:`newest_readable`), or ``None``."""
-    found = newest_readable(run_dir)
-    return None if found is None else found[0]
 
 
 def newest_readable(run_dir: str) -> Optional[Tuple[str, Dict[str, Any]]]:

@@ -137,7 +137,7 @@ class UnifewsCLI(LightningCLI):
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
         self.run_dir = resolve_run_dir(cfg.get("run_dir") or cfg["trainer"].get("default_root_dir"))
         cfg["run_dir"] = self.run_dir
-        if not os.path.exists(self.run_dir) or not holds_results(self.run_dir):
+        if not holds_results(self.run_dir):
             _NEW_RUN_DIR[0] = self.run_dir  # removed again if the run fails before it trains
         check_writable(self.run_dir)
         keep_temporaries_in(self.run_dir)

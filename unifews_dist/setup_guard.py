@@ -33,7 +33,8 @@ def setup_begins() -> None:
 
 
 def setup_done() -> None:
-    """Training or evaluation starts: SIGTERM is Lightning's again (it checkpoints on it)."""
+    """Training or evaluation starts: SIGTERM gets its previous handler back (Lightning then
+    installs its own for the run)."""
     if _SIGTERM_BEFORE[0] is not None:
         signal.signal(signal.SIGTERM, _SIGTERM_BEFORE[0])
         _SIGTERM_BEFORE[0] = None

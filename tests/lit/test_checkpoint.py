@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from unifews_dist.checkpoint import AtomicCheckpointIO, resume_checkpoint
+from unifews_dist.checkpoint import AtomicCheckpointIO, newest_readable
 
 
 def test_kill_mid_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
@@ -23,16 +23,16 @@ def test_kill_mid_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypa
 
 
 def test_resume_picks_the_newest_of_last_and_hpc(tmp_path):
-    assert resume_checkpoint(str(tmp_path)) is None  # first run of a job: starts cleanly
+    assert newest_readable(str(tmp_path)) is None  # first run of a job: starts cleanly
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
     torch.save({"global_step": 4}, last)
-    assert resume_checkpoint(str(tmp_path)) == str(last)
+    assert newest_readable(str(tmp_path))[0] == str(last)
     hpc = tmp_path / "hpc_ckpt_1.ckpt"  # Lightning's SLURM signal checkpoint, in default_root_dir
     torch.save({"global_step": 6}, hpc)
     t = time.time()
     os.utime(last, (t - 10, t - 10))
-    assert resume_checkpoint(str(tmp_path)) == str(hpc)
+    assert newest_readable(str(tmp_path))[0] == str(hpc)
 
 
 class _Payload:
@@ -90,12 +90,12 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_previous(tmp_path):
     io.save_checkpoint({"global_step": 4}, str(last))
     io.save_checkpoint({"global_step": 8}, str(last))  # the one it replaced is kept until the next
     assert torch.load(str(last) + ".prev", weights_only=True)["global_step"] == 4
-    assert resume_checkpoint(str(tmp_path)) == str(last)
+    assert newest_readable(str(tmp_path))[0] == str(last)
     last.write_bytes(b"\x80\x02 a disk fault")
     with pytest.warns(UserWarning, match="cannot be read.*trying an older checkpoint"):
-        assert resume_checkpoint(str(tmp_path)) == str(last) + ".prev"
+        assert newest_readable(str(tmp_path))[0] == str(last) + ".prev"
     (tmp_path / "checkpoints" / "last.ckpt.prev").write_bytes(b"")  # none readable: stop, overwrite nothing
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no checkpoint of .* can be read"):
-        resume_checkpoint(str(tmp_path))
+        newest_readable(str(tmp_path))
     io.remove_checkpoint(str(last))
     assert not last.exists() and not os.path.exists(str(last) + ".prev")

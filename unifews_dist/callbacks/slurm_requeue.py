@@ -103,7 +103,7 @@ class SlurmRequeue(Callback):
             dist.destroy_process_group(self._group)
         self._group = None
 
-    def _any_rank(self, trainer, value: bool) -> bool:
+    def _any_rank(self, value: bool) -> bool:
         if self._group is None:
             return value
         t = torch.tensor([int(value)], dtype=torch.int32)
@@ -113,7 +113,7 @@ class SlurmRequeue(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._on or trainer.global_step % self.check_every_n_steps:
             return
-        if not self._any_rank(trainer, self._received):
+        if not self._any_rank(self._received):
             return
         step = trainer.global_step
         path = os.path.join(trainer.default_root_dir, f"{HPC_PREFIX}{step}.ckpt")
@@ -130,7 +130,7 @@ class SlurmRequeue(Callback):
                 for logger in trainer.loggers:
                     if isinstance(logger, WandbLogger):
                         logger.experiment.mark_preempting()
-        if self._any_rank(trainer, ok):
+        if self._any_rank(ok):
             # ended at the next step's start: this step's row reaches the loggers first
             self._pending = Requeued(step, path, job)
         else:

@@ -238,13 +238,12 @@ def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphData
     # what a failed attempt must not leave behind: folders it made (a download's, a processing's)
     with dataset_lock(os.path.join(root, folder)):  # one download / processing at a time per node
         created = _missing_top(os.path.join(root, folder))
-        made = [created] if created is not None else [_missing_top(os.path.join(root, folder, "processed"))]
+        made = created if created is not None else _missing_top(os.path.join(root, folder, "processed"))
         try:
             ds = _load_or_explain(name, key, root, loader, folder, existed=created is None)
         except BaseException:
-            for path in made:
-                if path is not None and os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
+            if made is not None and os.path.isdir(made):
+                shutil.rmtree(made, ignore_errors=True)
             raise
     check_graph(ds)
     return ds
@@ -263,15 +262,17 @@ def dataset_lock(path: str):
     except ImportError:  # not POSIX: no lock
         yield
         return
-    base = "/tmp" if os.path.isdir("/tmp") else os.path.dirname(os.path.abspath(os.sep))
-    lock_dir = os.path.join(base, "unifews-dataset-locks")
+    lock_dir = "/tmp/unifews-dataset-locks"
     name = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"
     try:
         if not os.path.isdir(lock_dir):
-            os.makedirs(lock_dir, exist_ok=True)
-            os.chmod(lock_dir, 0o1777)  # shared by every user, like /tmp
+            try:
+                os.mkdir(lock_dir)  # in /tmp only: no folder is made where there is none
+                os.chmod(lock_dir, 0o1777)  # shared by every user, like /tmp
+            except FileExistsError:  # another rank made it just now
+                pass
         f = open(os.path.join(lock_dir, name), "a")
-    except OSError:  # another user's lock file, a read-only /tmp: go on without the lock
+    except OSError:  # no /tmp, a read-only one, another user's lock file: go on without the lock
         yield
         return
     with f:
@@ -307,8 +308,7 @@ def _load_or_explain(name: str, key: str, root: str, loader, folder: str, existe
             raise ValueError(f"dataset {name!r} in {where} cannot be read ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:200]}); replace or remove those files") from e
         raise ValueError(f"dataset {name!r} is not under data root {os.path.abspath(root)!r} (expected "
-                         f"{os.path.join(os.path.abspath(root), folder)}) and could not be downloaded: "
-                         f"{type(e).__name__}: {e}") from e
+                         f"{where}) and could not be downloaded: {type(e).__name__}: {e}") from e
 
 
 def check_graph(ds: GraphDataset) -> None:

@@ -119,14 +119,7 @@ if _nb is not None:
                     y[s + r, i] = yt[i * T + r]
 
 
-def _get_kernel():
-    # numba's OpenMP threading layer, started by the first parallel call, sets the OpenMP
-    # thread count that torch's own CPU kernels follow too (torch.get_num_threads() went from
-    # torchrun's 1 to the core count): the ranks then oversubscribed the CPU, and ops such as
-    # BatchNorm's reductions rounded differently after the first sparse transform than before
-    # it, so a run resumed in a fresh process did not repeat an uninterrupted one bit for bit.
-    # _spmm puts torch's setting back after the call.
-    torch_threads = torch.get_num_threads()
+def _get_kernel(torch_threads: int):
     _choose_threading_layer()
     if _nb is None:
         raise RuntimeError("the CPU sparse transform needs numba: pip install numba")
@@ -156,8 +149,13 @@ def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int) -> Tenso
         raise TypeError(f"the CPU sparse transform supports float32, got {x.dtype}")
     y = _np.empty((x.size(0), nout), dtype=_np.float32)  # numpy: huge pages for large outputs
     torch_threads = torch.get_num_threads()
-    _get_kernel()(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), y)
-    if torch.get_num_threads() != torch_threads:  # see _get_kernel
+    _get_kernel(torch_threads)(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), y)
+    # numba's OpenMP threading layer, started by the first parallel call, sets the OpenMP
+    # thread count that torch's own CPU kernels follow too (torch.get_num_threads() went from
+    # torchrun's 1 to the core count): the ranks then oversubscribed the CPU, and ops such as
+    # BatchNorm's reductions rounded differently after the first sparse transform than before
+    # it, so a run resumed in a fresh process did not repeat an uninterrupted one bit for bit.
+    if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
     return torch.from_numpy(y)
 

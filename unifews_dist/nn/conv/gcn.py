@@ -75,9 +75,7 @@ class UnifewsGCNConv(UnifewsConv):
         loops = torch.arange(num_src, device=dev)
         ei = torch.cat([edge_index, loops.expand(2, -1)], dim=1)
         w = torch.cat([(edge_index[0] != edge_index[1]).float(), torch.ones(num_src, device=dev)])
-        deg = torch.zeros(num_src, device=dev).index_add_(0, ei[1], w)
-        dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
-        w = dinv[ei[0]] * w * dinv[ei[1]]
+        ei, w = gcn_norm(ei, w, num_src, add_self_loops=False)  # the loops are in ei already
         parts, e0, n0 = [], 0, 0
         for h in range(num_layers):  # hop h: its edges (into hop-h nodes), then those nodes' loops
             parts += [torch.arange(e0, cum_e[h], device=dev), torch.arange(n_edges + n0, n_edges + cum_n[h], device=dev)]
