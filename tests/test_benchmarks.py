@@ -117,7 +117,9 @@ def test_step_overhead_tiny_counts_host_work(tmp_path):
     pyg, dense, sparse = res["pyg"], res["unifews_dense"], res["unifews_sparse"]
     assert sparse["edge_sparsity"] >= 0.6 and sparse["weight_sparsity"] >= 0.9
     assert dense["forward"]["syncs"] == 0 and dense["forward"]["ops"] <= 1.15 * pyg["forward"]["ops"]
-    assert sparse["forward"]["syncs"] <= 2 * 3
+    assert sparse["forward"]["syncs"] <= 3  # one read per layer
+    # the goal is 2x; what is met so far (2.22x) is held
+    assert sparse["forward"]["ops"] <= 2.25 * pyg["forward"]["ops"]
     assert dense["backward"]["ops"] <= 1.1 * pyg["backward"]["ops"]
     assert sparse["backward"]["ops"] <= 1.3 * pyg["backward"]["ops"]
     for run in (dense, sparse):
@@ -134,3 +136,17 @@ def test_train_speed_takes_batch_size_and_hidden(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.load(open(tmp_path / "train_speed.json"))
     assert res["batch_size"] == 100 and res["hidden"] == 16 and res["batches_per_epoch"] == 10
+
+
+def test_forward_ops_per_conv(tmp_path):
+    """Every order-keeping conv reads the device once per pruning layer, never when dense."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "forward_ops.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "forward_ops.json"))
+    for conv in ("sage", "gin", "gcn", "gcnii"):
+        runs = res[conv]
+        assert runs["dense"]["syncs"] == 0, conv
+        for run in ("sparse", "sparse_locked"):
+            assert runs[run]["sync_ops"] == {"tolist": 2, "nonzero": 1}, (conv, runs[run])
+            assert runs[run]["ops"] < 2.8 * runs["dense"]["ops"], (conv, runs[run])

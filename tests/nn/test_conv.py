@@ -133,12 +133,16 @@ def test_huge_threshold_keeps_locked_edges_and_some_weights(name):
     mine.set_thr_w(1e6)
     mine.train()
     x, ei = torch.randn(N, F_IN), random_graph(N, 120)
+    ei = torch.cat([ei, torch.tensor([[0, 3], [0, 3]])], 1)  # two self-loops in the data
     args = (x, torch.randn(N, F_IN), ei) if name == "gcnii" else (x, ei)
     out, keep = mine(*args, return_kept=True)
     assert torch.isfinite(out).all()
     prepared, _ = mine.prepare_edges(ei, N, N)
     self_loops = prepared[0] == prepared[1]
-    assert torch.equal(keep, self_loops)  # only the locked self-loops survive (none for SAGE/GIN)
+    # only the locked self-loops survive: a conv whose node's own term is outside propagation
+    # (SAGE's root weight, GIN's 1 + eps) does not lock them, its loops are ordinary messages
+    assert mine.lock_self_loops == (name not in ("sage", "gin"))
+    assert torch.equal(keep, self_loops & mine.lock_self_loops)
     for lin in mine.weight_layers():
         assert 0 < int(lin.weight_mask.sum()) <= lin.weight.size(1)
 
@@ -154,3 +158,15 @@ def test_bad_arguments_raise_value_error_naming_value():
         UnifewsSAGEConv(4, 4)(torch.randn(5, 4), torch.tensor([[9], [0]]))
     with pytest.raises(ValueError, match="expects 4"):
         UnifewsSAGEConv(4, 4)(torch.randn(5, 3), torch.tensor([[1], [0]]))
+
+
+def test_negative_user_edge_weights_are_scored_by_magnitude():
+    """A single layer given its own weights scores ``|w_e|``: negative ones prune as positive ones
+    (only a stack's prepared weights, non-negative by construction, skip the ``abs``)."""
+    torch.manual_seed(0)
+    conv = UnifewsSAGEConv(F_IN, 4, thr_a=1.0)
+    x, ei = torch.randn(N, F_IN), random_graph(N, 120)
+    w = torch.rand(ei.size(1)) + 0.1
+    _, keep_pos = conv(x, ei, w, return_kept=True)
+    _, keep_neg = conv(x, ei, -w, return_kept=True)
+    assert torch.equal(keep_pos, keep_neg) and 0 < keep_pos.sum() < keep_pos.numel()

@@ -24,6 +24,15 @@ def test_edge_rule_by_hand():
     assert edge_keep_mask(s, 100.0, locked).tolist() == [True, False, False, False]
 
 
+def test_edge_scores_take_the_weights_magnitude():
+    norm, src = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 1, 2, 2])
+    w = torch.tensor([0.5, -1.0, 2.0, -0.25])
+    assert edge_scores(norm, src, w).tolist() == [0.5, 2.0, 6.0, 0.75]
+    # weights known non-negative (a stack's prepared ones): no abs, the same scores
+    assert edge_scores(norm, src, w.abs(), nonneg=True).tolist() == [0.5, 2.0, 6.0, 0.75]
+    assert edge_scores(norm, src).tolist() == [1.0, 2.0, 3.0, 3.0]
+
+
 def test_locked_edges():
     ei = torch.tensor([[0, 1, 2, 3], [0, 2, 1, 5]])
     assert locked_edges(ei).tolist() == [True, False, False, False]

@@ -159,13 +159,15 @@ class UnifewsLinear(nn.Module):
         crossover = SPARSE_CROSSOVER.get(x.device.type, 0.0)
         return "sparse" if crossover > 0 and self.weight_density() < crossover else "dense"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, add: Optional[Tensor] = None) -> Tensor:
+        """``x W_m^T + b``, plus ``add`` if given (fused into the matmul where it can be: one
+        kernel, as a conv's sum of two maps needs)."""
         if x.size(-1) != self.in_features:
             raise ValueError(f"input has {x.size(-1)} features, this layer expects {self.in_features}")
         self.last_rows = x.numel() // self.in_features
         if not self.pruning:
             self.last_backend = "dense"
-            return F.linear(x, self.weight, self.bias)
+            return self._affine(x, self.weight, add)
         if self.training and (self.mask_mode in ("recompute", "refine") or not self._ready):
             self.update_mask(x, refine=self.mask_mode == "refine")
         elif not self._ready:  # evaluation of a never-trained pruned layer
@@ -176,8 +178,15 @@ class UnifewsLinear(nn.Module):
             shape = x.shape
             out = sparse_linear(x.reshape(-1, self.in_features), self.weight, self.weight_mask)
             out = out.reshape(*shape[:-1], self.out_features)
-            return out if self.bias is None else out + self.bias
-        return F.linear(x, self.weight * self.weight_mask, self.bias)
+            out = out if self.bias is None else out + self.bias
+            return out if add is None else out + add
+        return self._affine(x, self.weight * self.weight_mask, add)
+
+    def _affine(self, x: Tensor, weight: Tensor, add: Optional[Tensor]) -> Tensor:
+        if add is not None and self.bias is None and x.dim() == 2 and add.shape == (x.size(0), self.out_features):
+            return torch.addmm(add, x, weight.t())
+        out = F.linear(x, weight, self.bias)
+        return out if add is None else out + add
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -29,13 +29,14 @@ def node_norms(h: Tensor) -> Tensor:
     return torch.linalg.vector_norm(h.reshape(h.size(0), -1), dim=-1)
 
 
-def edge_scores(src_norm: Tensor, src: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
+def edge_scores(src_norm: Tensor, src: Tensor, edge_weight: Optional[Tensor] = None, nonneg: bool = False) -> Tensor:
     """Message norms ``s_e = |w_e| * ||h_src(e)||``.
 
     Args:
         src_norm: ``[N_src]`` node norms (see :func:`node_norms`).
         src: ``[E]`` source index of each edge.
         edge_weight: ``[E]`` message weight ``w_e`` (``None`` means 1).
+        nonneg: the weights are known to be ``>= 0`` (``|w_e|`` is then not taken: one op less).
     """
     if src.dim() != 1:
         raise ValueError(f"src must be a 1-D index tensor, got shape {tuple(src.shape)}")
@@ -43,8 +44,10 @@ def edge_scores(src_norm: Tensor, src: Tensor, edge_weight: Optional[Tensor] = N
         raise ValueError(
             f"edge_weight must have shape {tuple(src.shape)} (one per edge), got {tuple(edge_weight.shape)}"
         )
-    s = src_norm[src]
-    return s if edge_weight is None else s * edge_weight.abs()
+    s = src_norm.index_select(0, src)
+    if edge_weight is None:
+        return s
+    return s * (edge_weight if nonneg else edge_weight.abs())
 
 
 def locked_edges(edge_index: Tensor, lock_self_loops: bool = True) -> Optional[Tensor]:

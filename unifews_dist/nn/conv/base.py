@@ -46,11 +46,14 @@ class Selection(NamedTuple):
     """What a layer aggregated: ``rows`` it computed (``None``: all), the kept ``edge_index``
     (targets renumbered to positions in ``rows``), the same edges with both ends renumbered
     (``renumbered``; valid where the source is a row computed: every edge into the next
-    layer's targets), and the first per-edge tensor (the message weights) selected with them."""
+    layer's targets), the first per-edge tensor (the message weights) selected with them, and
+    ``bounds``: when the layer was given its edges' bounds, the same for the kept edges and the
+    later layers (host counts; see :meth:`UnifewsConv.forward`), else ``None``."""
     rows: Optional[Tensor]
     renumbered: Optional[Tensor]
     edge_index: Tensor
     edge_weight: Optional[Tensor]
+    bounds: Optional[List[int]] = None
 
 
 class UnifewsConv(MessagePassing):
@@ -70,8 +73,17 @@ class UnifewsConv(MessagePassing):
     a node whose every outgoing edge was pruned is neither aggregated into nor transformed.
     What was selected is left in :attr:`last_selection` for the stack.
 
-    Device syncs: one ``nonzero`` for the kept edges and one for the rows computed, per layer;
-    nothing else reads the device (edge counts for statistics stay device tensors).
+    ``bounds`` (host counts, the stack's sampled blocks): ``bounds[k]`` of the edges given are
+    those into the targets of the ``k``-th layer from this one (``bounds[0]``: all of them; the
+    edges into a later layer's targets are a prefix, as in a sampler's hop-ordered block).
+    Given them, the layer reads all its counts in one transfer and keeps the order, so the next
+    layer takes its edges as a prefix of the kept ones (no validity mask, no masked mean), and
+    ``locked`` may be an int: the first ``locked`` edges (the edges into the seeds) are locked.
+
+    Device syncs: with ``bounds``, one read of the layer's counts per layer (the kept edges and
+    rows are then found with ``nonzero_static``, which needs none); without, one ``nonzero`` for
+    the kept edges and one for the rows computed. Edge counts for statistics are host ints or
+    device tensors, never read on their own.
     """
 
     #: whether forward takes the initial representation ``x_0`` (GCNII)
@@ -86,12 +98,16 @@ class UnifewsConv(MessagePassing):
     keeps_edge_order = True
     #: names of the linear maps applied to source rows (the rest are applied to target rows)
     source_side_weights: Tuple[str, ...] = ()
+    #: whether the node's own term is outside propagation (SAGE's root weight, GIN's ``1 + eps``):
+    #: a self-loop edge is then an ordinary message, not the node's own term, and is not locked
+    own_term_outside = False
 
-    def __init__(self, thr_a: float = 0.0, lock_self_loops: bool = True, **kwargs):
+    def __init__(self, thr_a: float = 0.0, lock_self_loops: Optional[bool] = None, **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(**kwargs)
         self.thr_a = thr_a
-        self.lock_self_loops = lock_self_loops
+        #: self-loops are never pruned (default: when the self-loop is the node's own term)
+        self.lock_self_loops = not self.own_term_outside if lock_self_loops is None else bool(lock_self_loops)
         # statistics of the last forward: ints, or 0-dim device tensors (read only when logged)
         self.last_edges_in = 0
         self.last_edges_kept = 0
@@ -125,22 +141,30 @@ class UnifewsConv(MessagePassing):
 
     # -- the layer: one template; each conv supplies its pieces ------------------------------
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor] = None,
-                locked: Optional[Tensor] = None, return_kept: bool = False, prepared: bool = False,
-                num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None):
+                locked: Union[None, Tensor, int] = None, return_kept: bool = False, prepared: bool = False,
+                num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None,
+                bounds: Optional[Sequence[int]] = None):
         """Prepare edges, transform, score, select, restrict targets, propagate, combine.
 
         Args:
             x: node features, or ``(x_src, x_dst)`` for a bipartite sampled block.
             edge_index, edge_weight: the edges (source, target) and optional weights.
-            locked: ``[E]`` bool, edges never pruned (the stack's seed edges).
+            locked: ``[E]`` bool, edges never pruned (the stack's seed edges), or with
+                ``bounds`` an int: the first ``locked`` edges.
             return_kept: also return the bool mask of the edges the rule kept.
-            prepared: the edges come from :meth:`prepare_edges` already (a stack's block); they
-                are then not checked again.
-            num_next, valid: see the class docstring (used by the stack).
+            prepared: the edges and weights come from :meth:`prepare_edges` (or
+                :meth:`prepare_block`) of this conv with no user weights, as in a stack: they are
+                not checked again, and the weights are taken as non-negative (no ``abs``).
+            num_next, valid, bounds: see the class docstring (used by the stack).
             x0: the initial representation, for convs that read it (GCNII).
         """
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
+        nonneg = prepared or edge_weight is None  # prepared from no weights: 1/deg, gcn_norm, attention
+        if bounds is not None and (valid is not None or bounds[0] != edge_index.size(1)):
+            raise ValueError(f"bounds {list(bounds)} need exactly the layer's {bounds[0]} edges and no valid mask")
+        if isinstance(locked, int) and bounds is None:
+            raise ValueError("locked can be a count of leading edges only with bounds")
         if not prepared:  # a stack validates its block once, not in every layer
             check_edge_index(edge_index, n_src, n_dst)
             edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
@@ -151,10 +175,14 @@ class UnifewsConv(MessagePassing):
         msg_weight, score_weight = self.edge_weights(h_src, h_dst, edge_index, edge_weight, n_dst)
         norms = self.score_norms(h_src) if self.thr_a > 0 else None
         keep = self.prune_edges(edge_index, score_weight, norms, locked,
-                                None if norms is None else self.score_reference(norms, edge_index), valid)
+                                None if norms is None else self.score_reference(norms, edge_index), valid,
+                                nonneg=nonneg)
+        narrowed = keep  # selection with bounds narrows the rule's mask in place
+        if return_kept and bounds is not None and keep is not None:
+            narrowed = keep.clone()
         same = msg_weight is edge_weight
-        rows, ei, *weights = self.select_edges(keep, num_next, n_src, n_dst, edge_index, edge_weight,
-                                               *(() if same else (msg_weight,)))
+        rows, ei, *weights = self.select_edges(narrowed, num_next, n_src, n_dst, edge_index, edge_weight,
+                                               *(() if same else (msg_weight,)), bounds=bounds)
         h_dst = self.take_rows(rows, h_dst)
         if x0 is not None:
             x0 = self.take_rows(rows, x0[:n_dst])
@@ -210,22 +238,26 @@ class UnifewsConv(MessagePassing):
         return ei, ew, [cum[num_layers - 1 - i] for i in range(num_layers)]
 
     def prune_edges(self, edge_index: Tensor, edge_weight: Optional[Tensor], src_norm: Tensor,
-                    locked: Optional[Tensor] = None, reference: Optional[Tensor] = None,
-                    valid: Optional[Tensor] = None) -> Optional[Tensor]:
+                    locked: Union[None, Tensor, int] = None, reference: Optional[Tensor] = None,
+                    valid: Optional[Tensor] = None, nonneg: bool = False) -> Optional[Tensor]:
         """Bool mask of kept edges, or ``None`` when every edge given is kept. Only ``valid``
-        edges count (in the threshold's mean too) and only they can be kept."""
+        edges count (in the threshold's mean too) and only they can be kept. ``locked``: a mask,
+        or the number of leading edges locked; ``nonneg``: the weights are known ``>= 0``."""
         num_valid = None if valid is None else valid.sum()
         self.last_edges_in = edge_index.size(1) if valid is None else num_valid
         if self.thr_a == 0:
             return valid
         lock = locked_edges(edge_index, lock_self_loops=self.lock_self_loops)
-        if locked is not None:
+        if isinstance(locked, Tensor):
             lock = locked if lock is None else lock | locked
-        scores = edge_scores(src_norm, edge_index[0], edge_weight)
-        return edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid)
+        scores = edge_scores(src_norm, edge_index[0], edge_weight, nonneg=nonneg)
+        keep = edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid)
+        if isinstance(locked, int) and locked > 0:  # (a fresh mask: written in place)
+            keep[:locked] = True
+        return keep
 
     def select_edges(self, keep: Optional[Tensor], num_next: Optional[int], num_src: int, num_dst: int,
-                     edge_index: Tensor, *per_edge: Optional[Tensor]):
+                     edge_index: Tensor, *per_edge: Optional[Tensor], bounds: Optional[Sequence[int]] = None):
         """``(rows, edge_index, *per_edge)``: the kept edges into the target rows computed,
         targets renumbered to positions in ``rows`` (``None``: every target, numbering kept).
 
@@ -233,33 +265,86 @@ class UnifewsConv(MessagePassing):
         edges into them; the rest are read by no later layer. Rows can only be skipped when an
         edge was pruned (in a sampled block every node has an edge to the hop before it).
         Targets of edges that are not kept may lie anywhere below ``max(num_src, num_dst)``.
+        With ``bounds`` (see :meth:`forward`), the edges keep their order and the kept edges'
+        bounds for the later layers are left in :attr:`last_selection`.
         """
+        nxt = None if bounds is None else list(bounds[1:])
+        if keep is not None and bounds is not None and edge_index.size(1) and any(b != bounds[0] for b in nxt):
+            return self._select_counted(keep, num_next, num_src, num_dst, edge_index, per_edge, list(bounds))
         rows = pos = None
         self.last_edges_kept = edge_index.size(1)
         if keep is not None and num_next is not None and num_next < num_dst:
             src, dst = edge_index
             self.last_edges_kept = keep.sum()  # by the rule; fewer are aggregated
-            size = max(num_src, num_dst)
-            read = torch.zeros(size + 1, dtype=torch.bool, device=dst.device)
-            # the sources of the kept edges into the next layer's targets (the others write the
-            # spare last slot); they are among this layer's targets, as in any sampled block
-            read.index_fill_(0, torch.where(keep & (dst < num_next), src, size), True)
-            read[:num_next] = True
+            read, pos = self._rows_read(keep, src, dst, num_src, num_dst, num_next, exact=False)
             keep = keep & read.index_select(0, dst)
             rows = read[:num_dst].nonzero().view(-1)
-            pos = read.cumsum(0) - 1  # position of each row in rows (rows < num_dst only)
         idx = None if keep is None else keep.nonzero().view(-1)
         if idx is not None:
             if rows is None:
                 self.last_edges_kept = idx.numel()
             edge_index = edge_index.index_select(1, idx)
             per_edge = tuple(None if t is None else t.index_select(0, idx) for t in per_edge)
+        if nxt is not None and idx is not None:  # (only here when every edge is every later layer's)
+            nxt = [edge_index.size(1)] * len(nxt)
+        return self._selected(rows, pos, edge_index, per_edge, nxt)
+
+    @staticmethod
+    def _rows_read(keep: Tensor, src: Tensor, dst: Optional[Tensor], num_src: int, num_dst: int,
+                   num_next: int, exact: bool) -> Tuple[Tensor, Tensor]:
+        """``(read, pos)``: ``read[j]`` whether the next layer reads row ``j`` (the next targets
+        and the sources of the kept edges into them: they are among this layer's targets, as in
+        any sampled block; the others write the spare last slot), and ``pos[j]`` the position of
+        row ``j`` among the rows read (for ``j < num_dst``). ``dst=None``: every edge given goes
+        into the next targets (the prefix of a block that holds them). ``exact``: the next layer
+        reads only edges from rows read; otherwise an unread row's position is kept in range
+        (the previous row read's), as edges left for a validity mask are still gathered."""
+        size = max(num_src, num_dst)
+        # a slot before the rows: this buffer's cumsum is read's exclusive cumsum, the positions
+        buf = torch.zeros(size + 2, dtype=torch.bool, device=src.device)
+        read = buf[1:]
+        into_next = keep if dst is None else keep & (dst < num_next)
+        read.index_fill_(0, torch.where(into_next, src, size), True)
+        read[:num_next] = True
+        return read, (buf.cumsum(0) if exact else read.cumsum(0) - 1)
+
+    def _select_counted(self, keep: Tensor, num_next: Optional[int], num_src: int, num_dst: int,
+                        edge_index: Tensor, per_edge: tuple, bounds: List[int]):
+        """:meth:`select_edges` given the edges' bounds: every count the layer needs (kept edges
+        by the rule and into each later layer's targets, rows read next) comes in one transfer,
+        and the kept edges and rows are then found without a device read (``nonzero_static``).
+        ``keep`` is the rule's fresh mask; it is narrowed in place to the edges aggregated."""
+        src, dst = edge_index
+        head = bounds[1]  # the edges into the next layer's targets: the first ``head``
+        csum = keep.cumsum(0)  # before narrowing: the edges into later targets are all aggregated
+        ends = [b for b in bounds[1:] if b > 0]
+        parts = [csum[b - 1] for b in ends] + [csum[-1]]
+        read = pos = None
+        if num_next is not None and num_next < num_dst:
+            read, pos = self._rows_read(keep[:head], src[:head], None, num_src, num_dst, num_next, exact=True)
+            tail = keep[head:]
+            tail &= read.index_select(0, dst[head:])
+            parts += [tail.sum(), read[:num_dst].sum()]
+        counts = torch.stack(parts).tolist()  # the layer's one device read
+        at = dict(zip(ends, counts))
+        nxt = [at.get(b, 0) for b in bounds[1:]]
+        self.last_edges_kept = counts[len(ends)]  # by the rule; fewer are aggregated when rows are skipped
+        kept = self.last_edges_kept if read is None else nxt[0] + counts[-2]
+        idx = torch.nonzero_static(keep, size=kept).view(-1)
+        edge_index = edge_index.index_select(1, idx)
+        per_edge = tuple(None if t is None else t.index_select(0, idx) for t in per_edge)
+        rows = None
+        if read is not None:
+            rows = torch.nonzero_static(read[:num_dst], size=counts[-1]).view(-1)
+        return self._selected(rows, pos, edge_index, per_edge, nxt)
+
+    def _selected(self, rows, pos, edge_index, per_edge, bounds):
         renumbered = None
         if pos is not None:  # both ends in one gather: the targets for this layer, both for the next
             renumbered = pos.index_select(0, edge_index.reshape(-1)).view(2, -1)
             edge_index = torch.stack([edge_index[0], renumbered[1]])
         self.last_edges_computed = edge_index.size(1)
-        self.last_selection = Selection(rows, renumbered, edge_index, per_edge[0] if per_edge else None)
+        self.last_selection = Selection(rows, renumbered, edge_index, per_edge[0] if per_edge else None, bounds)
         return (rows, edge_index, *per_edge)
 
     @staticmethod

@@ -24,6 +24,8 @@ class UnifewsSAGEConv(UnifewsConv):
     ``root_weight=True``) when ``thr_a = thr_w = 0``.
     """
 
+    own_term_outside = True  # the root weight: a self-loop edge is an ordinary message
+
     def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
                  bias: bool = True, **kwargs):
         super().__init__(thr_a=thr_a, **kwargs)
@@ -44,4 +46,4 @@ class UnifewsSAGEConv(UnifewsConv):
         return edge_index, w if edge_weight is None else w * edge_weight
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
-        return self.lin_l(agg) + self.lin_r(h_dst)
+        return self.lin_r(h_dst, add=self.lin_l(agg))  # (the sum fused into lin_r's matmul)

@@ -187,10 +187,15 @@ class UnifewsGNN(nn.Module):
         Conv = type(self.convs[0])
         ei, ew, edges_dense_l = Conv.prepare_block(edge_index, num_src[0], num_dst[0], self.num_layers,
                                                    num_sampled_nodes, num_sampled_edges)
-        prefix = edges_dense_l is not None or num_sampled_nodes is None
+        # bounds: host counts of the edges at hand into each remaining layer's targets, each a
+        # prefix (hop-ordered block; full graph: every edge is every layer's). None: unknown
+        bounds = edges_dense_l
+        if num_sampled_nodes is None:
+            bounds = [ei.size(1)] * self.num_layers
         if edges_dense_l is None:
             edges_dense_l = self._dense_edge_counts(ei, num_dst, num_sampled_nodes)
         lock = self.lock_target_edges == "always" or (self.lock_target_edges == "eval" and not self.training)
+        seeds_first = num_sampled_nodes is not None and batch_size == num_dst[-1]
         x0 = None
         if self.lin_in is not None:
             x = x0 = F.relu(self.lin_in(F.dropout(x, self.dropout, self.training)))
@@ -201,31 +206,32 @@ class UnifewsGNN(nn.Module):
         for i, conv in enumerate(self.convs):
             nd = num_dst[i]
             valid = None
-            if last_nd > nd:  # this layer's edges: those into its targets
-                if prefix:
-                    ei = ei[:, :edges_dense_l[i]]
-                    ew = None if ew is None else ew[:edges_dense_l[i]]
-                elif num_sampled_nodes is not None and (i > 0 or len(num_sampled_nodes) > self.num_layers + 1):
-                    valid = ei[1] < nd
+            if bounds is not None:  # this layer's edges: a prefix
+                if ei.size(1) > bounds[0]:
+                    ei = ei[:, :bounds[0]]
+                    ew = None if ew is None else ew[:bounds[0]]
+            elif last_nd > nd and num_sampled_nodes is not None and (
+                    i > 0 or len(num_sampled_nodes) > self.num_layers + 1):
+                valid = ei[1] < nd
             last = i == self.num_layers - 1
             pruned = pruned or conv.thr_a > 0  # rows can be unread only once an edge was pruned
             num_next = None if last or not (self.skip_unread_rows and pruned) else num_dst[i + 1]
-            locked = ei[1] < batch_size if (lock and batch_size is not None) else None
+            locked = None
+            if lock and batch_size is not None:  # the edges into the seeds: with bounds, the first ones
+                locked = bounds[-1] if bounds is not None and seeds_first else ei[1] < batch_size
             xs = (x[:ns], x[:nd])
-            if conv.needs_x0:
-                out = conv(xs, x0, ei, ew, locked=locked, prepared=True, num_next=num_next, valid=valid)
-            else:
-                out = conv(xs, ei, ew, locked=locked, prepared=True, num_next=num_next, valid=valid)
+            args = (xs, x0, ei, ew) if conv.needs_x0 else (xs, ei, ew)
+            out = conv(*args, locked=locked, prepared=True, num_next=num_next, valid=valid, bounds=bounds)
             sel = conv.last_selection
-            prefix = prefix and sel.edge_index is ei  # nothing selected: still the block's prefix
             ei, ew = sel.edge_index, sel.edge_weight
+            bounds = sel.bounds
             last_nd, ns = nd, nd
             if sel.rows is not None:  # sources of the next layer: the rows computed, renumbered
                 ei = sel.renumbered
                 ns = sel.rows.numel()
                 if x0 is not None:
                     x0 = x0.index_select(0, sel.rows)
-            elif not prefix and not last:  # edges not into the next targets may come from further out
+            elif bounds is None and not last:  # edges not into the next targets may come from further out
                 ei = torch.stack([ei[0].clamp(max=nd - 1), ei[1]])
             stats.append(self._layer_stats(conv, edges_dense_l[i], num_src[i], nd))
             x = out
