@@ -2,16 +2,20 @@
 checkpoint on the way out) at a given epoch and batch, on every rank."""
 import os
 import signal
+import time
 
 from pytorch_lightning.callbacks import Callback
 
 
 class KillAt(Callback):
-    def __init__(self, epoch: int = 1, batch: int = 2):
-        self.epoch, self.batch = epoch, batch
+    """``delay``: seconds to wait first (W&B writes what was logged meanwhile)."""
+
+    def __init__(self, epoch: int = 1, batch: int = 2, delay: float = 0.0):
+        self.epoch, self.batch, self.delay = epoch, batch, delay
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            time.sleep(self.delay)
             os.kill(os.getpid(), signal.SIGKILL)
 
 

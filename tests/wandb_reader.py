@@ -1,49 +1,11 @@
-"""Read back an offline W&B run (wandb >= 0.2x ships no Python reader for its ``.wandb`` file).
-
-The file is a leveldb-style log: a 7-byte file header (``:W&B``, magic, version), then 32 KiB
-blocks of chunks, each with a 7-byte header (crc32, little-endian length, type: 1 full,
-2 first, 3 middle, 4 last) and a piece of a serialized ``wandb_internal_pb2.Record``.
-"""
+"""Read back an offline W&B run with the library's reader (``unifews_dist.wandb_history``)."""
 from __future__ import annotations
 
 import glob
 import json
 import os
-import struct
 
-BLOCK = 32 * 1024
-HEADER = 7
-
-
-def read_records(path: str) -> list:
-    from wandb.proto import wandb_internal_pb2
-
-    data = open(path, "rb").read()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a .wandb file (header {data[:4]!r})")
-    pos, pieces, out = HEADER, b"", []
-    while pos + HEADER <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < HEADER:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        if kind == 0 and length == 0:  # zero padding
-            pos += left
-            continue
-        payload = data[pos + HEADER:pos + HEADER + length]
-        pos += HEADER + length
-        if kind == 1:
-            out.append(payload)
-        elif kind == 2:
-            pieces = payload
-        elif kind == 3:
-            pieces += payload
-        elif kind == 4:
-            out.append(pieces + payload)
-        else:
-            raise ValueError(f"bad chunk type {kind} at byte {pos}")
-    return [wandb_internal_pb2.Record.FromString(p) for p in out]
+from unifews_dist.wandb_history import read_records  # noqa: F401  (the library's reader)
 
 
 def offline_runs(wandb_dir: str) -> list:

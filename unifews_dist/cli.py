@@ -34,6 +34,7 @@ from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary,
                       holds_results, keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir,
                       run_config_of, wandb_run_id, write_atomic)
 from .setup_guard import say_once, setup_begins, setup_done
+from .wandb_history import RunWandbLogger
 from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
@@ -160,17 +161,19 @@ class UnifewsCLI(LightningCLI):
 
     def _loggers(self) -> list:
         cfg = self._cfg()
-        loggers = [RunCSVLogger(self.run_dir, self.resume_step)]  # metrics.csv, history kept on resume
+        csv_logger = RunCSVLogger(self.run_dir, self.resume_step)  # metrics.csv, history kept on resume
+        loggers = [csv_logger]
         opts = cfg.get("wandb")
         if opts is not False and opts is not None:
             opts = dict(opts if isinstance(opts, dict) else vars(opts))
             # W&B's own logs and cache (~/.cache/wandb otherwise) stay with the run too
             os.environ.setdefault("WANDB_CACHE_DIR", os.path.abspath(os.path.join(self.run_dir, "wandb", "cache")))
-            loggers.append(WandbLogger(
+            loggers.append(RunWandbLogger(
                 project=opts.get("project"), name=opts.get("name") or os.path.basename(os.path.normpath(self.run_dir)),
                 group=opts.get("group"), tags=list(opts.get("tags") or []), entity=opts.get("entity"),
                 save_dir=self.run_dir, id=wandb_run_id(self.run_dir), resume="allow",
-                settings=wandb_settings(float(opts.get("flush_interval_s", 2.0)))))
+                settings=wandb_settings(float(opts.get("flush_interval_s", 2.0))),
+                rows_before_resume=csv_logger.rows() if self.resume_step is not None else None))
         return loggers
 
     def instantiate_trainer(self, **kwargs):

@@ -195,6 +195,13 @@ def finished(ckpt: Dict[str, Any], max_epochs: Optional[int], max_steps: int) ->
     return max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs
 
 
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 class RunCSVLogger(Logger):
     """``RUN_DIR/metrics.csv``, kept across restarts: every step's row exactly once.
 
@@ -252,6 +259,11 @@ class RunCSVLogger(Logger):
             self._write(kept)
         else:
             self._keys = sorted(set().union(*kept))
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """The rows in the file, in logging order: ``{"step": s, key: value}`` with each row's
+        logged keys only, numbers as logged (ints stay ints)."""
+        return [{k: _number(v) for k, v in r.items() if v not in (None, "")} for r in self._read()]
 
     def _read(self) -> List[Dict[str, str]]:
         if not os.path.isfile(self._path):

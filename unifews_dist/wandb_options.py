@@ -19,8 +19,9 @@ class WandbOptions:
         project, entity, group, tags: as in ``wandb.init``.
         name: the run's display name; default: the run directory's name.
         flush_interval_s: seconds between writes of the run's data to its ``.wandb`` file
-            (wandb's default is 15): a job killed hard (requeue, preemption) loses at most this
-            much of its history.
+            (wandb's default is 15): how far behind a running job's file (and a dashboard fed
+            from it) may be. A job killed hard loses nothing of it: the resumed run logs what
+            W&B had not written (``unifews_dist.wandb_history``).
     """
     project: str = "unifews_dist"
     name: Optional[str] = None

@@ -98,3 +98,37 @@ def test_what_a_run_writes_stays_in_its_run_directory(tmp_path):
     assert [p for p in system_tmp.rglob("*") if p.is_file()] == []
     assert [p for p in home.rglob("*") if p.is_file() and "wandb" in str(p)] == []  # W&B's logs: in the run
     assert list((run / "tmp").glob("*propagate*.py")) and list((run / "wandb").rglob("*debug*.log"))
+
+
+def _wandb_rows(run):
+    """Every W&B history row of every attempt: (global step, metric names, train loss)."""
+    from wandb_reader import history, offline_runs
+    skip = {"_step", "_runtime", "_timestamp", "trainer/global_step"}
+    return [(r["trainer/global_step"], frozenset(set(r) - skip), r.get("train/loss_step"))
+            for p in offline_runs(str(run / "wandb")) for r in history(p)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("written", ["nothing", "everything"])
+def test_killed_run_wandb_history_holds_every_row_once(tmp_path, written):
+    """Killed after its first checkpoint and resumed, a run's W&B history (both attempts' offline
+    files) holds the uninterrupted run's rows, each once, with its losses. ``nothing``: W&B wrote
+    none of the killed attempt's rows (60 s flush interval): the resumed run logs the rows before
+    the checkpoint from metrics.csv. ``everything``: W&B wrote them all, also the rows after the
+    checkpoint (the kill waits 1.5 s): the resumed run does not log those again."""
+    base = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "6"]
+    wb = ["--wandb.flush_interval_s", "60" if written == "nothing" else "0.05"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(whole), *base], tmp_path))
+    proc = _run(["fit", "--config", DEBUG, "--run_dir", str(killed), *base, *wb, "--trainer.callbacks+=killer.KillAt",
+                 "--trainer.callbacks.delay", "0" if written == "nothing" else "1.5"], tmp_path)
+    assert proc.returncode != 0 and (killed / "checkpoints" / "last.ckpt").is_file()
+    first = _wandb_rows(killed)
+    if written == "nothing":
+        assert first == []
+    else:  # rows past the epoch-0 checkpoint (step 6) were written
+        assert max(s for s, _, loss in first if loss is not None) >= 7
+    _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(killed), *base, *wb], tmp_path))
+    got, want = _wandb_rows(killed), _wandb_rows(whole)
+    assert sorted(got, key=repr) == sorted(want, key=repr)  # every row once: none lost, none twice
+    assert len([1 for _, _, loss in got if loss is not None]) == 3 * 6
