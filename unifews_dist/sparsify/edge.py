@@ -66,6 +66,7 @@ def edge_keep_mask(
     reference: Optional[Tensor] = None,
     valid: Optional[Tensor] = None,
     num_valid: Optional[Tensor] = None,
+    mean: Optional[Tensor] = None,
 ) -> Tensor:
     """The Unifews edge rule: keep edge ``e`` unless ``s_e < thr_a * mean(s)``.
 
@@ -78,6 +79,8 @@ def edge_keep_mask(
         valid: ``[E]`` bool, the edges the rule applies to: the mean is over them, and the
             others are never kept (``None``: all).
         num_valid: ``valid.sum()``, if the caller has it already.
+        mean: the threshold's mean, when it is taken over more edges than these (layer-wise
+            inference: over all the layer's edges, given here a batch of targets at a time).
     """
     thr_a = check_threshold("thr_a", thr_a)
     if locked is not None and locked.shape != scores.shape:
@@ -85,7 +88,9 @@ def edge_keep_mask(
     if thr_a == 0 or scores.numel() == 0:
         return torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.clone()
     ref = scores if reference is None else reference
-    if valid is None:
+    if mean is not None:
+        pass
+    elif valid is None:
         mean = ref.mean()
     else:  # a masked mean, with no device read (no valid edge: NaN, and nothing is kept)
         mean = (ref * valid).sum() / (valid.sum() if num_valid is None else num_valid)

@@ -143,7 +143,7 @@ class UnifewsConv(MessagePassing):
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor] = None,
                 locked: Union[None, Tensor, int] = None, return_kept: bool = False, prepared: bool = False,
                 num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None,
-                bounds: Optional[Sequence[int]] = None):
+                bounds: Optional[Sequence[int]] = None, score_mean: Optional[Tensor] = None):
         """Prepare edges, transform, score, select, restrict targets, propagate, combine.
 
         Args:
@@ -157,6 +157,8 @@ class UnifewsConv(MessagePassing):
                 not checked again, and the weights are taken as non-negative (no ``abs``).
             num_next, valid, bounds: see the class docstring (used by the stack).
             x0: the initial representation, for convs that read it (GCNII).
+            score_mean: the threshold's mean, taken elsewhere over more edges than these
+                (layer-wise inference; see :meth:`threshold_mean`).
         """
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
@@ -176,7 +178,7 @@ class UnifewsConv(MessagePassing):
         norms = self.score_norms(h_src) if self.thr_a > 0 else None
         keep = self.prune_edges(edge_index, score_weight, norms, locked,
                                 None if norms is None else self.score_reference(norms, edge_index), valid,
-                                nonneg=nonneg)
+                                nonneg=nonneg, mean=score_mean)
         narrowed = keep  # selection with bounds narrows the rule's mask in place
         if return_kept and bounds is not None and keep is not None:
             narrowed = keep.clone()
@@ -207,6 +209,26 @@ class UnifewsConv(MessagePassing):
     def score_reference(self, norms: Tensor, edge_index: Tensor) -> Optional[Tensor]:
         """What the threshold's mean is taken over (``None``: the scores)."""
         return None
+
+    @torch.no_grad()
+    def threshold_mean(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
+                       batch_size: int = 65536) -> Tensor:
+        """The mean the edge rule compares against, over all of a graph's (prepared) edges: what
+        :meth:`forward` takes over the edges it is given, for layer-wise inference, which gives
+        a layer a batch of targets at a time. Node norms in node batches, scores in edge chunks
+        (memory bounded by ``batch_size``); the scores' weights are the prepared weights (every
+        conv whose score weights are not, GATv2, averages a reference of the norms instead)."""
+        norms = torch.cat([self.score_norms(self.transform(x[a:a + batch_size], x[a:a + batch_size])[0])
+                           for a in range(0, x.size(0), batch_size)])
+        total, n = norms.new_zeros((), dtype=torch.float64), edge_index.size(1)
+        chunk = 16 * batch_size
+        for e in range(0, n, chunk):
+            ei = edge_index[:, e:e + chunk]
+            ref = self.score_reference(norms, ei)
+            if ref is None:
+                ref = edge_scores(norms, ei[0], None if edge_weight is None else edge_weight[e:e + chunk])
+            total += ref.sum(dtype=torch.float64)
+        return (total / max(n, 1)).to(norms.dtype)
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
         """The layer's output rows from the aggregated messages and the targets' own rows."""
@@ -239,7 +261,8 @@ class UnifewsConv(MessagePassing):
 
     def prune_edges(self, edge_index: Tensor, edge_weight: Optional[Tensor], src_norm: Tensor,
                     locked: Union[None, Tensor, int] = None, reference: Optional[Tensor] = None,
-                    valid: Optional[Tensor] = None, nonneg: bool = False) -> Optional[Tensor]:
+                    valid: Optional[Tensor] = None, nonneg: bool = False,
+                    mean: Optional[Tensor] = None) -> Optional[Tensor]:
         """Bool mask of kept edges, or ``None`` when every edge given is kept. Only ``valid``
         edges count (in the threshold's mean too) and only they can be kept. ``locked``: a mask,
         or the number of leading edges locked; ``nonneg``: the weights are known ``>= 0``."""
@@ -251,7 +274,7 @@ class UnifewsConv(MessagePassing):
         if isinstance(locked, Tensor):
             lock = locked if lock is None else lock | locked
         scores = edge_scores(src_norm, edge_index[0], edge_weight, nonneg=nonneg)
-        keep = edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid)
+        keep = edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid, mean=mean)
         if isinstance(locked, int) and locked > 0:  # (a fresh mask: written in place)
             keep[:locked] = True
         return keep
