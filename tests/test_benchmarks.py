@@ -150,3 +150,12 @@ def test_forward_ops_per_conv(tmp_path):
         for run in ("sparse", "sparse_locked"):
             assert runs[run]["sync_ops"] == {"tolist": 2, "nonzero": 1}, (conv, runs[run])
             assert runs[run]["ops"] < 2.8 * runs["dense"]["ops"], (conv, runs[run])
+
+
+def test_inference_speed_tiny_prunes_to_the_targets(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference_speed.py"), "--scale", "tiny",
+                           "--repeat", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "inference_speed.json"))
+    assert res["edge_sparsity"] >= 0.75 and res["weight_sparsity"] >= 0.92
+    assert res["macs_reduction"] > 4 and res["pruned_dense_time_ratio"] > 0  # (timed: not asserted on CI)

@@ -28,7 +28,8 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from .callbacks import AtTargetCheckpoint, EvaluationThresholds, Requeued, SlurmRequeue, SparsityMonitor, ThroughputMonitor
+from .callbacks import (AtTargetCheckpoint, EvaluationThresholds, PredictionWriter, Requeued, SlurmRequeue,
+                        SparsityMonitor, ThroughputMonitor)
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
 from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, check_writable, finished,
                       holds_results, keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir,
@@ -68,11 +69,6 @@ class _SaveConfig(SaveConfigCallback):
 
 
 class UnifewsCLI(LightningCLI):
-    @staticmethod
-    def subcommands() -> dict:
-        """fit, validate, test (``predict`` is not offered: no predict step yet)."""
-        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
-
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_features", "model.in_channels", apply_on="instantiate")
@@ -113,7 +109,7 @@ class UnifewsCLI(LightningCLI):
         if _RUN_CONFIG_ADDED[0] and user_args[1:3] == ["--config", _RUN_CONFIG_ADDED[0]]:
             user_args[1:3] = []  # the run's own config.yaml, added for a checkpoint-only test: not the user's
         explicit = parser.parse_args(user_args, defaults=False, env=False) \
-            if sub in ("test", "validate") and self._ckpt_path else None
+            if sub in ("test", "validate", "predict") and self._ckpt_path else None
         given = explicit[sub].get("model") if explicit is not None and explicit.get(sub) else None
         self.thresholds_given = {k: cfg["model"][k] for k in ("thr_a", "thr_w")
                                  if given is not None and given.get(k) is not None}
@@ -223,6 +219,20 @@ class UnifewsCLI(LightningCLI):
         self._check_ckpt()
         self._evaluate_at_given_thresholds()
 
+    def before_predict(self) -> None:
+        if not self._cfg().get("ckpt_path"):
+            raise ValueError("predict needs a trained model: --ckpt_path RUN_DIR/checkpoints/F.ckpt")
+        setup_done()
+        self._check_ckpt()
+        self._evaluate_at_given_thresholds()
+        self.predictions_path = os.path.abspath(os.path.join(self.run_dir, "predictions.pt"))
+        self.trainer.callbacks.append(PredictionWriter(self.predictions_path))
+
+    def after_predict(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"predictions of {self.datamodule.predict_nodes} nodes (layer-wise): node ids, class ids, logits")
+            print(self.predictions_path, flush=True)
+
     def after_fit(self) -> None:
         trainer, module = self.trainer, self.model
         ckpt = trainer.checkpoint_callback
@@ -243,6 +253,7 @@ class UnifewsCLI(LightningCLI):
         summary = build_summary(metrics, test[0] if test else {}, epoch, step, trainer.world_size,
                                 module.model.num_layers, time.perf_counter() - _T0)
         summary["tested_checkpoint"] = os.path.abspath(best) if best else None
+        summary["eval_mode"] = self.datamodule.eval_mode
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
         write_atomic(path, json.dumps(summary, indent=2))
@@ -259,6 +270,7 @@ class UnifewsCLI(LightningCLI):
                                                               "last_train_epoch", "wall_s")}
         result["checkpoint"] = os.path.abspath(self._cfg()["ckpt_path"]) if self._cfg().get("ckpt_path") else None
         result["thr_a"], result["thr_w"] = self.model.model.thr_a, self.model.model.thr_w
+        result["eval_mode"] = self.datamodule.eval_mode
         path = add_test_result(self.run_dir, result)
         self._report(result, path)
 
@@ -277,11 +289,12 @@ class UnifewsCLI(LightningCLI):
         print(path, flush=True)
 
 
-DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test
-(Lightning's), and `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
+DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test,
+predict (Lightning's), and `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
 `unifews-dist sweep-table SWEEP_DIR` (a threshold sweep's runs in one table).
 `unifews-dist test --ckpt_path RUN_DIR/checkpoints/F.ckpt` reads RUN_DIR/config.yaml and adds
-the result to RUN_DIR/summary.json."""
+the result to RUN_DIR/summary.json; `unifews-dist predict --ckpt_path F` writes
+RUN_DIR/predictions.pt (layer-wise, `--data.predict_nodes all|train|val|test|FILE`)."""
 
 
 _NEW_RUN_DIR: List[Optional[str]] = [None]  # a run directory this process made
@@ -289,10 +302,10 @@ _RUN_CONFIG_ADDED: List[Optional[str]] = [None]  # the run config _with_run_conf
 
 
 def _with_run_config(argv: List[str]) -> List[str]:
-    """``test`` / ``validate`` given a checkpoint: the config of the run the checkpoint belongs to
+    """``test`` / ``validate`` / ``predict`` given a checkpoint: the config of the run the checkpoint belongs to
     comes first, so it is evaluated on that run's data and reports into that run; the user's own
     ``--config`` files and arguments apply on top of it."""
-    if not argv or argv[0] not in ("test", "validate"):
+    if not argv or argv[0] not in ("test", "validate", "predict"):
         return argv
     ckpt = next((v for a, v in zip(argv, argv[1:] + [""]) if a == "--ckpt_path"), None)
     ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)

@@ -144,8 +144,10 @@ def build_summary(metrics: dict, test: dict, epochs: int, global_step: int, worl
                 "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}") for i in range(num_layers)],
                 "macs_dense": int(get("macs/dense")), "macs_sparse": int(get("macs/sparse"))}
 
+    ogb = {"test_ogb_acc": float(test["test/ogb_acc"])} if "test/ogb_acc" in test else {}
     return {
-        "test_acc": float(test.get("test/acc", float("nan"))), "val_acc": float(metrics.get("val/acc", float("nan"))),
+        "test_acc": float(test.get("test/acc", float("nan"))), **ogb,
+        "val_acc": float(metrics.get("val/acc", float("nan"))),
         **figures(test, "test/", ""),
         "epochs": int(epochs), "global_step": int(global_step), "world_size": int(world_size),
         "train_seeds_per_s": float(metrics.get("throughput/seeds_per_s_epoch", 0.0)),

@@ -32,24 +32,42 @@ def test_layerwise_equals_the_whole_graph_forward(conv, thr):
         kept_whole = [int(s.edges_kept) for s in m.layer_stats]
     out = m.inference(x, ei, batch_size=7)
     torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-4)
-    assert [s["kept"] for s in m.inference_stats] == kept_whole
+    st = m.layer_stats
+    assert [s.edges_kept for s in st] == kept_whole
     if thr > 0:
-        assert kept_whole[-1] < kept_whole[0] and m.inference_stats[-1]["edges"] < m.inference_stats[0]["edges"]
+        assert kept_whole[-1] < kept_whole[0] and st[-1].edges_in < st[0].edges_in
+        assert st[-1].edge_sparsity > st[0].edge_sparsity and st[0].macs_sparse < st[0].macs_dense
 
 
-@pytest.mark.parametrize("conv", ["sage", "gcn"])
-def test_last_layer_keeps_the_outputs_edges_when_seeds_are_locked(conv):
-    """As in a sampled evaluation, where every edge of the last layer goes into a seed: with
-    locking (``eval``) the last layer prunes nothing, the earlier ones prune by their rule."""
-    m, x, ei = _model(conv, thr_a=1.0, lock="eval")
-    out = m.inference(x, ei, batch_size=16)
-    m.lock_target_edges = "never"
-    m.convs[-1].thr_a = 0.0
+@pytest.mark.parametrize("conv", ["sage", "gcn", "gin"])
+def test_locked_outputs_are_each_a_sampled_evaluation_of_the_node_alone(conv):
+    """With seed locking, node v's output is a sampled evaluation of v alone: v's in-edges kept at
+    every layer, v's own row (its input, its self-loop) its locked representation, its neighbours'
+    rows their pruned ones. Reference for two layers, from the convs called directly: P = layer
+    0 pruned over the whole graph, S = layer 0 with every edge locked; layer 1 reads S for a
+    target's own row and P for its neighbours."""
+    torch.manual_seed(0)
+    m = UnifewsGNN(conv, F_IN, 16, 4, num_layers=2, thr_a=1.0, thr_w=0.5, norm="batch", lock_target_edges="eval",
+                   weight_backend="dense")
+    x, ei = torch.randn(N, F_IN), random_graph(N, 400)
+    m.train()
+    m(x, ei)
+    m.eval()
+    out = m.inference(x, ei, batch_size=8)
+    pei, pew = type(m.convs[0]).prepare_edges(ei, N, N)
+    all_locked = torch.ones(pei.size(1), dtype=torch.bool)
     with torch.no_grad():
-        expect = m(x, ei)
+        c0, c1 = m.convs
+        between = lambda h: torch.relu(m.norms[0](h))  # noqa: E731
+        pruned, keep = c0(x, pei, pew, prepared=True, return_kept=True)
+        pruned, locked = between(pruned), between(c0(x, pei, pew, prepared=True, locked=all_locked))
+        src = torch.where(pei[0] == pei[1], pei[0], pei[0] + N)  # a self-loop reads the own row
+        expect = c1((torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, prepared=True,
+                    locked=all_locked)
+    assert not keep.all()  # layer 0 prunes the neighbours' representations
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
-    st = m.inference_stats
-    assert st[-1]["kept"] == st[-1]["edges"] and st[0]["kept"] < st[0]["edges"]
+    st = m.layer_stats  # each layer: the outputs locked, and (layer 0) every node pruned
+    assert st[1].edges_kept == st[1].edges_in and st[0].edges_kept < st[0].edges_in
 
 
 def test_output_nodes_are_rows_of_the_full_result():

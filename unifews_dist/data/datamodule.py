@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 from typing import List, Literal, Optional, get_args
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
@@ -17,6 +20,9 @@ from .shard import ShardedSeedSampler
 
 Sampler = Literal["auto", "torch", "pyg_lib", "torch_sparse"]
 SAMPLERS = get_args(Sampler)
+EvalMode = Literal["sampled", "layerwise"]
+EVAL_MODES = get_args(EvalMode)
+SPLITS = ("all", "train", "val", "test")
 
 
 class ResumableNodeLoader(NodeLoader):
@@ -104,14 +110,25 @@ class UnifewsDataModule(pl.LightningDataModule):
         random_split: ``null`` keeps the dataset's own split (Planetoid's public one, OGB's);
             ``[train, val]`` fractions draw a class-stratified random split from ``seed``, the rest
             test (``[0.5, 0.25]`` is the Unifews reference code's split of Planetoid graphs).
+        eval_mode: how validation and test run: ``sampled`` (minibatches of sampled
+            neighbourhoods, ``eval_num_neighbors``) or ``layerwise`` (the whole graph, each layer
+            over every node in batches of ``eval_batch_size`` targets with all their kept in-edges:
+            :meth:`UnifewsGNN.inference`; every rank runs it, each scores its share of the nodes).
+        predict_nodes: the nodes ``predict`` writes: ``all``, ``train``, ``val``, ``test``, or a file
+            of node ids (``.pt`` holding a tensor, or ``.npy``); always layer-wise.
     """
 
     def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
                  eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0, share_memory: bool = True,
-                 gpu_sampling: bool = False, random_split: Optional[List[float]] = None):
+                 gpu_sampling: bool = False, random_split: Optional[List[float]] = None,
+                 eval_mode: EvalMode = "sampled", predict_nodes: str = "all"):
         super().__init__()
+        check_choice("eval_mode", eval_mode, EVAL_MODES)
+        if predict_nodes not in SPLITS and not str(predict_nodes).endswith((".pt", ".npy")):
+            raise ValueError(f"predict_nodes must be one of {', '.join(SPLITS)} or a .pt / .npy file of node ids, "
+                             f"got {predict_nodes!r}")
         if str(name).lower() not in KNOWN:
             raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
         check_choice("sampler", sampler, SAMPLERS)
@@ -140,6 +157,7 @@ class UnifewsDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
         self.sampler_kind, self.seed, self.share_memory = sampler, seed, share_memory
         self.gpu_sampling = gpu_sampling
+        self.eval_mode, self.predict_nodes = eval_mode, str(predict_nodes)
         self.dataset: Optional[GraphDataset] = None
         self._graph: Optional[Data] = None  # the GPU copy the loaders sample from with gpu_sampling
         self._samplers = {}
@@ -239,8 +257,50 @@ class UnifewsDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> NodeLoader:
         return self._loader(self.load().train_idx, self.num_neighbors, self.batch_size, True)
 
-    def val_dataloader(self) -> NodeLoader:
+    def _whole_graph(self, nodes: torch.Tensor) -> DataLoader:
+        """One batch: the whole graph, to be run layer-wise, and this rank's share of ``nodes``
+        (the ones it scores or writes), in order."""
+        world, rank = _dist_info(getattr(self, "trainer", None))
+        g = self.graph
+        batch = Data(x=g.x, edge_index=g.edge_index, y=g.y, nodes=nodes[rank::world].to(g.x.device),
+                     layerwise=True, infer_batch_size=self.eval_batch_size)
+        batch.batch_size = int(batch.nodes.numel())
+        return DataLoader([batch], batch_size=None, collate_fn=lambda b: b)
+
+    def val_dataloader(self):
+        if self.eval_mode == "layerwise":
+            return self._whole_graph(self.load().val_idx)
         return self._loader(self.load().val_idx, self.eval_num_neighbors, self.eval_batch_size, False)
 
-    def test_dataloader(self) -> NodeLoader:
+    def test_dataloader(self):
+        if self.eval_mode == "layerwise":
+            return self._whole_graph(self.load().test_idx)
         return self._loader(self.load().test_idx, self.eval_num_neighbors, self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._whole_graph(self.prediction_nodes())
+
+    def prediction_nodes(self) -> torch.Tensor:
+        """The node ids ``predict_nodes`` names."""
+        ds, name = self.load(), self.predict_nodes
+        if name == "all":
+            return torch.arange(ds.data.num_nodes)
+        if name in SPLITS:
+            return {"train": ds.train_idx, "val": ds.val_idx, "test": ds.test_idx}[name]
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"predict_nodes file {name} does not exist")
+        try:
+            ids = torch.load(name, weights_only=True) if name.endswith(".pt") else torch.from_numpy(
+                np.load(name, allow_pickle=False))
+        except Exception as e:
+            raise ValueError(f"predict_nodes file {name} could not be read as node ids: {e}") from None
+        ids = torch.as_tensor(ids)
+        if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"predict_nodes file {name} must hold a 1-D integer tensor of node ids, "
+                             f"got {tuple(ids.shape)} {ids.dtype}")
+        ids = ids.long()
+        bad = (ids < 0) | (ids >= ds.data.num_nodes)
+        if bool(bad.any()):
+            raise ValueError(f"predict_nodes file {name}: {int(bad.sum())} node ids outside 0..{ds.data.num_nodes - 1}, "
+                             f"the first {int(ids[bad][0])}")
+        return ids

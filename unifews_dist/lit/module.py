@@ -59,12 +59,26 @@ class UnifewsModule(pl.LightningModule):
                                 lock_target_edges=lock_target_edges, weight_backend=weight_backend)
         self.multilabel = multilabel
         self.accuracy = torch.nn.ModuleDict({s: Accuracy() for s in ("train_", "val_", "test_")})
+        self._outputs: list = []  # (predictions, targets) of an evaluation, for the dataset's evaluator
 
     def forward(self, batch):
+        """The seeds' outputs of a sampled batch, or, for a whole-graph batch (``layerwise``: the
+        data module's layer-wise evaluation and prediction), those of ``batch.nodes``."""
+        if getattr(batch, "layerwise", False):
+            return self.model.inference(batch.x, batch.edge_index, batch_size=batch.infer_batch_size,
+                                        output_nodes=batch.nodes, progress=getattr(self, "_progress", None))
         hops = getattr(batch, "num_sampled_nodes", None)
         out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size,
                          num_sampled_edges=getattr(batch, "num_sampled_edges", None) if hops is not None else None)
         return out[: batch.batch_size]
+
+    @staticmethod
+    def targets(batch) -> torch.Tensor:
+        return batch.y[batch.nodes] if getattr(batch, "layerwise", False) else batch.y[: batch.batch_size]
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class ids (multi-label: 0/1 per class, at logit > 0)."""
+        return (logits > 0).long() if self.multilabel else logits.argmax(-1)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, or binary cross-entropy per class for multi-hot targets."""
@@ -76,14 +90,14 @@ class UnifewsModule(pl.LightningModule):
 
     def _step(self, batch, stage: str):
         logits = self(batch)
-        y = batch.y[: batch.batch_size]
+        y = self.targets(batch)
         loss = self.loss(logits, y)
         acc = self.accuracy[stage + "_"]
         # update only: the accuracy is logged per epoch, so no per-batch value is computed
-        if self.multilabel:
-            acc.update((logits > 0).long(), y.long())  # every (node, class) decision
-        else:
-            acc.update(logits.argmax(-1), y)
+        pred = self.predictions(logits)
+        acc.update(pred, y.long() if self.multilabel else y)  # multi-label: every (node, class) decision
+        if stage != "train" and self._evaluator() is not None:
+            self._outputs.append((pred.detach().cpu(), y.detach().cpu()))
         self.log(f"{stage}/loss", loss, batch_size=batch.batch_size, on_step=stage == "train", on_epoch=True,
                  sync_dist=stage != "train")
         self.log(f"{stage}/acc", acc, batch_size=batch.batch_size, on_step=False, on_epoch=True)
@@ -97,6 +111,57 @@ class UnifewsModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """Layer-wise outputs of ``batch.nodes`` (this rank's share): node ids, class ids, logits;
+        a progress bar of the target nodes computed (every layer's), on rank 0."""
+        from tqdm.auto import tqdm
+
+        n, layers = batch.x.size(0), self.model.num_layers
+        show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
+        with tqdm(total=n * (layers - 1) + batch.nodes.numel(), desc="layer-wise inference", unit="node",
+                  disable=not show) as bar:
+            self._progress = bar.update
+            try:
+                logits = self(batch)
+            finally:
+                self._progress = None
+        return {"node": batch.nodes.cpu(), "pred": self.predictions(logits).cpu(), "logits": logits.float().cpu()}
+
+    # -- the dataset's own evaluator (OGB's), on all of a stage's nodes --------------------------
+    def _evaluator(self):
+        try:
+            dm = self.trainer.datamodule
+        except RuntimeError:  # not attached to a trainer
+            return None
+        return getattr(getattr(dm, "dataset", None), "evaluator", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _log_evaluator(self, stage: str) -> None:
+        evaluate = self._evaluator()
+        outputs, self._outputs = getattr(self, "_outputs", []), []
+        if evaluate is None or self.trainer.sanity_checking:
+            return
+        mine = (torch.cat([p for p, _ in outputs]), torch.cat([y for _, y in outputs])) if outputs else None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, mine)  # every rank scores all nodes alike
+        else:
+            parts = [mine]
+        parts = [p for p in parts if p is not None]
+        if parts:
+            pred, y = torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+            self.log(f"{stage}/ogb_acc", evaluate(pred, y), rank_zero_only=False, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluator("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluator("test")
 
     # A resumed run draws the same random numbers (dropout) as an uninterrupted one: every rank's
     # generators are saved with the checkpoint and put back when training starts again (after

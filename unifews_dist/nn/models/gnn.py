@@ -105,8 +105,6 @@ class UnifewsGNN(nn.Module):
         self.skip_unread_rows = True
         self._stats_tensor: Optional[Tensor] = None
         self._stats_cache: dict = {}
-        #: per layer of the last :meth:`inference`: edges given, edges kept, MACs computed
-        self.inference_stats: Optional[List[dict]] = None
 
     # -- knobs the callbacks turn ------------------------------------------------------------
     @property
@@ -248,7 +246,8 @@ class UnifewsGNN(nn.Module):
     def inference(self, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                   output_nodes: Optional[Tensor] = None, device=None, progress=None) -> Tensor:
         """Layer-wise full-graph inference (evaluation mode), memory bounded by ``batch_size``
-        target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference`."""
+        target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference`. Leaves
+        its per-layer statistics in :attr:`layer_stats` (summed over its batches)."""
         from .layerwise import layerwise_inference
         return layerwise_inference(self, x, edge_index, batch_size=batch_size, output_nodes=output_nodes,
                                    device=device, progress=progress)

@@ -5,108 +5,24 @@ PyG's ``BasicGNN.inference`` runs a model this way (a loader over every node wit
 neighbours, each layer for all nodes before the next), but it knows nothing of edge pruning:
 here the edge rule's mean is taken over all of a layer's edges (:meth:`UnifewsConv.threshold_mean`)
 before the layer runs batch by batch, and the edges a layer prunes are gone from every later
-layer (progressive, as in training). Memory: the nodes' representations of one layer (``N x
-hidden``), the graph's edges, and one batch's messages.
+layer (progressive, as in training). Memory: two representations of every node per layer (``N
+x hidden`` each), the graph's edges, and one batch's messages.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..linear import UnifewsLinear
+from ..stats import LayerStats
 
-def _csr_by_target(edge_index: Tensor, num_nodes: int) -> Tensor:
-    counts = torch.bincount(edge_index[1], minlength=num_nodes)
+
+def _csr_by_target(edge_index: Tensor, num_targets: int) -> Tensor:
+    counts = torch.bincount(edge_index[1], minlength=num_targets)
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-
-
-@torch.no_grad()
-def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
-                        output_nodes: Optional[Tensor] = None, device: Optional[torch.device] = None,
-                        progress: Optional[Callable[[int], None]] = None) -> Tensor:
-    """Outputs ``[N, C]`` of ``model`` (a :class:`UnifewsGNN`, in evaluation mode) for every node
-    of the graph ``(x, edge_index)``, or ``[len(output_nodes), C]`` for the nodes given.
-
-    Each layer's edges are pruned by its rule over the whole graph (the threshold's mean over all
-    of the layer's edges that survived the layers before it), weight masks as trained. Locking
-    as in a sampled evaluation (``lock_target_edges`` ``always`` or ``eval``): every edge of the
-    last layer goes into a node whose output is asked for, and is kept; the seeds' in-edges at
-    earlier layers are not locked (every node is some seed: that would lock every edge). With
-    thresholds 0 this is the full-graph forward of the dense model.
-
-    Args:
-        batch_size: target nodes per batch (their in-edges and sources are what one batch holds).
-        output_nodes: the nodes whose outputs are returned (all are computed up to the last
-            layer, which computes only these); ``None``: every node.
-        device: where to compute (default: the model's); ``x`` and ``edge_index`` may be on the host.
-        progress: called with the number of target nodes after each batch (a progress bar).
-    """
-    if model.training:
-        raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = device or next(model.parameters()).device
-    n = x.size(0)
-    Conv = type(model.convs[0])
-    ei, ew = Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
-    order = torch.argsort(ei[1], stable=True)  # by target: a batch of targets is a slice of edges
-    ei = ei.index_select(1, order)
-    ew = None if ew is None else ew.index_select(0, order)
-    lock = model.lock_target_edges in ("always", "eval")
-    h = x.to(device)
-    x0 = None
-    if model.lin_in is not None:
-        h = x0 = torch.cat([F.relu(model.lin_in(h[a:a + batch_size])) for a in range(0, n, batch_size)])
-    lookup = torch.full((n,), -1, dtype=torch.long, device=device)  # node id -> position in a batch
-    mark = torch.zeros(n, dtype=torch.bool, device=device)  # a batch's targets (reset after it)
-    stats: List[Dict[str, int]] = []
-    for i, conv in enumerate(model.convs):
-        last = i == model.num_layers - 1
-        targets = output_nodes.to(device) if (last and output_nodes is not None) else None
-        mean = conv.threshold_mean(h, ei, ew) if conv.thr_a > 0 else None  # over all the layer's edges
-        if targets is not None:  # only the asked-for outputs: their in-edges, in their order
-            ei, ew = _in_edges_of(ei, ew, targets, n)
-        ptr = _csr_by_target(ei, n if targets is None else targets.numel()).tolist()
-        rows = n if targets is None else targets.numel()
-        keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
-        outs, layer = [], {"edges": ei.size(1), "kept": 0, "macs": 0}
-        for a in range(0, rows, batch_size):
-            b = min(a + batch_size, rows)
-            e0, e1 = ptr[a], ptr[b]
-            src, dst = ei[0, e0:e1], ei[1, e0:e1] - a
-            tgt = torch.arange(a, b, device=device) if targets is None else targets[a:b]
-            # the batch's nodes: its targets first (a sampled block's layout), then their other sources
-            mark[tgt] = True
-            nodes = torch.cat([tgt, torch.unique(src[~mark[src]])])
-            mark[tgt] = False
-            lookup[nodes] = torch.arange(nodes.numel(), device=device)
-            local = torch.stack([lookup[src], dst])
-            locked = torch.ones(e1 - e0, dtype=torch.bool, device=device) if (lock and last) else None
-            xs = (h[nodes], h[tgt])
-            args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
-            out, keep = conv(*args, ew[e0:e1] if ew is not None else None, locked=locked, prepared=True,
-                             return_kept=True, score_mean=mean)
-            keep_all[e0:e1] = keep
-            layer["kept"] += int(keep.sum())
-            # what the batch computed: messages aggregated, and the kept weight entries times rows
-            layer["macs"] += conv.propagation_macs()[1] + sum(int(lin.macs()[1]) for lin in conv.weight_layers())
-            if not last or model.lin_out is not None:
-                out = F.relu(model.norms[i](out))
-            outs.append(out)
-            if progress is not None:
-                progress(b - a)
-        h = torch.cat(outs)
-        stats.append(layer)
-        if not last:  # progressive: what this layer pruned is gone from the later ones
-            idx = keep_all.nonzero().view(-1)
-            ei = ei.index_select(1, idx)
-            ew = None if ew is None else ew.index_select(0, idx)
-    if model.lin_out is not None:
-        h = torch.cat([model.lin_out(h[a:a + batch_size]) for a in range(0, h.size(0), batch_size)])
-    model.inference_stats = stats
-    return h
 
 
 def _in_edges_of(ei: Tensor, ew: Optional[Tensor], targets: Tensor, n: int):
@@ -116,5 +32,147 @@ def _in_edges_of(ei: Tensor, ew: Optional[Tensor], targets: Tensor, n: int):
     t = pos[ei[1]]
     idx = (t >= 0).nonzero().view(-1)
     idx = idx[torch.argsort(t[idx], stable=True)]
-    out = torch.stack([ei[0, idx], t[idx]])
-    return out, None if ew is None else ew[idx]
+    return torch.stack([ei[0, idx], t[idx]]), None if ew is None else ew[idx]
+
+
+class _Layer:
+    """One layer of a stack run over batches of targets; sums what it computed into statistics."""
+
+    def __init__(self, model, i: int, n: int, batch_size: int, progress):
+        self.model, self.i, self.conv = model, i, model.convs[i]
+        self.n, self.batch_size, self.progress = n, batch_size, progress
+        self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
+        self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = 0
+        self.rows = [0] * len(self.lins)
+
+    def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Tensor, nbr: Tensor, x0: Optional[Tensor],
+            locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int) -> Tuple[Tensor, Tensor]:
+        """``(outputs of targets, kept mask of ei)``. ``ei``: the edges into ``targets`` (targets as
+        positions, sorted by them); ``own``: the targets' own rows (their input and the source of
+        their self-loops), ``nbr``: every node's row as a neighbour. ``loops_only``: only a
+        self-loop's source is a target's own row (else a target's own row is also its row as a
+        neighbour of the other targets: ``own`` is ``nbr[targets]``)."""
+        conv, device, bs = self.conv, ei.device, self.batch_size
+        ptr = _csr_by_target(ei, targets.numel()).tolist()
+        keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
+        lookup = torch.full((self.n,), -1, dtype=torch.long, device=device)
+        mark = torch.zeros(self.n, dtype=torch.bool, device=device)
+        outs = []
+        for a in range(0, targets.numel(), bs):
+            b = min(a + bs, targets.numel())
+            e0, e1 = ptr[a], ptr[b]
+            src, dst = ei[0, e0:e1], ei[1, e0:e1] - a
+            tgt = targets[a:b]
+            # sources: the targets' own rows first (a sampled block's layout), then the others' rows
+            if loops_only:
+                own_src = src == tgt[dst]
+            else:
+                mark[tgt] = True
+                own_src = mark[src]
+                mark[tgt] = False
+                lookup[tgt] = torch.arange(b - a, device=device)
+            others = torch.unique(src[~own_src])
+            lookup[others] = torch.arange(b - a, b - a + others.numel(), device=device)
+            local_src = torch.where(own_src, dst, lookup[src]) if loops_only else lookup[src]
+            xs = (torch.cat([own[a:b], nbr[others]]), own[a:b])
+            local = torch.stack([local_src, dst])
+            args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
+            lock = torch.ones(e1 - e0, dtype=torch.bool, device=device) if locked else None
+            out, keep = conv(*args, None if ew is None else ew[e0:e1], locked=lock, prepared=True,
+                             return_kept=True, score_mean=mean)
+            keep_all[e0:e1] = keep
+            self.kept += int(keep.sum())
+            self.computed += int(conv.last_edges_computed)
+            for j, lin in enumerate(self.lins):
+                self.rows[j] += lin.last_rows
+                self.t_dense += lin.last_rows * lin.in_features * lin.out_features
+            if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:
+                out = F.relu(self.model.norms[self.i](out))
+            outs.append(out)
+            if self.progress is not None:
+                self.progress(b - a)
+        self.edges_in += ei.size(1)
+        self.edges_dense += edges_dense
+        return torch.cat(outs), keep_all
+
+    def stats(self) -> LayerStats:
+        return LayerStats(edges_dense=self.edges_dense, edges_in=self.edges_in, edges_kept=self.kept,
+                          weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
+                          transform_macs_dense=self.t_dense, prop_channels=self.conv.last_prop_channels,
+                          edges_computed=self.computed,
+                          transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
+
+
+@torch.no_grad()
+def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
+                        output_nodes: Optional[Tensor] = None, device: Optional[torch.device] = None,
+                        progress: Optional[Callable[[int], None]] = None) -> Tensor:
+    """Outputs ``[N, C]`` of ``model`` (a :class:`UnifewsGNN`, in evaluation mode) for every node
+    of the graph ``(x, edge_index)``, or ``[len(output_nodes), C]`` for the nodes given.
+
+    Every node's representation at each layer is pruned by the layer's rule over the whole graph
+    (the threshold's mean over all of the layer's edges that survived the layers before it;
+    weight masks as trained). That is the output when seed edges are not locked
+    (``lock_target_edges="never"``, or ``"always"`` in training only).
+
+    With locking (``"eval"`` / ``"always"``), as a sampled evaluation of each output node on its
+    own: the node's in-edges are kept at every layer, its own row (its input, its self-loop) is
+    its locked representation of the layer before, and its neighbours' rows are their pruned
+    representations. So each layer is computed twice, pruned for every node and locked for the
+    output nodes. (A sampled evaluation also locks the in-edges of neighbours that happen to be
+    seeds of the same batch; a node's prediction here depends on no batch.)
+
+    With thresholds 0 this is the full-graph forward of the dense model.
+
+    Args:
+        batch_size: target nodes per batch (their in-edges and sources are what one batch holds).
+        output_nodes: the nodes whose outputs are returned; ``None``: every node.
+        device: where to compute (default: the model's); ``x`` and ``edge_index`` may be on the host.
+        progress: called with the number of target nodes after each batch (a progress bar).
+    """
+    if model.training:
+        raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = device or next(model.parameters()).device
+    n, L = x.size(0), model.num_layers
+    Conv = type(model.convs[0])
+    ei, ew = Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
+    order = torch.argsort(ei[1], stable=True)  # by target: a batch of targets is a slice of edges
+    ei = ei.index_select(1, order)
+    ew = None if ew is None else ew.index_select(0, order)
+    everyone = torch.arange(n, device=device)
+    outputs = everyone if output_nodes is None else output_nodes.to(device)
+    locked = model.lock_target_edges in ("always", "eval")
+    in_degree = _csr_by_target(ei, n).diff()
+    out_ei, out_ew = (ei, ew) if output_nodes is None else _in_edges_of(ei, ew, outputs, n)
+    h = x.to(device)
+    x0 = None
+    if model.lin_in is not None:
+        h = x0 = torch.cat([F.relu(model.lin_in(h[a:a + batch_size])) for a in range(0, n, batch_size)])
+    pruned, own = h, h[outputs]  # every node's pruned rows; the outputs' own (locked) rows
+    stats: List[LayerStats] = []
+    for i, conv in enumerate(model.convs):
+        last = i == L - 1
+        layer = _Layer(model, i, n, batch_size, progress)
+        new_own = None
+        if locked:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
+            new_own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
+                                   int(in_degree[outputs].sum()))
+        if not last or not locked:  # every node (the last layer: the outputs only), pruned by the rule
+            mean = conv.threshold_mean(pruned, ei, ew) if conv.thr_a > 0 else None  # over all the layer's edges
+            tg, t_ei, t_ew = (everyone, ei, ew) if not last else (outputs, *_in_edges_of(ei, ew, outputs, n))
+            pruned_next, keep = layer.run(tg, t_ei, t_ew, pruned[tg], pruned, x0, False, mean, False,
+                                          int(in_degree[tg].sum()))
+            if not last:  # progressive: what this layer pruned is gone from the later ones
+                idx = keep.nonzero().view(-1)
+                ei = ei.index_select(1, idx)
+                ew = None if ew is None else ew.index_select(0, idx)
+            pruned = pruned_next
+        own = new_own if locked else pruned
+        stats.append(layer.stats())
+    h = own if locked else pruned
+    if model.lin_out is not None:
+        h = torch.cat([model.lin_out(h[a:a + batch_size]) for a in range(0, h.size(0), batch_size)])
+    model.layer_stats, model._stats_tensor = stats, None  # what the monitors read, as after a forward
+    return h

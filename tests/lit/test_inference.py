@@ -1,0 +1,113 @@
+"""Full-graph (layer-wise) evaluation and ``predict`` through the CLI, and OGB's evaluator."""
+import json
+import sys
+
+import pytest
+import torch
+
+from test_cli import DEBUG, _run, _summary
+from unifews_dist.data import UnifewsDataModule
+from unifews_dist.lit import UnifewsModule
+
+FIT = ["--wandb", "false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inference")
+    run = tmp / "run"
+    _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run), *FIT], tmp))
+    return tmp, run, run / "checkpoints" / "last.ckpt"
+
+
+def _expected(ckpt, nodes=None):
+    """The checkpoint's model run layer-wise in this process, on the debug config's data."""
+    module = UnifewsModule.load_from_checkpoint(str(ckpt), weights_only=True).eval()
+    dm = UnifewsDataModule(name="synthetic-tiny", num_neighbors=[5, 5], batch_size=64)
+    data = dm.load().data
+    return module.model.inference(data.x, data.edge_index, batch_size=64, output_nodes=nodes), dm
+
+
+def test_predict_writes_every_nodes_layerwise_outputs(trained):
+    tmp, run, ckpt = trained
+    proc = _run(["predict", "--ckpt_path", str(ckpt)], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = proc.stdout.strip().splitlines()[-1]
+    assert path == str(run / "predictions.pt")
+    p = torch.load(path, weights_only=True)
+    logits, dm = _expected(ckpt)
+    n = dm.load().data.num_nodes
+    assert torch.equal(p["node"], torch.arange(n)) and p["logits"].shape == (n, 5)
+    torch.testing.assert_close(p["logits"], logits, atol=1e-5, rtol=1e-4)
+    assert torch.equal(p["pred"], p["logits"].argmax(-1))
+
+
+def test_predict_a_split_on_two_ranks_equals_one_process(trained):
+    tmp, run, ckpt = trained
+    one = torch.load(run / "predictions.pt", weights_only=True) if (run / "predictions.pt").exists() else None
+    proc = _run(["predict", "--ckpt_path", str(ckpt), "--data.predict_nodes", "test", "--trainer.devices", "2",
+                 "--trainer.strategy", "ddp_fork"], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = torch.load(run / "predictions.pt", weights_only=True)
+    test_nodes = UnifewsDataModule(name="synthetic-tiny").load().test_idx
+    logits, _ = _expected(ckpt, test_nodes)
+    assert torch.equal(p["node"], test_nodes)  # in the split's order, gathered from both ranks
+    torch.testing.assert_close(p["logits"], logits, atol=1e-5, rtol=1e-4)
+    if one is not None:
+        torch.testing.assert_close(p["logits"], one["logits"][test_nodes], atol=1e-5, rtol=1e-4)
+
+
+def test_layerwise_test_scores_the_predictions(trained):
+    """``--data.eval_mode layerwise``: the test accuracy is that of the layer-wise predictions of
+    every test node, and the summary says which mode produced it."""
+    tmp, run, ckpt = trained
+    proc = _run(["test", "--ckpt_path", str(ckpt), "--data.eval_mode", "layerwise"], tmp)
+    s = _summary(proc)["tests"][-1]
+    assert s["eval_mode"] == "layerwise"
+    test_nodes = UnifewsDataModule(name="synthetic-tiny").load().test_idx
+    logits, dm = _expected(ckpt, test_nodes)
+    y = dm.load().data.y[test_nodes]
+    assert s["test_acc"] == pytest.approx(float((logits.argmax(-1) == y).float().mean()), abs=1e-6)
+    assert 0 < s["edge_sparsity"] < 1 and s["macs_sparse"] < s["macs_dense"]
+    sampled = _summary(_run(["test", "--ckpt_path", str(ckpt)], tmp))["tests"][-1]
+    assert sampled["eval_mode"] == "sampled"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--config", DEBUG, "--wandb", "false"], "predict needs a trained model: --ckpt_path"),
+    (["fit", "--config", DEBUG, "--data.predict_nodes", "some"], "predict_nodes must be one of all, train, val, test"),
+    (["fit", "--config", DEBUG, "--data.eval_mode", "whole"], "eval_mode"),
+])
+def test_bad_inference_input_is_one_line_exit_2(tmp_path, args, message):
+    proc = _run(args + ["--run_dir", str(tmp_path / "run")], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [l for l in proc.stderr.splitlines() if l.startswith("unifews-dist: error:")]
+    assert len(err) == 1 and message in err[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_nodes_file_of_bad_ids(trained, tmp_path):
+    _, _, ckpt = trained
+    torch.save(torch.tensor([3, 5, 999999]), tmp_path / "ids.pt")
+    proc = _run(["predict", "--ckpt_path", str(ckpt), "--data.predict_nodes", str(tmp_path / "ids.pt")], tmp_path)
+    assert proc.returncode == 2
+    assert "1 node ids outside 0..1999, the first 999999" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["sampled", "layerwise"])
+def test_ogb_datasets_report_the_official_evaluator(tmp_path, mode):
+    """An OGB dataset's test also reports ogb's own Evaluator figure (``test_ogb_acc``), over all
+    of the split's nodes gathered from every rank; for single-label accuracy it equals ours."""
+    pytest.importorskip("ogb")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "data"))
+    from ogb_tiny import write_tiny_ogb
+    write_tiny_ogb(tmp_path / "data", n=200, e=1200, num_classes=5)
+    run = tmp_path / "run"
+    s = _summary(_run(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false", "--data.name", "ogbn-arxiv",
+                       "--data.root", str(tmp_path / "data"), "--data.batch_size", "16",
+                       "--data.eval_mode", mode, "--trainer.devices", "2", "--trainer.strategy", "ddp_fork",
+                       "--trainer.limit_test_batches", "1.0"], tmp_path))
+    assert s["eval_mode"] == mode
+    assert s["test_ogb_acc"] == pytest.approx(s["test_acc"], abs=1e-6)
+    rows = json.load(open(run / "summary.json"))
+    assert "test_ogb_acc" in rows
