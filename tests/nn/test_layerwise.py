@@ -84,3 +84,19 @@ def test_needs_evaluation_mode_and_a_positive_batch():
     m.train()
     with pytest.raises(ValueError, match="evaluation mode"):
         m.inference(x, ei)
+
+
+@pytest.mark.parametrize("lock", ["never", "always"])
+def test_dense_layerwise_equals_pyg_layers(lock):
+    """Thresholds 0: PyG's SAGEConv layers over the whole graph, whatever the locking."""
+    from torch_geometric.nn import SAGEConv
+    torch.manual_seed(0)
+    model = UnifewsGNN("sage", 16, 8, 3, num_layers=2, dropout=0.0, norm="none", lock_target_edges=lock).eval()
+    ref = [SAGEConv(16, 8), SAGEConv(8, 3)]
+    for r, m in zip(ref, model.convs):
+        r.lin_l.weight.data.copy_(m.lin_l.weight)
+        r.lin_l.bias.data.copy_(m.lin_l.bias)
+        r.lin_r.weight.data.copy_(m.lin_r.weight)
+    x, ei = torch.randn(30, 16), random_graph(30, 100)
+    expect = ref[1](ref[0](x, ei).relu(), ei)
+    torch.testing.assert_close(model.inference(x, ei, batch_size=4), expect, atol=1e-5, rtol=1e-4)
