@@ -2,13 +2,15 @@
 
     python benchmarks/inference_speed.py [--out DIR] [--scale tiny|small|medium|products]
                                          [--edge-target 0.75] [--weight-target 0.92] [--repeat 3]
+                                         [--thr_a A --thr_w W]
 
 GraphSAGE 3 x 256 (tiny: 3 x 32) on the scale's synthetic graph (``products``: ogbn-products'
 sizes), evaluated layer-wise over every node (:meth:`UnifewsGNN.inference`, batches of 4096
 targets; seed edges not locked, so every layer prunes by its rule). The weights are the
 initial ones; the pruned model's thresholds are calibrated (bisection on one ``thr_a`` and one
 ``thr_w`` for all layers, on this graph) until at least ``--edge-target`` of the edges and
-``--weight-target`` of the weight entries are pruned. Both models use the transform CPU's
+``--weight-target`` of the weight entries are pruned (``--thr_a`` / ``--thr_w`` skip the
+calibration: on a products-sized graph it is ten full inference runs). Both models use the transform CPU's
 ``auto`` picks (the sparse kernel below 30% density). Times are medians of ``--repeat`` runs,
 dense and pruned alternating. Writes ``DIR/inference_speed.json`` with
 ``pruned_dense_time_ratio``, ``edge_sparsity``, ``weight_sparsity`` and ``macs_reduction``.
@@ -77,7 +79,11 @@ def main(argv=None):
     p.add_argument("--edge-target", type=float, default=0.75)
     p.add_argument("--weight-target", type=float, default=0.92)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--thr_a", type=float, default=None, help="with --thr_w: these thresholds, no calibration")
+    p.add_argument("--thr_w", type=float, default=None)
     args = p.parse_args(argv)
+    if (args.thr_a is None) != (args.thr_w is None):
+        p.error("--thr_a and --thr_w go together")
     name, hidden = SCALES[args.scale]
     dm = UnifewsDataModule(name=name, num_neighbors=[-1, -1, -1], share_memory=False)
     data = dm.load().data
@@ -86,9 +92,14 @@ def main(argv=None):
         torch.manual_seed(0)  # the same weights
         models[kind] = UnifewsGNN("sage", dm.num_features, hidden, dm.num_classes, num_layers=3, dropout=0.0,
                                   norm="none", lock_target_edges="never").eval()
-    thr_a, thr_w = calibrate(models["pruned"], data, args.edge_target, args.weight_target)
+    if args.thr_a is None:
+        thr_a, thr_w = calibrate(models["pruned"], data, args.edge_target, args.weight_target)
+    else:
+        thr_a, thr_w = args.thr_a, args.thr_w
+        set_thresholds(models["pruned"], thr_a, thr_w)
     times = {"dense": [], "pruned": []}
-    run(models["dense"], data)  # warm-up (numba's kernels compile on the pruned run's calibration)
+    for kind in ("dense", "pruned"):  # warm-up (numba compiles its kernels on the first pruned run)
+        run(models[kind], data)
     for _ in range(args.repeat):
         for kind in ("dense", "pruned"):
             times[kind].append(run(models[kind], data))
