@@ -45,13 +45,14 @@ class _Layer:
         self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = 0
         self.rows = [0] * len(self.lins)
 
-    def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Tensor, nbr: Tensor, x0: Optional[Tensor],
+    def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Optional[Tensor], nbr: Tensor,
+            x0: Optional[Tensor],
             locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int) -> Tuple[Tensor, Tensor]:
         """``(outputs of targets, kept mask of ei)``. ``ei``: the edges into ``targets`` (targets as
         positions, sorted by them); ``own``: the targets' own rows (their input and the source of
-        their self-loops), ``nbr``: every node's row as a neighbour. ``loops_only``: only a
-        self-loop's source is a target's own row (else a target's own row is also its row as a
-        neighbour of the other targets: ``own`` is ``nbr[targets]``)."""
+        their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
+        neighbour. ``loops_only``: only a self-loop's source is a target's own row (else a
+        target's own row is also its row as a neighbour of the other targets)."""
         conv, device, bs = self.conv, ei.device, self.batch_size
         ptr = _csr_by_target(ei, targets.numel()).tolist()
         keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
@@ -65,16 +66,22 @@ class _Layer:
             tgt = targets[a:b]
             # sources: the targets' own rows first (a sampled block's layout), then the others' rows
             if loops_only:
-                own_src = src == tgt[dst]
+                own_src = src == tgt.index_select(0, dst)
             else:
                 mark[tgt] = True
-                own_src = mark[src]
+                own_src = mark.index_select(0, src)
                 mark[tgt] = False
                 lookup[tgt] = torch.arange(b - a, device=device)
             others = torch.unique(src[~own_src])
             lookup[others] = torch.arange(b - a, b - a + others.numel(), device=device)
-            local_src = torch.where(own_src, dst, lookup[src]) if loops_only else lookup[src]
-            xs = (torch.cat([own[a:b], nbr[others]]), own[a:b])
+            local_src = lookup.index_select(0, src)
+            if loops_only:
+                local_src = torch.where(own_src, dst, local_src)
+            if own is None:  # a target's own row is its neighbour row: one gather, targets first
+                src_rows = nbr.index_select(0, torch.cat([tgt, others]))
+                xs = (src_rows, src_rows[:b - a])
+            else:
+                xs = (torch.cat([own[a:b], nbr.index_select(0, others)]), own[a:b])
             local = torch.stack([local_src, dst])
             args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
             lock = torch.ones(e1 - e0, dtype=torch.bool, device=device) if locked else None
@@ -162,7 +169,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         if not last or not locked:  # every node (the last layer: the outputs only), pruned by the rule
             mean = conv.threshold_mean(pruned, ei, ew) if conv.thr_a > 0 else None  # over all the layer's edges
             tg, t_ei, t_ew = (everyone, ei, ew) if not last else (outputs, *_in_edges_of(ei, ew, outputs, n))
-            pruned_next, keep = layer.run(tg, t_ei, t_ew, pruned[tg], pruned, x0, False, mean, False,
+            pruned_next, keep = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
                                           int(in_degree[tg].sum()))
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 idx = keep.nonzero().view(-1)
