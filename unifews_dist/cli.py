@@ -361,8 +361,9 @@ def main(args=None) -> None:
         if os.environ.get("UNIFEWS_TRACEBACK"):
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
-        say_once(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)")
+        # cleaned up first: a rank other than 0 waits in say_once, where the launcher may stop it
         remove_if_unused(_NEW_RUN_DIR[0])
+        say_once(f"unifews-dist: error: {msg} (set UNIFEWS_TRACEBACK=1 for the traceback)")
         raise SystemExit(2)
     finally:  # leave no process group behind: gloo's threads abort the interpreter at exit otherwise
         setup_done()
