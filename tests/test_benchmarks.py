@@ -109,7 +109,7 @@ def test_accuracy_goal_pairs_each_sparse_seed_with_its_dense_seed():
 
 
 def test_step_overhead_tiny_counts_host_work(tmp_path):
-    """The counts are exact: the goals met so far are asserted (issue: host work per step)."""
+    """The counts are exact: every goal of the issue (host work per step, section 2) is asserted."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_overhead.py"), "--scale", "tiny",
                            "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -118,8 +118,7 @@ def test_step_overhead_tiny_counts_host_work(tmp_path):
     assert sparse["edge_sparsity"] >= 0.6 and sparse["weight_sparsity"] >= 0.9
     assert dense["forward"]["syncs"] == 0 and dense["forward"]["ops"] <= 1.15 * pyg["forward"]["ops"]
     assert sparse["forward"]["syncs"] <= 3  # one read per layer
-    # the goal is 2x; what is met so far (2.22x) is held
-    assert sparse["forward"]["ops"] <= 2.25 * pyg["forward"]["ops"]
+    assert sparse["forward"]["ops"] <= 2.0 * pyg["forward"]["ops"]  # (88 / 45 at session 13)
     assert dense["backward"]["ops"] <= 1.1 * pyg["backward"]["ops"]
     assert sparse["backward"]["ops"] <= 1.3 * pyg["backward"]["ops"]
     for run in (dense, sparse):

@@ -181,3 +181,75 @@ def test_sparse_kernel_leaves_torchs_thread_count_alone():
     proc = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1", "1"]
+
+
+def _pruned_sage_stack():
+    from unifews_dist.nn import UnifewsGNN
+    torch.manual_seed(0)
+    model = UnifewsGNN("sage", 16, 32, 5, num_layers=3, thr_a=0.5, thr_w=1.0, dropout=0.0, weight_backend="dense")
+    x = torch.randn(60, 16)
+    ei = torch.randint(0, 60, (2, 300))
+    model(x, ei)  # masks made
+    for lin in model.weight_layers():
+        lin.mask_mode = "keep"
+    return model, x, ei
+
+
+def test_premasked_weights_compute_what_each_map_does_alone(monkeypatch):
+    """The stack applies every fixed mask in one foreach op: same outputs and gradients as each
+    map multiplying its own, and pruned entries get no gradient."""
+    import unifews_dist.nn.models.gnn as gnn
+    model, x, ei = _pruned_sage_stack()
+    assert all(lin.mask_fixed_dense() for lin in model.weight_layers())
+
+    def run(premask):
+        model.zero_grad()
+        with monkeypatch.context() as m:
+            if not premask:
+                m.setattr(gnn, "premask_weights", lambda layers: None)
+            out = model(x, ei)
+        out.square().sum().backward()
+        return out, [lin.weight.grad.clone() for lin in model.weight_layers()]
+
+    out_f, grads_f = run(True)
+    out_s, grads_s = run(False)
+    torch.testing.assert_close(out_f, out_s)
+    for gf, gs, lin in zip(grads_f, grads_s, model.weight_layers()):
+        torch.testing.assert_close(gf, gs)
+        assert (gf[~lin.weight_mask] == 0).all()
+    assert all(lin._premasked is None for lin in model.weight_layers())  # nothing left behind
+
+
+def test_premasked_weight_is_one_op_and_never_stale():
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    from op_counter import OpCounter
+    from unifews_dist.nn.linear import premask_weights
+    model, x, ei = _pruned_sage_stack()
+    lins = model.weight_layers()
+    with OpCounter() as c:
+        premask_weights(lins)
+    assert c.op_names and dict(c.op_names) == {"all:_foreach_mul": 1}
+    lin = lins[0]
+    with torch.no_grad():
+        lin.weight.add_(1.0)  # the weight changed after the masked copy was made: not used
+    xin = torch.randn(4, lin.in_features)
+    torch.testing.assert_close(lin(xin), xin @ (lin.weight * lin.weight_mask).t() + lin.bias)
+    premask_weights(lins)
+    lins[1].update_mask(torch.randn(7, lins[1].in_features) * 5)  # a new mask: the old copy is dropped
+    xin = torch.randn(4, lins[1].in_features)
+    torch.testing.assert_close(lins[1](xin), xin @ (lins[1].weight * lins[1].weight_mask).t())
+    lins[1].mask_mode = "recompute"  # a map that recomputes its mask gets no copy
+    premask_weights(lins)
+    assert lins[1]._premasked is None and lins[0]._premasked is not None
+
+
+def test_cached_constants_are_what_they_stand_for():
+    from unifews_dist.nn.constants import ones, slot_ids
+    for n in (3, 5000, 10):  # grows, then slices
+        assert torch.equal(ones(n, "cpu"), torch.ones(n))
+        ids = slot_ids(n, "cpu")
+        assert ids.numel() == n and ids[0] == torch.iinfo(torch.long).max
+        assert torch.equal(ids[1:], torch.arange(1, n))
+        r = torch.arange(n)
+        assert torch.equal(slot_ids(n, "cpu") <= 2, (r >= 1) & (r <= 2))  # slot 0 never set

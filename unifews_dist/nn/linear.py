@@ -61,6 +61,7 @@ class UnifewsLinear(nn.Module):
         self.backend = backend
         self.last_backend = "dense"
         self.last_rows = 0
+        self._premasked: Optional[tuple] = None  # (weight version, W * M) made by premask_weights
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -74,7 +75,7 @@ class UnifewsLinear(nn.Module):
         """Forget the mask: the next forward computes a new one."""
         self.weight_mask.fill_(True)
         self.mask_ready.fill_(False)
-        self._ready, self._nnz = False, None
+        self._ready, self._nnz, self._premasked = False, None, None
 
     @property
     def thr_w(self) -> float:
@@ -123,6 +124,7 @@ class UnifewsLinear(nn.Module):
         if refine and self._ready:
             mask &= self.weight_mask
         self.weight_mask.copy_(mask)
+        self._premasked = None
         if not self._ready:  # the buffer follows the host flag (one op saved on every later step)
             self.mask_ready.fill_(True)
         self._ready, self._nnz = True, mask.sum(dtype=torch.float64)
@@ -180,7 +182,21 @@ class UnifewsLinear(nn.Module):
             out = out.reshape(*shape[:-1], self.out_features)
             out = out if self.bias is None else out + self.bias
             return out if add is None else out + add
-        return self._affine(x, self.weight * self.weight_mask, add)
+        return self._affine(x, self._masked_weight(), add)
+
+    def _masked_weight(self) -> Tensor:
+        pre, self._premasked = self._premasked, None  # used once
+        if pre is not None and pre[0] == self.weight._version:
+            return pre[1]
+        return self.weight * self.weight_mask
+
+    def mask_fixed_dense(self) -> bool:
+        """Whether the next forward multiplies the weight by the mask it has now: pruning, a
+        mask ready and not recomputed, and the dense backend (as ``auto`` picks for the
+        weight's device and dtype)."""
+        if not (self.pruning and self._ready) or (self.training and self.mask_mode in ("recompute", "refine")):
+            return False
+        return self._choose_backend(self.weight) == "dense"
 
     def _affine(self, x: Tensor, weight: Tensor, add: Optional[Tensor]) -> Tensor:
         if add is not None and self.bias is None and x.dim() == 2 and add.shape == (x.size(0), self.out_features):
@@ -197,3 +213,25 @@ def _mask_loaded(module: UnifewsLinear, incompatible_keys) -> None:
     """After ``load_state_dict``: the host copies follow the loaded buffers (one read per load)."""
     module._ready = bool(module.mask_ready)
     module._nnz = module.weight_mask.sum(dtype=torch.float64) if module._ready else None
+
+
+def premask_weights(layers) -> None:
+    """Masked weights ``W * M`` of every map in ``layers`` whose next forward multiplies by a
+    fixed mask (:meth:`UnifewsLinear.mask_fixed_dense`), in one foreach op: one kernel launch on
+    a GPU for all of them instead of one per map (backward as before, one per map). Each map's
+    next forward takes its own, once, if its weight has not changed since; a mask update drops
+    it. Call :func:`drop_premasked` when the forward is done."""
+    layers = list(layers)
+    drop_premasked(layers)
+    lins = [m for m in layers if m.mask_fixed_dense()]
+    if len(lins) < 2:
+        return
+    masked = torch._foreach_mul([m.weight for m in lins], [m.weight_mask for m in lins])
+    for m, w in zip(lins, masked):
+        m._premasked = (m.weight._version, w)
+
+
+def drop_premasked(layers) -> None:
+    """Forget what :func:`premask_weights` made and a forward did not use."""
+    for m in layers:
+        m._premasked = None

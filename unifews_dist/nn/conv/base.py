@@ -10,6 +10,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
 from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms
+from ..constants import slot_ids
 from ..linear import UnifewsLinear
 
 PairTensor = Tuple[Tensor, Tensor]
@@ -317,18 +318,21 @@ class UnifewsConv(MessagePassing):
                    num_next: int, exact: bool) -> Tuple[Tensor, Tensor]:
         """``(read, pos)``: ``read[j]`` whether the next layer reads row ``j`` (the next targets
         and the sources of the kept edges into them: they are among this layer's targets, as in
-        any sampled block; the others write the spare last slot), and ``pos[j]`` the position of
-        row ``j`` among the rows read (for ``j < num_dst``). ``dst=None``: every edge given goes
-        into the next targets (the prefix of a block that holds them). ``exact``: the next layer
-        reads only edges from rows read; otherwise an unread row's position is kept in range
-        (the previous row read's), as edges left for a validity mask are still gathered."""
+        any sampled block), and ``pos[j]`` the position of row ``j`` among the rows read (for
+        ``j < num_dst``; with ``exact``, ``pos[num_dst]`` is the number of rows read).
+        ``dst=None``: every edge given goes into the next targets (the prefix of a block that
+        holds them). ``exact``: the next layer reads only edges from rows read; otherwise an
+        unread row's position is kept in range (the previous row read's), as edges left for a
+        validity mask are still gathered."""
+        assert num_next >= 1, num_next  # row 0 is read: the spare slot of edges not into the next targets
         size = max(num_src, num_dst)
-        # a slot before the rows: this buffer's cumsum is read's exclusive cumsum, the positions
-        buf = torch.zeros(size + 2, dtype=torch.bool, device=src.device)
+        # slot 0 before the rows (this buffer's cumsum is read's exclusive cumsum, the positions),
+        # then the next targets set: one op on a cached constant, no zeros and fill
+        buf = slot_ids(size + 1, src.device) <= num_next
         read = buf[1:]
         into_next = keep if dst is None else keep & (dst < num_next)
-        read.index_fill_(0, torch.where(into_next, src, size), True)
-        read[:num_next] = True
+        # an edge not into the next targets marks row 0, which is read anyway (a next target)
+        read.index_fill_(0, src * into_next, True)
         return read, (buf.cumsum(0) if exact else read.cumsum(0) - 1)
 
     def _select_counted(self, keep: Tensor, num_next: Optional[int], num_src: int, num_dst: int,
@@ -347,7 +351,7 @@ class UnifewsConv(MessagePassing):
             read, pos = self._rows_read(keep[:head], src[:head], None, num_src, num_dst, num_next, exact=True)
             tail = keep[head:]
             tail &= read.index_select(0, dst[head:])
-            parts += [tail.sum(), read[:num_dst].sum()]
+            parts += [tail.sum(), pos[num_dst]]  # (pos: read's exclusive cumsum)
         counts = torch.stack(parts).tolist()  # the layer's one device read
         at = dict(zip(ends, counts))
         nxt = [at.get(b, 0) for b in bounds[1:]]

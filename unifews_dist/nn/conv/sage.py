@@ -5,8 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import degree
 
+from ..constants import ones
 from ..linear import UnifewsLinear
 from .base import UnifewsConv
 
@@ -41,8 +41,11 @@ class UnifewsSAGEConv(UnifewsConv):
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
                       edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        deg = degree(edge_index[1], num_dst, dtype=torch.get_default_dtype())
-        w = deg.reciprocal()[edge_index[1]]  # (every target indexed has degree >= 1)
+        dst, dtype = edge_index[1], torch.get_default_dtype()
+        # the in-degree, as torch_geometric.utils.degree, from a cached ones vector (an op less)
+        deg = torch.zeros(num_dst, dtype=dtype, device=dst.device)
+        deg.scatter_add_(0, dst, ones(dst.numel(), dst.device, dtype))
+        w = deg.reciprocal().index_select(0, dst)  # (every target indexed has degree >= 1)
         return edge_index, w if edge_weight is None else w * edge_weight
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:

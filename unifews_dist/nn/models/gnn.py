@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ...sparsify import check_threshold, transform_macs
 from ...checks import check_choice
 from ..conv import CONVS
-from ..linear import BACKENDS, MASK_MODES, UnifewsLinear
+from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..stats import LayerStats, stats_tensor
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
@@ -183,6 +183,15 @@ class UnifewsGNN(nn.Module):
         are not checked here: a sampled block is valid by construction (a single layer called
         on its own checks them).
         """
+        lins = self.weight_layers()
+        premask_weights(lins)  # every fixed mask applied in one op
+        try:
+            return self._forward(x, edge_index, num_sampled_nodes, batch_size, num_sampled_edges)
+        finally:
+            drop_premasked(lins)
+
+    def _forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]],
+                 batch_size: Optional[int], num_sampled_edges: Optional[Sequence[int]]) -> Tensor:
         num_src, num_dst = self._layer_sizes(x.size(0), num_sampled_nodes)
         Conv = type(self.convs[0])
         ei, ew, edges_dense_l = Conv.prepare_block(edge_index, num_src[0], num_dst[0], self.num_layers,
