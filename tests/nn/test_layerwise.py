@@ -100,3 +100,25 @@ def test_dense_layerwise_equals_pyg_layers(lock):
     x, ei = torch.randn(30, 16), random_graph(30, 100)
     expect = ref[1](ref[0](x, ei).relu(), ei)
     torch.testing.assert_close(model.inference(x, ei, batch_size=4), expect, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("conv", ["gcn", "sage"])
+def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatch):
+    """A conv whose scores come from its sources gets the rule applied before a batch's source
+    rows are gathered: the same outputs and kept edges, and a source whose every edge into the
+    batch is pruned is not transformed (GCN's weight is on the source side) nor aggregated."""
+    from unifews_dist.nn.conv.base import UnifewsConv
+    m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5)
+    assert m.convs[0].scores_from_sources
+    fast = m.inference(x, ei, batch_size=7)
+    st_fast = m.layer_stats
+    monkeypatch.setattr(UnifewsConv, "scores_from_sources", property(lambda self: False))
+    slow = m.inference(x, ei, batch_size=7)
+    st_slow = m.layer_stats
+    torch.testing.assert_close(fast, slow)
+    assert [s.edges_kept for s in st_fast] == [s.edges_kept for s in st_slow]
+    fast_macs, slow_macs = [s.macs_sparse for s in st_fast], [s.macs_sparse for s in st_slow]
+    if conv == "gcn":  # fewer source rows transformed, the same messages aggregated
+        assert all(f <= s for f, s in zip(fast_macs, slow_macs)) and sum(fast_macs) < sum(slow_macs)
+    else:  # SAGE transforms its targets' rows only: the same work, fewer rows gathered
+        assert fast_macs == slow_macs

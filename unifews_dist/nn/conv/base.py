@@ -211,16 +211,30 @@ class UnifewsConv(MessagePassing):
         """What the threshold's mean is taken over (``None``: the scores)."""
         return None
 
+    @property
+    def scores_from_sources(self) -> bool:
+        """Whether an edge's score is its prepared weight times its source's norm, averaged over
+        the scores (the base's :meth:`edge_weights` and :meth:`score_reference`): the rule can
+        then be applied from every node's norm before a batch's source rows are gathered."""
+        cls = type(self)
+        return cls.edge_weights is UnifewsConv.edge_weights and cls.score_reference is UnifewsConv.score_reference
+
+    @torch.no_grad()
+    def node_score_norms(self, x: Tensor, batch_size: int = 65536) -> Tensor:
+        """:meth:`score_norms` of every node's transformed row, in node batches."""
+        return torch.cat([self.score_norms(self.transform(x[a:a + batch_size], x[a:a + batch_size])[0])
+                          for a in range(0, x.size(0), batch_size)])
+
     @torch.no_grad()
     def threshold_mean(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
-                       batch_size: int = 65536) -> Tensor:
+                       batch_size: int = 65536, norms: Optional[Tensor] = None) -> Tensor:
         """The mean the edge rule compares against, over all of a graph's (prepared) edges: what
         :meth:`forward` takes over the edges it is given, for layer-wise inference, which gives
-        a layer a batch of targets at a time. Node norms in node batches, scores in edge chunks
-        (memory bounded by ``batch_size``); the scores' weights are the prepared weights (every
-        conv whose score weights are not, GATv2, averages a reference of the norms instead)."""
-        norms = torch.cat([self.score_norms(self.transform(x[a:a + batch_size], x[a:a + batch_size])[0])
-                           for a in range(0, x.size(0), batch_size)])
+        a layer a batch of targets at a time. Node norms in node batches (or ``norms``, from
+        :meth:`node_score_norms`), scores in edge chunks (memory bounded by ``batch_size``); the
+        scores' weights are the prepared weights (every conv whose score weights are not, GATv2,
+        averages a reference of the norms instead)."""
+        norms = self.node_score_norms(x, batch_size) if norms is None else norms
         total, n = norms.new_zeros((), dtype=torch.float64), edge_index.size(1)
         chunk = 16 * batch_size
         for e in range(0, n, chunk):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...sparsify import edge_scores
 from ..linear import UnifewsLinear
 from ..stats import LayerStats
 
@@ -47,12 +48,17 @@ class _Layer:
 
     def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Optional[Tensor], nbr: Tensor,
             x0: Optional[Tensor],
-            locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int) -> Tuple[Tensor, Tensor]:
+            locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int,
+            norms: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """``(outputs of targets, kept mask of ei)``. ``ei``: the edges into ``targets`` (targets as
         positions, sorted by them); ``own``: the targets' own rows (their input and the source of
         their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
         neighbour. ``loops_only``: only a self-loop's source is a target's own row (else a
-        target's own row is also its row as a neighbour of the other targets)."""
+        target's own row is also its row as a neighbour of the other targets). ``norms``: every
+        node's score norm (with ``mean``, for a conv whose scores come from its sources): the rule
+        is applied before a batch's sources are gathered, so a source whose every edge into the
+        batch is pruned is neither gathered nor transformed (the conv applies it again, to the
+        same effect)."""
         conv, device, bs = self.conv, ei.device, self.batch_size
         ptr = _csr_by_target(ei, targets.numel()).tolist()
         keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
@@ -63,7 +69,16 @@ class _Layer:
             b = min(a + bs, targets.numel())
             e0, e1 = ptr[a], ptr[b]
             src, dst = ei[0, e0:e1], ei[1, e0:e1] - a
+            w = None if ew is None else ew[e0:e1]
             tgt = targets[a:b]
+            pre = None
+            if norms is not None:
+                pre_keep = edge_scores(norms, src, w, nonneg=True) >= conv.thr_a * mean
+                if conv.lock_self_loops:
+                    pre_keep |= src == tgt.index_select(0, dst)
+                pre = pre_keep.nonzero().view(-1)
+                src, dst = src.index_select(0, pre), dst.index_select(0, pre)
+                w = None if w is None else w.index_select(0, pre)
             # sources: the targets' own rows first (a sampled block's layout), then the others' rows
             if loops_only:
                 own_src = src == tgt.index_select(0, dst)
@@ -84,10 +99,13 @@ class _Layer:
                 xs = (torch.cat([own[a:b], nbr.index_select(0, others)]), own[a:b])
             local = torch.stack([local_src, dst])
             args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
-            lock = torch.ones(e1 - e0, dtype=torch.bool, device=device) if locked else None
-            out, keep = conv(*args, None if ew is None else ew[e0:e1], locked=lock, prepared=True,
-                             return_kept=True, score_mean=mean)
-            keep_all[e0:e1] = keep
+            lock = torch.ones(src.numel(), dtype=torch.bool, device=device) if locked else None
+            out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean)
+            if pre is None:
+                keep_all[e0:e1] = keep
+            else:
+                keep_all[e0:e1] = False
+                keep_all[e0 + pre] = keep
             self.kept += int(keep.sum())
             self.computed += int(conv.last_edges_computed)
             for j, lin in enumerate(self.lins):
@@ -167,10 +185,14 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             new_own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
                                    int(in_degree[outputs].sum()))
         if not last or not locked:  # every node (the last layer: the outputs only), pruned by the rule
-            mean = conv.threshold_mean(pruned, ei, ew) if conv.thr_a > 0 else None  # over all the layer's edges
+            norms = mean = None
+            if conv.thr_a > 0:  # the rule's mean over all the layer's edges
+                norms = conv.node_score_norms(pruned)
+                mean = conv.threshold_mean(pruned, ei, ew, norms=norms)
+                norms = norms if conv.scores_from_sources else None
             tg, t_ei, t_ew = (everyone, ei, ew) if not last else (outputs, *_in_edges_of(ei, ew, outputs, n))
             pruned_next, keep = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
-                                          int(in_degree[tg].sum()))
+                                          int(in_degree[tg].sum()), norms)
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 idx = keep.nonzero().view(-1)
                 ei = ei.index_select(1, idx)
