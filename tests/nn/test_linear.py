@@ -221,8 +221,6 @@ def test_premasked_weights_compute_what_each_map_does_alone(monkeypatch):
 
 
 def test_premasked_weight_is_one_op_and_never_stale():
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
     from op_counter import OpCounter
     from unifews_dist.nn.linear import premask_weights
     model, x, ei = _pruned_sage_stack()

@@ -170,7 +170,7 @@ class UnifewsLinear(nn.Module):
         if not self.pruning:
             self.last_backend = "dense"
             return self._affine(x, self.weight, add)
-        if self.training and (self.mask_mode in ("recompute", "refine") or not self._ready):
+        if self._recomputes_mask():
             self.update_mask(x, refine=self.mask_mode == "refine")
         elif not self._ready:  # evaluation of a never-trained pruned layer
             self.update_mask(x, sync=False)
@@ -194,9 +194,12 @@ class UnifewsLinear(nn.Module):
         """Whether the next forward multiplies the weight by the mask it has now: pruning, a
         mask ready and not recomputed, and the dense backend (as ``auto`` picks for the
         weight's device and dtype)."""
-        if not (self.pruning and self._ready) or (self.training and self.mask_mode in ("recompute", "refine")):
-            return False
-        return self._choose_backend(self.weight) == "dense"
+        return self.pruning and self._ready and not self._recomputes_mask() and \
+            self._choose_backend(self.weight) == "dense"
+
+    def _recomputes_mask(self) -> bool:
+        """Whether a forward (of a pruning map) computes its mask from its input first."""
+        return self.training and (self.mask_mode in ("recompute", "refine") or not self._ready)
 
     def _affine(self, x: Tensor, weight: Tensor, add: Optional[Tensor]) -> Tensor:
         if add is not None and self.bias is None and x.dim() == 2 and add.shape == (x.size(0), self.out_features):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...sparsify import edge_scores
+from ...sparsify import edge_keep_mask, edge_scores
 from ..linear import UnifewsLinear
 from ..stats import LayerStats
 
@@ -73,10 +73,9 @@ class _Layer:
             tgt = targets[a:b]
             pre = None
             if norms is not None:
-                pre_keep = edge_scores(norms, src, w, nonneg=True) >= conv.thr_a * mean
-                if conv.lock_self_loops:
-                    pre_keep |= src == tgt.index_select(0, dst)
-                pre = pre_keep.nonzero().view(-1)
+                loops = src == tgt.index_select(0, dst) if conv.lock_self_loops else None
+                pre = edge_keep_mask(edge_scores(norms, src, w, nonneg=True), conv.thr_a, loops,
+                                     mean=mean).nonzero().view(-1)
                 src, dst = src.index_select(0, pre), dst.index_select(0, pre)
                 w = None if w is None else w.index_select(0, pre)
             # sources: the targets' own rows first (a sampled block's layout), then the others' rows
