@@ -24,6 +24,7 @@ import sys
 import time
 
 import torch
+from torch_geometric.data import Data
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import DEFAULT_OUT, write_json  # noqa: E402
@@ -86,7 +87,8 @@ def main(argv=None):
         p.error("--thr_a and --thr_w go together")
     name, hidden = SCALES[args.scale]
     dm = UnifewsDataModule(name=name, num_neighbors=[-1, -1, -1], share_memory=False)
-    data = dm.load().data
+    ds = dm.load()  # the prepared, memory-mapped graph: its CSC as the [2, E] edges layer-wise inference takes
+    data = Data(x=ds.data.x, y=ds.data.y, edge_index=ds.edge_index(), num_nodes=ds.data.num_nodes)
     models = {}
     for kind in ("dense", "pruned"):
         torch.manual_seed(0)  # the same weights

@@ -290,7 +290,8 @@ class UnifewsCLI(LightningCLI):
 
 
 DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test,
-predict (Lightning's), and `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
+predict (Lightning's), `unifews-dist prepare` (a dataset's memory-mapped arrays, ahead of
+training), `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
 `unifews-dist sweep-table SWEEP_DIR` (a threshold sweep's runs in one table).
 `unifews-dist test --ckpt_path RUN_DIR/checkpoints/F.ckpt` reads RUN_DIR/config.yaml and adds
 the result to RUN_DIR/summary.json; `unifews-dist predict --ckpt_path F` writes
@@ -321,6 +322,9 @@ def main(args=None) -> None:
     if argv and argv[0] == "report":
         from .report import main as report_main
         raise SystemExit(report_main(argv[1:]))
+    if argv and argv[0] == "prepare":
+        from .prepare import main as prepare_main
+        raise SystemExit(prepare_main(argv[1:]))
     if argv and argv[0] == "sweep-table":
         from .sweep import main as sweep_main
         raise SystemExit(sweep_main(argv[1:]))

@@ -160,7 +160,7 @@ def test_gpu_sampling_trains_on_gpu_resident_batches():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             Seen.devices |= {batch.x.device.type, batch.edge_index.device.type, batch.y.device.type}
             ei, n_id = batch.edge_index, batch.n_id  # every sampled edge is an edge of the graph
-            g = dm.load().data.edge_index
+            g = dm.load().edge_index()
             pairs = set(map(tuple, g.t().tolist()))
             assert all((a, b) in pairs for a, b in zip(n_id[ei[0]].tolist(), n_id[ei[1]].tolist()))
             assert torch.equal(batch.x.cpu(), dm.load().data.x[n_id.cpu()])
@@ -186,3 +186,53 @@ def test_synthetic_split_sizes_follow_the_spec(monkeypatch):
     assert torch.cat([ds.train_idx, ds.val_idx, ds.test_idx]).sort().values.equal(torch.arange(300))
     products = datasets.SYNTHETIC["synthetic-products"]  # ogbn-products' split: 192 batches of 1024 + 1
     assert (products.num_train, products.num_val) == (196_615, 39_323)
+
+
+def test_device_side_gather_gives_the_loader_gathers_batches(tmp_path, monkeypatch):
+    """``feature_gather: device``: the workers' batches hold no features; gathered after the
+    transfer they equal the main-process loader's batches for the same seed (every field)."""
+    monkeypatch.setenv("UNIFEWS_CACHE", str(tmp_path))
+    ref = UnifewsDataModule("synthetic-tiny", num_neighbors=[4, 3], batch_size=128, seed=2)
+    dev = UnifewsDataModule("synthetic-tiny", num_neighbors=[4, 3], batch_size=128, seed=2,
+                            feature_gather="device", num_workers=2)
+    n = 0
+    for a, b in zip(ref.train_dataloader(), dev.train_dataloader()):
+        assert "x" not in b  # the workers gathered no features
+        b = dev.on_after_batch_transfer(b, 0)
+        for key in ("x", "y", "edge_index", "n_id"):
+            assert torch.equal(a[key], b[key]), key
+        assert a.num_sampled_nodes == b.num_sampled_nodes and a.num_sampled_edges == b.num_sampled_edges
+        n += 1
+    assert n == 8  # 1000 training seeds in batches of 128
+
+
+def test_device_side_gather_trains(tmp_path, monkeypatch):
+    """Lightning calls the data module's hook: a fit with workers, the device-side gather and
+    half-precision features trains on float32 batches."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+    from unifews_dist.lit import UnifewsModule
+
+    monkeypatch.setenv("UNIFEWS_CACHE", str(tmp_path))
+    seen = []
+
+    class Seen(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((batch.x.dtype, tuple(batch.x.shape), batch.n_id.numel()))
+
+    dm = UnifewsDataModule("synthetic-tiny", num_neighbors=[4, 3], batch_size=64, feature_gather="device",
+                           num_workers=2, feature_dtype="float16")
+    module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage",
+                           hidden_channels=16, num_layers=2, thr_a=0.5, thr_w=0.5)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=1, callbacks=[Seen()])
+    trainer.fit(module, dm)
+    assert trainer.global_step == 3 and len(seen) == 3
+    assert all(d == torch.float32 and shape == (n, 32) for d, shape, n in seen)
+
+
+def test_device_side_gather_and_gpu_sampling_exclude_each_other():
+    with pytest.raises(ValueError, match="feature_gather 'device' is for host sampling"):
+        UnifewsDataModule("synthetic-tiny", feature_gather="device", gpu_sampling=True)
+    with pytest.raises(ValueError, match="feature_gather"):
+        UnifewsDataModule("synthetic-tiny", feature_gather="gpu")

@@ -24,8 +24,8 @@ def _expected(ckpt, nodes=None):
     """The checkpoint's model run layer-wise in this process, on the debug config's data."""
     module = UnifewsModule.load_from_checkpoint(str(ckpt), weights_only=True).eval()
     dm = UnifewsDataModule(name="synthetic-tiny", num_neighbors=[5, 5], batch_size=64)
-    data = dm.load().data
-    return module.model.inference(data.x, data.edge_index, batch_size=64, output_nodes=nodes), dm
+    ds = dm.load()
+    return module.model.inference(ds.data.x, ds.edge_index(), batch_size=64, output_nodes=nodes), dm
 
 
 def test_predict_writes_every_nodes_layerwise_outputs(trained):

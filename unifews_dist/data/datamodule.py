@@ -14,13 +14,18 @@ from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
 from ..checks import check_choice
-from .datasets import KNOWN, GraphDataset, check_split_fractions, load_dataset, random_split
+from .datasets import (KNOWN, GraphDataset, check_split_fractions, csc_graph_store, is_custom, random_split,
+                       unknown_dataset)
+from .prepared import FEATURE_DTYPES, load_prepared
 from .sampler import TorchNeighborSampler
 from .shard import ShardedSeedSampler
 
 Sampler = Literal["auto", "torch", "pyg_lib", "torch_sparse"]
 SAMPLERS = get_args(Sampler)
 EvalMode = Literal["sampled", "layerwise"]
+FeatureDtype = Literal["float32", "float16", "bfloat16"]
+FeatureGather = Literal["loader", "device"]
+FEATURE_GATHERS = get_args(FeatureGather)
 EVAL_MODES = get_args(EvalMode)
 SPLITS = ("all", "train", "val", "test")
 
@@ -49,16 +54,24 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def make_sampler(kind: str, data: Data, num_neighbors: List[int], seed: int, share_memory: bool):
+def _graph_on_cuda(graph) -> bool:
+    if isinstance(graph, Data):
+        return graph.edge_index.is_cuda
+    return graph[1].csc()[1].is_cuda
+
+
+def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_memory: bool):
     """The sampler backend: ``auto`` takes pyg-lib when it imports and the graph is on the host,
-    else the built-in one.
+    else the built-in one. ``data``: a ``Data`` or a ``(FeatureStore, GraphStore)`` pair (a
+    prepared graph: every sampler reads its CSC as stored; pyg-lib and torch-sparse need
+    ``row`` in int64, a private copy when it is stored in int32).
 
     ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
     sampled subgraph (correct, but without trimming).
     """
     check_choice("sampler", kind, SAMPLERS)
     if kind == "auto":  # pyg-lib samples on CPU only
-        kind = "pyg_lib" if has_module("pyg_lib") and not data.edge_index.is_cuda else "torch"
+        kind = "pyg_lib" if has_module("pyg_lib") and not _graph_on_cuda(data) else "torch"
     if kind == "torch":
         return TorchNeighborSampler(data, num_neighbors, seed=seed, share_memory=share_memory)
     if kind == "pyg_lib" and not has_module("pyg_lib"):
@@ -69,6 +82,11 @@ def make_sampler(kind: str, data: Data, num_neighbors: List[int], seed: int, sha
     from torch_geometric.sampler import NeighborSampler
     import torch_geometric.typing as pyg_typing
 
+    if not isinstance(data, Data):
+        fs, gs = data
+        row, colptr, _ = gs.csc()
+        if row.dtype != torch.long:  # their kernels take int64 indices only
+            data = (fs, csc_graph_store(colptr, row.long()))
     if kind == "torch_sparse":  # PyG picks pyg-lib whenever it imports: force torch-sparse
         saved = pyg_typing.WITH_PYG_LIB
         pyg_typing.WITH_PYG_LIB = False
@@ -93,7 +111,12 @@ class UnifewsDataModule(pl.LightningDataModule):
 
     Args:
         name: dataset (``cora``, ``citeseer``, ``pubmed``, ``ogbn-arxiv``, ``ogbn-products``,
-            ``ogbn-papers100m``, ``synthetic-tiny`` / ``-small`` / ``-medium`` / ``-products``).
+            ``ogbn-papers100m``, ``synthetic-tiny`` / ``-small`` / ``-medium`` / ``-products``), or
+            your own graph: a path to a ``torch.save``'d PyG ``Data``, a folder of ``.npy`` arrays
+            (see :func:`~unifews_dist.data.datasets.load_custom`) or a prepared folder; ``custom``
+            takes that path from ``root``. Every dataset is prepared once into memory-mappable
+            arrays (:mod:`~unifews_dist.data.prepared`) that every rank and worker maps: one copy
+            per node.
         root: folder holding the datasets (downloaded there when missing and online).
         num_neighbors: training fanout per hop; one hop per model layer.
         eval_num_neighbors: evaluation fanout (``-1`` = every neighbour); defaults to training's.
@@ -102,7 +125,19 @@ class UnifewsDataModule(pl.LightningDataModule):
         num_workers, pin_memory, persistent_workers: as :class:`torch.utils.data.DataLoader`.
         sampler: ``auto`` | ``torch`` | ``pyg_lib`` | ``torch_sparse``.
         seed: seeds the shuffling (per epoch) and the sampler.
-        share_memory: keep the graph in shared memory so forked workers and ranks share it.
+        share_memory: kept for configs that set it: the prepared graph is memory-mapped, so
+            workers and ranks share it whatever this says.
+        feature_dtype: how the prepared features are stored: ``float32``, or ``float16`` /
+            ``bfloat16`` (half the memory and the host-to-device bytes; a batch's features are
+            made float32 on the device, after the transfer).
+        feature_gather: where a batch's features are gathered: ``loader`` (in the loader, with
+            its sampling: in the workers with ``num_workers > 0``, and copied to the device with
+            the batch) or ``device`` (the loader, its workers too, returns node ids, edges and
+            labels only; the features are gathered after the transfer, in
+            ``on_after_batch_transfer``, from a copy of the feature matrix on the trainer's
+            device, made once per rank; on CPU the mapped matrix itself). ``device`` moves a
+            batch's node ids instead of its feature rows (products, batch 1024: ~2 MB instead
+            of ~240 MB) and overlaps the sampling in the workers with the step.
         gpu_sampling: keep the graph and its features on the trainer's GPU and sample there
             (the built-in sampler runs on CUDA tensors; pyg-lib and torch-sparse sample on CPU
             only). A batch then arrives on the GPU already: no host gather, no host-to-device
@@ -123,14 +158,20 @@ class UnifewsDataModule(pl.LightningDataModule):
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0, share_memory: bool = True,
                  gpu_sampling: bool = False, random_split: Optional[List[float]] = None,
-                 eval_mode: EvalMode = "sampled", predict_nodes: str = "all"):
+                 eval_mode: EvalMode = "sampled", predict_nodes: str = "all",
+                 feature_dtype: FeatureDtype = "float32", feature_gather: FeatureGather = "loader"):
         super().__init__()
         check_choice("eval_mode", eval_mode, EVAL_MODES)
         if predict_nodes not in SPLITS and not str(predict_nodes).endswith((".pt", ".npy")):
             raise ValueError(f"predict_nodes must be one of {', '.join(SPLITS)} or a .pt / .npy file of node ids, "
                              f"got {predict_nodes!r}")
-        if str(name).lower() not in KNOWN:
-            raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
+        check_choice("feature_dtype", feature_dtype, FEATURE_DTYPES)
+        check_choice("feature_gather", feature_gather, FEATURE_GATHERS)
+        if feature_gather == "device" and gpu_sampling:
+            raise ValueError("feature_gather 'device' is for host sampling (in workers); gpu_sampling already keeps "
+                             "the features on the GPU: set one of them")
+        if str(name).lower() not in KNOWN and str(name).lower() != "custom" and not is_custom(name):
+            raise ValueError(unknown_dataset(name))
         check_choice("sampler", sampler, SAMPLERS)
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and value < 1:
@@ -147,7 +188,9 @@ class UnifewsDataModule(pl.LightningDataModule):
             random_split = check_split_fractions(random_split)
         self.save_hyperparameters()
         self.random_split = random_split
-        self.name, self.root = str(name).lower(), root
+        self.name, self.root = (str(name).lower() if not is_custom(name) else str(name)), root
+        self.feature_dtype, self.feature_gather = feature_dtype, feature_gather
+        self._device_x: Optional[torch.Tensor] = None  # feature_gather 'device': this rank's copy
         self.num_neighbors = list(num_neighbors)
         self.eval_num_neighbors = list(eval_num_neighbors) if eval_num_neighbors else list(num_neighbors)
         if len(self.eval_num_neighbors) != len(self.num_neighbors):
@@ -159,8 +202,9 @@ class UnifewsDataModule(pl.LightningDataModule):
         self.gpu_sampling = gpu_sampling
         self.eval_mode, self.predict_nodes = eval_mode, str(predict_nodes)
         self.dataset: Optional[GraphDataset] = None
-        self._graph: Optional[Data] = None  # the GPU copy the loaders sample from with gpu_sampling
+        self._graph = None  # the (feature store, graph store) pair the loaders sample from (GPU copy: gpu_sampling)
         self._samplers = {}
+        self._gpu_dataset: Optional[GraphDataset] = None
 
     @property
     def num_features(self) -> int:
@@ -180,18 +224,15 @@ class UnifewsDataModule(pl.LightningDataModule):
 
     def load(self) -> GraphDataset:
         if self.dataset is None:
-            self.dataset = load_dataset(self.name, self.root, self.seed)
+            self.dataset = load_prepared(self.name, self.root, self.seed, self.feature_dtype)
             if self.random_split is not None:
                 ds = self.dataset
                 ds.train_idx, ds.val_idx, ds.test_idx = random_split(ds.data.y, self.random_split, self.seed)
                 ds.source += f" (random split {self.random_split[0]:g} / {self.random_split[1]:g} / rest, seed {self.seed})"
-            if self.share_memory:
-                self.dataset.data.share_memory_()
         return self.dataset
 
-    def prepare_data(self) -> None:  # rank 0 of each node: download if needed
-        if not self.name.startswith("synthetic"):
-            load_dataset(self.name, self.root, self.seed)
+    def prepare_data(self) -> None:  # rank 0 of each node: download and prepare if needed
+        self.load()
 
     def setup(self, stage: Optional[str] = None) -> None:
         ds = self.load()
@@ -215,30 +256,38 @@ class UnifewsDataModule(pl.LightningDataModule):
         if device.type != "cuda":
             raise ValueError(f"gpu_sampling needs the trainer on a CUDA device, got {device} "
                              f"(set trainer.accelerator=gpu, or data.gpu_sampling=false)")
-        if self._graph is None or self._graph.x.device != device:
-            self._graph = copy.copy(self.load().data).to(device)  # Data.to moves in place: keep the host copy
-            self._samplers = {}
+        if self._graph is None or self._graph[0].get_tensor(group_name=None, attr_name="x").device != device:
+            # the mapped host arrays stay in the page cache, not copied into this process
+            ds = copy.copy(self.load())
+            ds.data = Data(x=ds.data.x.to(device), y=ds.data.y.to(device), num_nodes=ds.data.num_nodes)
+            ds.colptr, ds.row, ds._edge_index = ds.colptr.to(device), ds.row.to(device), None
+            self._graph, self._samplers = ds.stores(), {}
+            self._gpu_dataset = ds
 
     def print_source(self, ds: GraphDataset) -> None:
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.is_global_zero:
-            print(f"[unifews_dist] dataset {ds.name}: {ds.data.num_nodes} nodes, {ds.data.edge_index.size(1)} edges, "
+            print(f"[unifews_dist] dataset {ds.name}: {ds.data.num_nodes} nodes, {ds.num_edges} edges, "
                   f"read from {ds.source}", flush=True)
 
     @property
-    def graph(self) -> Data:
-        """The graph the loaders sample from: the dataset's, or its GPU copy with ``gpu_sampling``."""
-        if not self.gpu_sampling:
-            return self.load().data
+    def graph(self):
+        """The graph the loaders sample from, as a ``(FeatureStore, GraphStore)`` pair over the
+        mapped arrays, or over their GPU copy with ``gpu_sampling``."""
         if self._graph is None:
-            self._place_graph(getattr(self, "trainer", None))
+            if self.gpu_sampling:
+                self._place_graph(getattr(self, "trainer", None))
+            else:
+                fs, gs = self.load().stores()
+                if self.feature_gather == "device":  # the loaders gather the labels only
+                    fs.remove_tensor(group_name=None, attr_name="x", index=None)
+                self._graph = (fs, gs)
         return self._graph
 
     def _sampler(self, fanout: List[int]):
         key = tuple(fanout)
         if key not in self._samplers:
-            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed,
-                                               self.share_memory and not self.gpu_sampling)
+            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, False)
         return self._samplers[key]
 
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
@@ -261,11 +310,27 @@ class UnifewsDataModule(pl.LightningDataModule):
         """One batch: the whole graph, to be run layer-wise, and this rank's share of ``nodes``
         (the ones it scores or writes), in order."""
         world, rank = _dist_info(getattr(self, "trainer", None))
-        g = self.graph
-        batch = Data(x=g.x, edge_index=g.edge_index, y=g.y, nodes=nodes[rank::world].to(g.x.device),
-                     layerwise=True, infer_batch_size=self.eval_batch_size)
+        self.graph  # noqa: B018 (placed on the GPU with gpu_sampling)
+        ds = self._gpu_dataset if self.gpu_sampling else self.load()
+        batch = Data(x=ds.data.x, edge_index=ds.edge_index(), y=ds.data.y,
+                     nodes=nodes[rank::world].to(ds.data.x.device), layerwise=True,
+                     infer_batch_size=self.eval_batch_size)
         batch.batch_size = int(batch.nodes.numel())
         return DataLoader([batch], batch_size=None, collate_fn=lambda b: b)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``feature_gather: device``, a sampled batch's features are gathered here, on the
+        device, from this rank's copy of the feature matrix. Features stored in half precision
+        (``feature_dtype``) become float32 on the device."""
+        if self.feature_gather == "device" and not getattr(batch, "layerwise", False) and "n_id" in batch:
+            device = batch.n_id.device
+            if self._device_x is None or self._device_x.device != device:
+                self._device_x = self.load().data.x.to(device)  # on CPU: the mapped matrix itself
+            batch.x = self._device_x.index_select(0, batch.n_id)
+        x = getattr(batch, "x", None)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
+            batch.x = x.float()
+        return batch
 
     def val_dataloader(self):
         if self.eval_mode == "layerwise":

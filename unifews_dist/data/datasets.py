@@ -52,8 +52,10 @@ KNOWN = sorted([*PLANETOID, *OGB, *SYNTHETIC])
 
 @dataclass
 class GraphDataset:
-    """One graph with its split: ``data`` has ``x``, ``y``, ``edge_index``; the index tensors
-    hold node ids. ``source`` says where it was read from."""
+    """One graph with its split: ``data`` has ``x``, ``y`` (and ``edge_index``, unless the graph
+    is given as a CSC in ``colptr`` / ``row``: a prepared, memory-mapped graph); the index
+    tensors hold node ids. ``source`` says where it was read from, ``folder`` the prepared
+    folder it is mapped from (``None``: in memory)."""
     name: str
     data: Data
     train_idx: Tensor
@@ -62,6 +64,9 @@ class GraphDataset:
     num_classes: int
     source: str
     evaluator: Optional[Callable[[Tensor, Tensor], float]] = None
+    colptr: Optional[Tensor] = None
+    row: Optional[Tensor] = None
+    folder: Optional[str] = None
 
     @property
     def num_features(self) -> int:
@@ -72,10 +77,57 @@ class GraphDataset:
         """Labels are multi-hot rows ``[N, num_classes]`` (a binary task per class)."""
         return self.data.y.dim() == 2
 
+    @property
+    def num_edges(self) -> int:
+        return int(self.row.numel()) if self.row is not None else int(self.data.edge_index.size(1))
 
-def _writable(path: str) -> bool:
-    probe = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)) or "."
-    return os.access(probe, os.W_OK)
+    def edge_index(self) -> Tensor:
+        """The ``[2, E]`` edges; of a CSC graph, a copy made on first use (layer-wise inference
+        needs it; sampling reads the CSC)."""
+        if self.row is None:
+            return self.data.edge_index
+        if getattr(self, "_edge_index", None) is None:
+            from .prepared import edge_index_of
+            self._edge_index = edge_index_of(self.colptr, self.row)
+        return self._edge_index
+
+    def stores(self):
+        """``(feature_store, graph_store)``: the graph through PyG's remote-backend interfaces
+        (what :class:`~torch_geometric.loader.NodeLoader` and PyG's samplers accept as a pair),
+        over the same tensors (no copy). PyG's in-memory implementations serve them."""
+        from torch_geometric.distributed import LocalFeatureStore
+
+        fs = LocalFeatureStore()
+        fs.put_tensor(self.data.x, group_name=None, attr_name="x", index=None)
+        fs.put_tensor(self.data.y, group_name=None, attr_name="y", index=None)
+        colptr, row = (self.colptr, self.row) if self.row is not None else _csc_of(self.data)
+        return fs, csc_graph_store(colptr, row)
+
+
+def _csc_of(data: Data):
+    from .prepared import csc_arrays
+    return csc_arrays(data.edge_index, data.num_nodes)
+
+
+def csc_graph_store(colptr: Tensor, row: Tensor):
+    """A :class:`~torch_geometric.data.GraphStore` holding one homogeneous graph as CSC."""
+    from torch_geometric.distributed import LocalGraphStore
+
+    gs = LocalGraphStore()
+    gs.meta = {"is_hetero": False}  # what a partition's metadata says; GraphStore.csc reads it
+    n = colptr.numel() - 1
+    gs.put_edge_index((row, colptr), edge_type=None, layout="csc", size=(n, n), is_sorted=True)
+    return gs
+
+
+def writable(path: str) -> bool:
+    """Whether ``path`` (or, if it does not exist, the nearest folder above it) may be written:
+    by permission *and* by its mode bits, so that a folder marked read-only (``r-x``) is left
+    alone also by root, whom ``os.access`` lets write anywhere."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
 
 
 def load_planetoid(name: str, root: str) -> GraphDataset:
@@ -84,7 +136,7 @@ def load_planetoid(name: str, root: str) -> GraphDataset:
     pname = PLANETOID[name]
     raw = os.path.join(root, pname, "raw")
     source = os.path.abspath(raw)
-    if os.path.isdir(raw) and not _writable(os.path.join(root, pname)):
+    if os.path.isdir(raw) and not writable(os.path.join(root, pname)):
         # a read-only dataset mount: process a copy of the raw files in a cache we can write
         cache = os.path.join(os.environ.get("UNIFEWS_CACHE", os.path.expanduser("~/.cache/unifews_dist")), "planetoid")
         if not os.path.isdir(os.path.join(cache, pname, "raw")):
@@ -104,7 +156,7 @@ def load_ogb(name: str, root: str) -> GraphDataset:
     and evaluator. A folder already under ``root`` is read (processed once into
     ``processed/``); otherwise it is downloaded, without ogb's interactive size prompt."""
     try:
-        from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
+        from ogb.nodeproppred import PygNodePropPredDataset
         from ogb.nodeproppred import dataset_pyg
     except ImportError as e:  # pragma: no cover
         raise DatasetError(f"dataset {name!r} needs the ogb package: pip install 'unifews_dist[ogb]'") from e
@@ -135,14 +187,22 @@ def load_ogb(name: str, root: str) -> GraphDataset:
     if y.is_floating_point():  # papers100M stores labels as float, NaN for unlabelled nodes
         y = torch.nan_to_num(y, nan=-1)
     y = y.long()
+    evaluate = ogb_evaluator(oname)
+    edge_index = data.edge_index
+    return GraphDataset(name, Data(x=data.x, y=y, edge_index=edge_index), split["train"], split["valid"],
+                        split["test"], int(ds.num_classes), source, evaluate)
+
+
+def ogb_evaluator(oname: str) -> Callable[[Tensor, Tensor], float]:
+    """OGB's official ``Evaluator`` for ``oname``, as ``(pred, target) -> accuracy``."""
+    from ogb.nodeproppred import Evaluator
+
     evaluator = Evaluator(oname)
 
     def evaluate(pred: Tensor, target: Tensor) -> float:
         return float(evaluator.eval({"y_true": target.view(-1, 1).cpu(), "y_pred": pred.view(-1, 1).cpu()})["acc"])
 
-    edge_index = data.edge_index
-    return GraphDataset(name, Data(x=data.x, y=y, edge_index=edge_index), split["train"], split["valid"],
-                        split["test"], int(ds.num_classes), source, evaluate)
+    return evaluate
 
 
 def synthetic_graph(spec: SyntheticSpec, seed: int = 0) -> Data:
@@ -190,6 +250,94 @@ def load_synthetic(name: str, seed: int = 0) -> GraphDataset:
     a = spec.num_train or spec.num_nodes // 2
     b = a + (spec.num_val or spec.num_nodes // 4)
     return GraphDataset(name, data, perm[:a], perm[a:b], perm[b:], spec.num_classes, f"generated ({spec}, seed {seed})")
+
+
+def unknown_dataset(name) -> str:
+    return (f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}, or a path to your graph "
+            f"(a torch.save'd PyG Data, a folder of .npy arrays, a prepared folder)")
+
+
+def is_custom(name: str) -> bool:
+    """Whether ``--data.name`` names a graph of the user's (a path) rather than a built-in one."""
+    return str(name).lower() not in KNOWN and (os.sep in str(name) or str(name).endswith(".pt") or os.path.exists(name))
+
+
+#: the split of a custom graph that brings none: the Unifews reference code's fractions
+CUSTOM_SPLIT = (0.5, 0.25)
+
+
+def load_custom(path: str, seed: int = 0) -> GraphDataset:
+    """A graph of the user's: a PyG ``Data`` (or a dict of tensors) saved with ``torch.save``
+    (read with ``weights_only=True``), or a folder of ``.npy`` arrays (read without pickles):
+    ``x`` ``[N, F]``, ``y`` ``[N]`` (or multi-hot ``[N, C]``), ``edge_index`` ``[2, E]``, and
+    optionally boolean ``train_mask`` / ``val_mask`` / ``test_mask``. Without masks the split is
+    drawn at random (stratified, 0.5 / 0.25 / rest, from ``seed``)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        missing = [k for k in ("x", "y", "edge_index") if not os.path.isfile(os.path.join(path, f"{k}.npy"))]
+        if missing:
+            raise DatasetError(f"graph folder {path} needs x.npy, y.npy and edge_index.npy (missing: "
+                               f"{', '.join(m + '.npy' for m in missing)}), optionally train/val/test_mask.npy")
+        fields = {}
+        for f in os.listdir(path):
+            k = f[:-4]
+            if f.endswith(".npy") and k in ("x", "y", "edge_index", "train_mask", "val_mask", "test_mask"):
+                try:
+                    fields[k] = torch.from_numpy(np.load(os.path.join(path, f), allow_pickle=False))
+                except ValueError as e:
+                    raise DatasetError(f"{os.path.join(path, f)} cannot be read as a numeric array: {e}") from None
+    elif os.path.isfile(path):
+        from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+        from torch_geometric.data.storage import GlobalStorage
+
+        try:
+            with torch.serialization.safe_globals([Data, DataEdgeAttr, DataTensorAttr, GlobalStorage]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise DatasetError(f"graph file {path} cannot be read as a torch.save'd PyG Data or dict of tensors "
+                               f"(weights_only: no code is run from it): {' '.join(str(e).split())[:200]}") from None
+        if isinstance(obj, Data):
+            fields = {k: v for k, v in obj.to_dict().items() if isinstance(v, Tensor)}
+        elif isinstance(obj, dict):
+            fields = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+        else:
+            raise DatasetError(f"graph file {path} holds a {type(obj).__name__}, not a PyG Data or a dict of tensors")
+    else:
+        raise DatasetError(f"graph {path} does not exist (give a torch.save'd PyG Data, a folder of .npy arrays, "
+                           f"or a prepared folder)")
+    for k in ("x", "y", "edge_index"):
+        if k not in fields:
+            raise DatasetError(f"graph {path} has no {k!r} (it needs x, y and edge_index)")
+    x, y, ei = fields["x"], fields["y"], fields["edge_index"]
+    if x.dim() != 2 or not x.is_floating_point():
+        raise DatasetError(f"graph {path}: x must be a [N, F] float array, got {tuple(x.shape)} {x.dtype}")
+    n = x.size(0)
+    if ei.dim() != 2 or ei.size(0) != 2 or ei.is_floating_point() or ei.dtype == torch.bool:
+        raise DatasetError(f"graph {path}: edge_index must be a [2, E] integer array, got {tuple(ei.shape)} {ei.dtype}")
+    if y.size(0) != n or y.dim() > 2 or y.is_complex():
+        raise DatasetError(f"graph {path}: y must be [N] class ids or [N, C] multi-hot labels for its {n} nodes, "
+                           f"got {tuple(y.shape)}")
+    if y.dim() == 1 and y.is_floating_point():
+        if not bool(torch.all(y == y.round())):
+            raise DatasetError(f"graph {path}: y holds non-integer class ids")
+    y = y.long() if y.dim() == 1 else y.float()
+    num_classes = int(y.max()) + 1 if y.dim() == 1 and y.numel() else int(y.size(1)) if y.dim() == 2 else 0
+    masks = [fields.get(f"{s}_mask") for s in ("train", "val", "test")]
+    source = path
+    if all(m is not None for m in masks):
+        for s, m in zip(("train", "val", "test"), masks):
+            if m.dtype != torch.bool or m.shape != (n,):
+                raise DatasetError(f"graph {path}: {s}_mask must be a bool [{n}] array, got {tuple(m.shape)} {m.dtype}")
+        idx = torch.arange(n)
+        split = tuple(idx[m] for m in masks)
+    elif any(m is not None for m in masks):
+        raise DatasetError(f"graph {path} has only some of train_mask, val_mask, test_mask: give all three or none")
+    else:
+        split = random_split(y, CUSTOM_SPLIT, seed)
+        source += f" (no split given: random split {CUSTOM_SPLIT[0]:g} / {CUSTOM_SPLIT[1]:g} / rest, seed {seed})"
+    name = os.path.basename(path.rstrip(os.sep))
+    return GraphDataset(name, Data(x=x.float() if x.dtype == torch.float64 else x, y=y, edge_index=ei.long(),
+                                   num_nodes=n), *split, num_classes, source)
 
 
 def check_split_fractions(fractions) -> list:
@@ -323,7 +471,7 @@ def check_graph(ds: GraphDataset) -> None:
         node, feat = (int(v) for v in bad.nonzero()[0])
         raise ValueError(f"dataset {name!r}: {int(bad.sum())} non-finite feature values (of {x.numel()}), the first "
                          f"at node {node}, feature {feat} ({float(x[node, feat])}); fix the features first")
-    ei = data.edge_index
+    ei = ds.edge_index()
     out = (ei < 0) | (ei >= n)
     if out.any():
         col = int(out.any(0).nonzero()[0])

@@ -74,7 +74,8 @@ class TorchNeighborSampler(BaseSampler):
     """Uniform neighbor sampling in pure PyTorch, with per-hop node and edge counts.
 
     Args:
-        data: a homogeneous graph (``edge_index`` on CPU or CUDA).
+        data: a homogeneous graph (``edge_index`` on CPU or CUDA), or a ``(FeatureStore,
+            GraphStore)`` pair whose graph store holds it as CSC (``row`` int32 or int64).
         num_neighbors: fanout per hop (``-1`` = all neighbours).
         seed: base seed; a batch's sample depends only on this seed and its seed nodes, so it
             is reproducible in any DataLoader worker.
@@ -89,10 +90,14 @@ class TorchNeighborSampler(BaseSampler):
             if int(k) != k or (k < 0 and k != -1) or k == 0:
                 raise ValueError(f"each fanout must be a positive integer or -1 (all), got {list(num_neighbors)}")
         self.num_neighbors: List[int] = [int(k) for k in num_neighbors]
-        self.num_nodes = data.num_nodes
         self.seed = int(seed)
-        device = data.edge_index.device
-        self.colptr, self.row, self.perm = to_csc(data, device=device, share_memory=share_memory)
+        if isinstance(data, Data):
+            self.num_nodes = data.num_nodes
+            device = data.edge_index.device
+            self.colptr, self.row, self.perm = to_csc(data, device=device, share_memory=share_memory)
+        else:  # (FeatureStore, GraphStore): the CSC as stored (a prepared graph's mapped arrays), no copy
+            self.row, self.colptr, self.perm = data[1].csc()
+            self.num_nodes = self.colptr.numel() - 1
         self.deg = self.colptr[1:] - self.colptr[:-1]
         self.max_degree = int(self.deg.max()) if self.deg.numel() else 0  # once, at construction
         self._assoc: Optional[Tensor] = None  # node -> id in the batch (-1: not in it)
@@ -140,6 +145,8 @@ class TorchNeighborSampler(BaseSampler):
                     e = valid.view(-1).nonzero().view(-1)  # read 1: the edges drawn
                     seg, pos = e // k, slot_pos.view(-1).index_select(0, e)
                 nbr = self.row.index_select(0, pos)
+                if nbr.dtype != torch.long:  # an int32 CSC (a prepared graph)
+                    nbr = nbr.long()
                 # nodes new to the batch, each once, numbered in order of their first edge
                 edge_id = torch.arange(nbr.numel(), device=dev)
                 claim.scatter_reduce_(0, nbr, edge_id.masked_fill(assoc.index_select(0, nbr) >= 0, _NO_CLAIM), "amin")

@@ -1,0 +1,123 @@
+"""Host memory and start-up of a run on one node: peak PSS summed over every process of the
+run, for 1 process and for 2 and 4 torchrun ranks (CPU, gloo), and the time to the first
+training step of a run that prepares the graph against one that maps it prepared.
+
+    python benchmarks/graph_memory.py [--scale products|medium|tiny] [--ranks 1 2 4] [--out DIR]
+
+Each run is ``unifews-dist fit`` with the debug model (configs/debug.yaml) on the scale's
+synthetic graph for ``--steps`` steps, no validation. PSS (proportional set size, from
+``/proc/PID/smaps_rollup``) divides a page shared by k processes by k, so pages of the mapped
+graph count once however many ranks map them; the sum is sampled every 0.1 s over the
+launcher (torchrun's agent) and every process below it. Start-up: the first run prepares into
+an empty cache (``UNIFEWS_CACHE`` in a temporary folder), the second finds it prepared; both
+time from launch to the first training batch. Writes ``graph_memory.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import DEFAULT_OUT, write_json  # noqa: E402
+
+SCALES = {"tiny": "synthetic-tiny", "medium": "synthetic-medium", "products": "synthetic-products"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _children(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree_pss(pid: int) -> int:
+    """PSS in bytes summed over ``pid`` and all its descendants."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        stack += _children(p)
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def run(name: str, ranks: int, steps: int, cache: str, run_dir: str) -> dict:
+    args = ["--config", os.path.join(ROOT, "configs", "debug.yaml"), "--data.name", name, "--run_dir", run_dir,
+            "--wandb", "false", "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", str(steps), "--trainer.limit_val_batches", "0",
+            "--trainer.limit_test_batches", "2", "--trainer.callbacks+=first_step.FirstStep"]
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "unifews_dist", "fit", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               "-m", "unifews_dist", "fit", *args, "--trainer.devices", str(ranks), "--trainer.strategy", "ddp"]
+    env = {**os.environ, "UNIFEWS_CACHE": cache, "OMP_NUM_THREADS": "1", "BENCH_T0": repr(time.time()),
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_pss(proc.pid))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    out, _ = proc.communicate()
+    t.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({' '.join(cmd)}):\n{out[-3000:]}")
+    first = [float(line.split()[-2]) for line in out.splitlines() if line.startswith("[bench] first step at")]
+    return {"ranks": ranks, "peak_pss_gib": peak[0] / 2**30, "first_step_s": min(first) if first else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", choices=list(SCALES), default="products")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    name = SCALES[args.scale]
+    tmp = tempfile.mkdtemp(prefix="graph_memory_")
+    try:
+        cache = os.path.join(tmp, "cache")
+        first = run(name, 1, args.steps, cache, os.path.join(tmp, "run-first"))
+        print(f"first run (prepares): first step at {first['first_step_s']:.1f} s, peak PSS {first['peak_pss_gib']:.2f} GiB",
+              flush=True)
+        rows = []
+        for r in args.ranks:
+            res = run(name, r, args.steps, cache, os.path.join(tmp, f"run-{r}"))
+            rows.append(res)
+            print(f"{r} rank(s), prepared: first step at {res['first_step_s']:.1f} s, "
+                  f"peak PSS {res['peak_pss_gib']:.2f} GiB", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    one = next((r for r in rows if r["ranks"] == 1), None)
+    result = {"scale": args.scale, "dataset": name, "steps": args.steps, "first_run": first, "runs": rows}
+    if one is not None:
+        for r in rows:
+            r["pss_vs_one_process"] = r["peak_pss_gib"] / one["peak_pss_gib"]
+        result["startup_ratio"] = one["first_step_s"] / first["first_step_s"]
+        print("pss vs 1 process: " + ", ".join(f"{r['ranks']} ranks {r['pss_vs_one_process']:.2f}x" for r in rows)
+              + f"; start-up prepared / preparing {result['startup_ratio']:.2f}")
+    write_json(args.out, "graph_memory.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
