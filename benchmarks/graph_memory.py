@@ -55,12 +55,12 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def run(name: str, ranks: int, steps: int, cache: str, run_dir: str) -> dict:
+def run(name: str, ranks: int, steps: int, cache: str, run_dir: str, torchrun: bool = False) -> dict:
     args = ["--config", os.path.join(ROOT, "configs", "debug.yaml"), "--data.name", name, "--run_dir", run_dir,
             "--wandb", "false", "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1",
             "--trainer.limit_train_batches", str(steps), "--trainer.limit_val_batches", "0",
             "--trainer.limit_test_batches", "2", "--trainer.callbacks+=first_step.FirstStep"]
-    if ranks == 1:
+    if ranks == 1 and not torchrun:
         cmd = [sys.executable, "-m", "unifews_dist", "fit", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
@@ -82,7 +82,8 @@ def run(name: str, ranks: int, steps: int, cache: str, run_dir: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({' '.join(cmd)}):\n{out[-3000:]}")
     first = [float(line.split()[-2]) for line in out.splitlines() if line.startswith("[bench] first step at")]
-    return {"ranks": ranks, "peak_pss_gib": peak[0] / 2**30, "first_step_s": min(first) if first else None}
+    return {"ranks": ranks, "torchrun": ranks > 1 or torchrun, "peak_pss_gib": peak[0] / 2**30,
+            "first_step_s": min(first) if first else None}
 
 
 def main(argv=None) -> int:
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale", choices=list(SCALES), default="products")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--torchrun-one", action="store_true", help="also 1 rank under torchrun (its agent's share)")
     p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
     name = SCALES[args.scale]
@@ -100,20 +102,21 @@ def main(argv=None) -> int:
         print(f"first run (prepares): first step at {first['first_step_s']:.1f} s, peak PSS {first['peak_pss_gib']:.2f} GiB",
               flush=True)
         rows = []
-        for r in args.ranks:
-            res = run(name, r, args.steps, cache, os.path.join(tmp, f"run-{r}"))
+        for r, tr in [(r, False) for r in args.ranks] + ([(1, True)] if args.torchrun_one else []):
+            res = run(name, r, args.steps, cache, os.path.join(tmp, f"run-{r}-{tr}"), tr)
             rows.append(res)
-            print(f"{r} rank(s), prepared: first step at {res['first_step_s']:.1f} s, "
-                  f"peak PSS {res['peak_pss_gib']:.2f} GiB", flush=True)
+            print(f"{r} rank(s){' (torchrun)' if res['torchrun'] else ''}, prepared: first step at "
+                  f"{res['first_step_s']:.1f} s, peak PSS {res['peak_pss_gib']:.2f} GiB", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    one = next((r for r in rows if r["ranks"] == 1), None)
+    one = next((r for r in rows if r["ranks"] == 1 and not r["torchrun"]), None)
     result = {"scale": args.scale, "dataset": name, "steps": args.steps, "first_run": first, "runs": rows}
     if one is not None:
         for r in rows:
             r["pss_vs_one_process"] = r["peak_pss_gib"] / one["peak_pss_gib"]
         result["startup_ratio"] = one["first_step_s"] / first["first_step_s"]
-        print("pss vs 1 process: " + ", ".join(f"{r['ranks']} ranks {r['pss_vs_one_process']:.2f}x" for r in rows)
+        print("pss vs 1 process: " + ", ".join(f"{r['ranks']} ranks{' (torchrun)' if r['torchrun'] else ''} "
+                                                f"{r['pss_vs_one_process']:.2f}x" for r in rows)
               + f"; start-up prepared / preparing {result['startup_ratio']:.2f}")
     write_json(args.out, "graph_memory.json", result)
     return 0

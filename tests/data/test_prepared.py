@@ -87,6 +87,7 @@ def test_a_partial_or_corrupt_folder_is_rebuilt_never_read(cache, capsys, damage
     assert {"truncated": "row.npy has", "byte": "x.npy does not match its digest", "no_manifest": "no complete manifest",
             "killed": "not prepared yet"}[damage] in out
     assert torch.equal(ds.data.x, x0)
+    assert sorted(os.listdir(os.path.dirname(folder))) == [os.path.basename(folder)]  # nothing left behind
 
 
 def test_verify_checks_every_byte(cache, capsys):

@@ -122,3 +122,39 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
         assert all(f <= s for f, s in zip(fast_macs, slow_macs)) and sum(fast_macs) < sum(slow_macs)
     else:  # SAGE transforms its targets' rows only: the same work, fewer rows gathered
         assert fast_macs == slow_macs
+
+
+def _split_worker(rank, world, port, conv, lock, out):
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5, lock=lock)
+        mine = torch.arange(N)[rank::world]
+        res = m.inference(x, ei, batch_size=7, output_nodes=mine, distributed=True)
+        out[rank] = (mine, res, [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats])
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("conv, lock", [("sage", "never"), ("gcn", "eval")])
+def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock):
+    """Under DDP each rank computes a share of every layer before the last and all-gathers it:
+    each rank's outputs equal one process's for its nodes, and the ranks' statistics sum to one
+    process's for the layers before the last (each rank did only its share: a rank doing all of
+    it would double them)."""
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    out = mp.Manager().dict()
+    mp.spawn(_split_worker, args=(2, free_port(), conv, lock, out), nprocs=2, join=True)
+    m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5, lock=lock)
+    whole = m.inference(x, ei, batch_size=7)
+    one = [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats]
+    for r in (0, 1):
+        mine, res, _ = out[r]
+        torch.testing.assert_close(res, whole[mine], atol=1e-5, rtol=1e-4)
+    for layer in range(len(one) - 1):  # (the last layer: each rank its own output nodes, in both)
+        if lock == "never":
+            assert tuple(a + b for a, b in zip(out[0][2][layer], out[1][2][layer])) == one[layer]

@@ -136,8 +136,8 @@ class UnifewsDataModule(pl.LightningDataModule):
             labels only; the features are gathered after the transfer, in
             ``on_after_batch_transfer``, from a copy of the feature matrix on the trainer's
             device, made once per rank; on CPU the mapped matrix itself). ``device`` moves a
-            batch's node ids instead of its feature rows (products, batch 1024: ~2 MB instead
-            of ~240 MB) and overlaps the sampling in the workers with the step.
+            batch's node ids (8 bytes per node) instead of its feature rows (products: 400
+            bytes) and overlaps the sampling in the workers with the step.
         gpu_sampling: keep the graph and its features on the trainer's GPU and sample there
             (the built-in sampler runs on CUDA tensors; pyg-lib and torch-sparse sample on CPU
             only). A batch then arrives on the GPU already: no host gather, no host-to-device

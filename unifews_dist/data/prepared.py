@@ -88,11 +88,15 @@ def _torch_dtype(name: str) -> torch.dtype:
 def write_prepared(folder: str, arrays: Dict[str, Tensor], meta: dict) -> None:
     """Write ``arrays`` (the names of :data:`ARRAYS`) and the manifest into ``folder``: into a
     temporary sibling first, renamed into place when complete (a folder already there is
-    replaced). ``meta``: what the manifest says besides the arrays (source, fingerprint, ...)."""
+    replaced, and temporary ones a killed prepare left are removed). The caller holds the
+    dataset's lock. ``meta``: what the manifest says besides the arrays (source, fingerprint, ...)."""
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    base = os.path.basename(folder) + ".tmp-"
+    for left in os.listdir(parent):  # what a killed prepare left (the caller holds the lock: none runs now)
+        if left.startswith(base):
+            shutil.rmtree(os.path.join(parent, left), ignore_errors=True)
     os.makedirs(tmp)
     try:
         entries = {}

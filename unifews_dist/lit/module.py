@@ -66,11 +66,18 @@ class UnifewsModule(pl.LightningModule):
         data module's layer-wise evaluation and prediction), those of ``batch.nodes``."""
         if getattr(batch, "layerwise", False):
             return self.model.inference(batch.x, batch.edge_index, batch_size=batch.infer_batch_size,
-                                        output_nodes=batch.nodes, progress=getattr(self, "_progress", None))
+                                        output_nodes=batch.nodes, progress=getattr(self, "_progress", None),
+                                        distributed=self._world_size() > 1)
         hops = getattr(batch, "num_sampled_nodes", None)
         out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size,
                          num_sampled_edges=getattr(batch, "num_sampled_edges", None) if hops is not None else None)
         return out[: batch.batch_size]
+
+    def _world_size(self) -> int:
+        try:
+            return self.trainer.world_size
+        except RuntimeError:  # not attached to a trainer
+            return 1
 
     @staticmethod
     def targets(batch) -> torch.Tensor:
@@ -119,7 +126,8 @@ class UnifewsModule(pl.LightningModule):
 
         n, layers = batch.x.size(0), self.model.num_layers
         show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
-        with tqdm(total=n * (layers - 1) + batch.nodes.numel(), desc="layer-wise inference", unit="node",
+        share = n // self._world_size()  # each rank computes a share of the layers before the last
+        with tqdm(total=share * (layers - 1) + batch.nodes.numel(), desc="layer-wise inference", unit="node",
                   disable=not show) as bar:
             self._progress = bar.update
             try:

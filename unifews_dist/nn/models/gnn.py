@@ -253,13 +253,14 @@ class UnifewsGNN(nn.Module):
         return x
 
     def inference(self, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
-                  output_nodes: Optional[Tensor] = None, device=None, progress=None) -> Tensor:
+                  output_nodes: Optional[Tensor] = None, device=None, progress=None,
+                  distributed: bool = False) -> Tensor:
         """Layer-wise full-graph inference (evaluation mode), memory bounded by ``batch_size``
         target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference`. Leaves
         its per-layer statistics in :attr:`layer_stats` (summed over its batches)."""
         from .layerwise import layerwise_inference
         return layerwise_inference(self, x, edge_index, batch_size=batch_size, output_nodes=output_nodes,
-                                   device=device, progress=progress)
+                                   device=device, progress=progress, distributed=distributed)
 
     def stats_tensor(self) -> Tensor:
         """The last forward's :attr:`layer_stats` packed as one float64 device tensor (the

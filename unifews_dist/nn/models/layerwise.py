@@ -36,6 +36,29 @@ def _in_edges_of(ei: Tensor, ew: Optional[Tensor], targets: Tensor, n: int):
     return torch.stack([ei[0, idx], t[idx]]), None if ew is None else ew[idx]
 
 
+def _world() -> Tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _shares(n: int, world: int) -> List[Tuple[int, int]]:
+    """Contiguous node ranges, one per rank, sizes differing by at most one."""
+    return [(r * n // world, (r + 1) * n // world) for r in range(world)]
+
+
+def _all_gather_cat(t: Tensor, sizes: List[int]) -> Tensor:
+    """Every rank's ``t`` (``sizes[r]`` rows on rank ``r``) concatenated in rank order: padded to
+    the largest share for the collective, trimmed after."""
+    import torch.distributed as dist
+    pad = t.new_zeros((max(sizes), *t.shape[1:]))
+    pad[:t.size(0)] = t
+    parts = [torch.empty_like(pad) for _ in sizes]
+    dist.all_gather(parts, pad)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)])
+
+
 class _Layer:
     """One layer of a stack run over batches of targets; sums what it computed into statistics."""
 
@@ -130,7 +153,7 @@ class _Layer:
 @torch.no_grad()
 def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                         output_nodes: Optional[Tensor] = None, device: Optional[torch.device] = None,
-                        progress: Optional[Callable[[int], None]] = None) -> Tensor:
+                        progress: Optional[Callable[[int], None]] = None, distributed: bool = False) -> Tensor:
     """Outputs ``[N, C]`` of ``model`` (a :class:`UnifewsGNN`, in evaluation mode) for every node
     of the graph ``(x, edge_index)``, or ``[len(output_nodes), C]`` for the nodes given.
 
@@ -153,6 +176,12 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         output_nodes: the nodes whose outputs are returned; ``None``: every node.
         device: where to compute (default: the model's); ``x`` and ``edge_index`` may be on the host.
         progress: called with the number of target nodes after each batch (a progress bar).
+        distributed: called on every rank of the initialised process group at once (each with
+            its own ``output_nodes``): each layer before the last is computed for a contiguous
+            share of the nodes per rank and all-gathered (rows and kept edges), so the ranks
+            split the work instead of each doing all of it; every rank then holds the same
+            representations, means and kept edges as one process would. Its statistics are this
+            rank's share (a sum over ranks is the whole).
     """
     if model.training:
         raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
@@ -168,6 +197,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     everyone = torch.arange(n, device=device)
     outputs = everyone if output_nodes is None else output_nodes.to(device)
     locked = model.lock_target_edges in ("always", "eval")
+    world, rank = _world() if distributed else (1, 0)
     in_degree = _csr_by_target(ei, n).diff()
     out_ei, out_ew = (ei, ew) if output_nodes is None else _in_edges_of(ei, ew, outputs, n)
     h = x.to(device)
@@ -189,9 +219,22 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
                 norms = conv.node_score_norms(pruned)
                 mean = conv.threshold_mean(pruned, ei, ew, norms=norms)
                 norms = norms if conv.scores_from_sources else None
-            tg, t_ei, t_ew = (everyone, ei, ew) if not last else (outputs, *_in_edges_of(ei, ew, outputs, n))
+            if last:
+                tg, t_ei, t_ew = (outputs, *_in_edges_of(ei, ew, outputs, n))
+            elif world > 1:  # this rank's contiguous share of the targets: a slice of the sorted edges
+                lo, hi = _shares(n, world)[rank]
+                ptr = _csr_by_target(ei, n)
+                a, b = int(ptr[lo]), int(ptr[hi])
+                tg, t_ew = everyone[lo:hi], None if ew is None else ew[a:b]
+                t_ei = torch.stack([ei[0, a:b], ei[1, a:b] - lo])
+            else:
+                tg, t_ei, t_ew = everyone, ei, ew
             pruned_next, keep = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
                                           int(in_degree[tg].sum()), norms)
+            if not last and world > 1:  # every rank: every node's rows and every kept edge
+                pruned_next = _all_gather_cat(pruned_next, [hi - lo for lo, hi in _shares(n, world)])
+                counts = _all_gather_cat(torch.tensor([keep.numel()], device=device), [1] * world)
+                keep = _all_gather_cat(keep.to(torch.uint8), counts.tolist()).bool()
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 idx = keep.nonzero().view(-1)
                 ei = ei.index_select(1, idx)
