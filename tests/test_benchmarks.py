@@ -158,3 +158,23 @@ def test_inference_speed_tiny_prunes_to_the_targets(tmp_path):
     res = json.load(open(tmp_path / "inference_speed.json"))
     assert res["edge_sparsity"] >= 0.75 and res["weight_sparsity"] >= 0.92
     assert res["macs_reduction"] > 4 and res["pruned_dense_time_ratio"] > 0  # (timed: not asserted on CI)
+
+
+def test_graph_memory_and_data_wait_tiny(tmp_path):
+    """The memory / start-up and data-wait benchmarks run (tiny graph; their figures are for
+    BENCHMARKS.md, only their shape is asserted here)."""
+    env = {**os.environ, "UNIFEWS_CACHE": str(tmp_path / "cache")}
+    gm = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "graph_memory.py"), "--scale", "tiny",
+                         "--ranks", "1", "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True,
+                        timeout=300, env=env)
+    assert gm.returncode == 0, gm.stdout[-2000:] + gm.stderr[-2000:]
+    res = json.load(open(tmp_path / "graph_memory.json"))
+    assert res["first_run"]["peak_pss_gib"] > 0.1 and res["runs"][0]["first_step_s"] > 0
+    assert res["runs"][0]["pss_vs_one_process"] == 1.0 and res["startup_ratio"] > 0
+    dw = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "data_wait.py"), "--scale", "tiny",
+                         "--steps", "2", "--warmup", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                        timeout=300, env=env)
+    assert dw.returncode == 0, dw.stderr[-2000:]
+    runs = json.load(open(tmp_path / "data_wait.json"))["runs"]
+    assert [(r["workers"], r["feature_gather"]) for r in runs] == [(0, "loader"), (1, "loader"), (1, "device")]
+    assert all(0 < r["wait_fraction"] < 1 for r in runs)

@@ -229,15 +229,17 @@ def _cli(args, env):
                           env=env, timeout=600)
 
 
-def test_prepare_command(cache, tmp_path):
-    env = {**os.environ, "UNIFEWS_CACHE": str(cache)}
-    first = _cli(["prepare", "--config", "configs/debug.yaml"], env)
-    assert first.returncode == 0, first.stderr
-    folder = first.stdout.strip().splitlines()[-1]
-    assert folder == locate(TINY, "data_root", 0, "float32")[0] and ": prepared in" in first.stdout
-    again = _cli(["prepare", "--config", "configs/debug.yaml", "--verify"], env)
-    assert again.returncode == 0 and ": verified in" in again.stdout
-    bad = _cli(["prepare", "--data.name", "imagenet"], env)
+def test_prepare_command(cache, capsys):
+    from unifews_dist.prepare import main
+
+    assert main(["--config", "configs/debug.yaml"]) == 0
+    out = capsys.readouterr().out
+    folder = out.strip().splitlines()[-1]
+    assert folder == locate(TINY, "data_root", 0, "float32")[0] and ": prepared in" in out
+    assert main(["--config", "configs/debug.yaml", "--verify"]) == 0 and ": verified in" in capsys.readouterr().out
+    assert main(["--config", "configs/debug.yaml"]) == 0 and ": up to date in" in capsys.readouterr().out
+    # from the console: the subcommand's one line and exit code 2
+    bad = _cli(["prepare", "--data.name", "imagenet"], {**os.environ, "UNIFEWS_CACHE": str(cache)})
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown dataset 'imagenet'" in bad.stderr
 
 

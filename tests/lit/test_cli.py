@@ -109,7 +109,7 @@ def test_checkpoint_from_another_model_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args,pattern", [
+BAD_INPUT = [
     (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1"),
     (["--model.thr_w", "abc"], "thr_w"),
     (["--model.no_such_key", "1"], "no_such_key"),
@@ -123,13 +123,32 @@ def test_checkpoint_from_another_model_exit_2(tmp_path):
     (["--requeue.check_every_n_steps", "0"], "requeue.check_every_n_steps must be an integer >= 1, got 0"),
     (["--trainer.callbacks+=unifews_dist.callbacks.SparsitySchedule", "--trainer.callbacks.kind=exp",
       "--trainer.callbacks.thr_a=1"], "Literal['constant', 'linear', 'cosine', 'cubic', 'table']. Got value: exp"),
-])
-def test_bad_input_one_line_exit_2(tmp_path, args, pattern):
-    proc = _run(["fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), *args], tmp_path, timeout=120)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    err = [l for l in proc.stderr.strip().splitlines() if l.startswith("unifews-dist: error:")]
-    assert len(err) == 1 and pattern in err[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory):
+    """Every BAD_INPUT case as its own ``unifews-dist fit`` process, all started at once: the
+    interpreter starts (most of each case's time) overlap."""
+    tmps = [tmp_path_factory.mktemp("bad_input") for _ in BAD_INPUT]  # each its own (default) run directory
+    procs = [subprocess.Popen([sys.executable, "-m", "unifews_dist", "fit", "--config", DEBUG,
+                               "--trainer.default_root_dir", str(tmp), *args], cwd=tmp, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for tmp, (args, _) in zip(tmps, BAD_INPUT)]
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        results.append({"code": p.returncode, "stderr": err})
+    return results
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[p for _, p in BAD_INPUT])
+def test_bad_input_one_line_exit_2(bad_input_results, case):
+    res, pattern = bad_input_results[case], BAD_INPUT[case][1]
+    assert res["code"] == 2, res
+    err = [l for l in res["stderr"].strip().splitlines() if l.startswith("unifews-dist: error:")]
+    assert len(err) == 1 and pattern in err[0], res["stderr"][-2000:]
+    assert "Traceback" not in res["stderr"]
 
 
 def _check_ranks(tmp_path, proc):

@@ -148,7 +148,8 @@ class UnifewsDataModule(pl.LightningDataModule):
         eval_mode: how validation and test run: ``sampled`` (minibatches of sampled
             neighbourhoods, ``eval_num_neighbors``) or ``layerwise`` (the whole graph, each layer
             over every node in batches of ``eval_batch_size`` targets with all their kept in-edges:
-            :meth:`UnifewsGNN.inference`; every rank runs it, each scores its share of the nodes).
+            :meth:`UnifewsGNN.inference`; under DDP the ranks split every layer but the last and
+            all-gather it, each scores its share of the nodes).
         predict_nodes: the nodes ``predict`` writes: ``all``, ``train``, ``val``, ``test``, or a file
             of node ids (``.pt`` holding a tensor, or ``.npy``); always layer-wise.
     """

@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 from unittest import mock
 
@@ -67,6 +67,7 @@ class GraphDataset:
     colptr: Optional[Tensor] = None
     row: Optional[Tensor] = None
     folder: Optional[str] = None
+    _edge_index: Optional[Tensor] = field(default=None, repr=False, compare=False)  # edge_index()'s copy
 
     @property
     def num_features(self) -> int:
@@ -86,7 +87,7 @@ class GraphDataset:
         needs it; sampling reads the CSC)."""
         if self.row is None:
             return self.data.edge_index
-        if getattr(self, "_edge_index", None) is None:
+        if self._edge_index is None:
             from .prepared import edge_index_of
             self._edge_index = edge_index_of(self.colptr, self.row)
         return self._edge_index
