@@ -254,3 +254,21 @@ def test_fit_on_your_own_graph(cache, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.load(open(run / "summary.json"))
     assert 0 <= s["test_acc"] <= 1 and os.path.isdir(str(path) + ".prepared")
+
+
+def test_a_folder_marked_read_only_is_not_written_even_by_root(cache, tmp_path):
+    """Planetoid raw files in a folder marked r-x (as a read-only data mount): processed and
+    prepared in the cache, nothing written next to them, whoever runs it (root may write
+    anywhere, so the mode bits are what say read-only)."""
+    import shutil
+    from conftest import SHARED_CORA
+
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(SHARED_CORA, "Cora", "raw"), root / "Cora" / "raw")
+    os.chmod(root / "Cora", 0o555)
+    try:
+        ds = load_prepared("cora", str(root))
+        assert sorted(os.listdir(root / "Cora")) == ["raw"] and ds.folder.startswith(str(cache))
+        assert ds.data.num_nodes == 2708
+    finally:
+        os.chmod(root / "Cora", 0o755)
