@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import yaml
 
-from .data.prepared import FEATURE_DTYPES, check_prepared, load_prepared, locate
+from .data.prepared import FEATURE_DTYPES, load_prepared
 
 
 class _OneLine(argparse.ArgumentParser):
@@ -55,14 +55,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             data[k] = getattr(args, k)
     t0 = time.perf_counter()
     try:
-        folder, fingerprint, _ = locate(data["name"], data["root"], int(data["seed"]), data["feature_dtype"])
-        before = check_prepared(folder, None if fingerprint is None else fingerprint(), full=args.verify)
+        built = []  # the line said when it (re)builds: the folder's check is load_prepared's, done once
+
+        def say(line, **kwargs):
+            built.append(line)
+            print(line, **kwargs)
+
         ds = load_prepared(data["name"], data["root"], int(data["seed"]), data["feature_dtype"], verify=args.verify,
-                           rebuild=args.rebuild)
+                           rebuild=args.rebuild, say=say)
     except (ValueError, FileNotFoundError) as e:
         print(f"unifews-dist prepare: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    state = "prepared" if args.rebuild or before is not None else ("verified" if args.verify else "up to date")
+    state = "prepared" if built else ("verified" if args.verify else "up to date")
     print(f"{ds.name}: {ds.data.num_nodes} nodes, {ds.num_edges} edges, {ds.num_features} features "
           f"({data['feature_dtype']}): {state} in {time.perf_counter() - t0:.1f} s")
     print(ds.folder, flush=True)

@@ -101,13 +101,10 @@ class GraphDataset:
         fs = LocalFeatureStore()
         fs.put_tensor(self.data.x, group_name=None, attr_name="x", index=None)
         fs.put_tensor(self.data.y, group_name=None, attr_name="y", index=None)
-        colptr, row = (self.colptr, self.row) if self.row is not None else _csc_of(self.data)
-        return fs, csc_graph_store(colptr, row)
-
-
-def _csc_of(data: Data):
-    from .prepared import csc_arrays
-    return csc_arrays(data.edge_index, data.num_nodes)
+        if self.row is not None:
+            return fs, csc_graph_store(self.colptr, self.row)
+        from .prepared import csc_arrays
+        return fs, csc_graph_store(*csc_arrays(self.data.edge_index, self.data.num_nodes))
 
 
 def csc_graph_store(colptr: Tensor, row: Tensor):
@@ -139,7 +136,8 @@ def load_planetoid(name: str, root: str) -> GraphDataset:
     source = os.path.abspath(raw)
     if os.path.isdir(raw) and not writable(os.path.join(root, pname)):
         # a read-only dataset mount: process a copy of the raw files in a cache we can write
-        cache = os.path.join(os.environ.get("UNIFEWS_CACHE", os.path.expanduser("~/.cache/unifews_dist")), "planetoid")
+        from .prepared import cache_dir
+        cache = os.path.join(cache_dir(), "planetoid")
         if not os.path.isdir(os.path.join(cache, pname, "raw")):
             shutil.copytree(raw, os.path.join(cache, pname, "raw"))
         root = cache

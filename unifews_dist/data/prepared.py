@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import check_choice
+
 FORMAT = 1
 #: the synthetic generator's version: a change to :func:`synthetic_graph` must raise it
 GENERATOR_VERSION = 1
@@ -215,8 +217,7 @@ def locate(name: str, root: str, seed: int, feature_dtype: str):
     from) and one loading the source (a :class:`GraphDataset` in memory)."""
     from .datasets import OGB, PLANETOID, SYNTHETIC, is_custom, load_custom, load_dataset, unknown_dataset
 
-    if feature_dtype not in FEATURE_DTYPES:
-        raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype!r}")
+    check_choice("feature_dtype", feature_dtype, FEATURE_DTYPES)
     suffix = "" if feature_dtype == "float32" else f"-{feature_dtype}"
     key = str(name).lower()
     if key in SYNTHETIC:
@@ -251,8 +252,8 @@ def load_prepared(name: str, root: str = "data_root", seed: int = 0, feature_dty
 
     One process per node prepares (the dataset's file lock); the others wait and map what it
     wrote. ``verify``: check every byte's digest, not a sample; ``rebuild``: prepare again
-    whatever is there. ``say``: where the one line about a (re)build goes."""
-    from .datasets import DatasetError, GraphDataset, check_graph, dataset_lock, ogb_evaluator
+    whatever is there. ``say``: where the one line about a (re)build goes (called only then)."""
+    from .datasets import OGB, DatasetError, GraphDataset, check_graph, dataset_lock, ogb_evaluator
     from torch_geometric.data import Data
 
     folder, fingerprint, build = locate(name, root, seed, feature_dtype)
@@ -268,8 +269,7 @@ def load_prepared(name: str, root: str = "data_root", seed: int = 0, feature_dty
                     say(f"[unifews_dist] preparing {name} in {folder} ({reason})", flush=True)
                 ds = build()
                 check_graph(ds)
-                from .datasets import OGB
-                meta = {"name": ds.name, "source": ds.source, "fingerprint": fingerprint(),
+                meta = {"name": ds.name, "source": ds.source, "fingerprint": fingerprint(),  # (after a download)
                         "num_nodes": int(ds.data.num_nodes), "num_edges": ds.num_edges,
                         "num_classes": int(ds.num_classes), "feature_dtype": feature_dtype,
                         "evaluator": OGB.get(str(name).lower())}

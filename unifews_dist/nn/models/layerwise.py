@@ -223,8 +223,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
                 tg, t_ei, t_ew = (outputs, *_in_edges_of(ei, ew, outputs, n))
             elif world > 1:  # this rank's contiguous share of the targets: a slice of the sorted edges
                 lo, hi = _shares(n, world)[rank]
-                ptr = _csr_by_target(ei, n)
-                a, b = int(ptr[lo]), int(ptr[hi])
+                a, b = torch.searchsorted(ei[1], torch.tensor([lo, hi], device=device)).tolist()  # (ei: by target)
                 tg, t_ew = everyone[lo:hi], None if ew is None else ew[a:b]
                 t_ei = torch.stack([ei[0, a:b], ei[1, a:b] - lo])
             else:
