@@ -40,7 +40,7 @@ def test_layerwise_equals_the_whole_graph_forward(conv, thr):
 
 
 @pytest.mark.parametrize("conv", ["sage", "gcn", "gin"])
-def test_locked_outputs_are_each_a_sampled_evaluation_of_the_node_alone(conv):
+def test_locked_each_output_is_a_sampled_evaluation_of_the_node_alone(conv):
     """With seed locking, node v's output is a sampled evaluation of v alone: v's in-edges kept at
     every layer, v's own row (its input, its self-loop) its locked representation, its neighbours'
     rows their pruned ones. Reference for two layers, from the convs called directly: P = layer
@@ -53,7 +53,7 @@ def test_locked_outputs_are_each_a_sampled_evaluation_of_the_node_alone(conv):
     m.train()
     m(x, ei)
     m.eval()
-    out = m.inference(x, ei, batch_size=8)
+    out = m.inference(x, ei, batch_size=8, lock_scope="each")
     pei, pew = type(m.convs[0]).prepare_edges(ei, N, N)
     all_locked = torch.ones(pei.size(1), dtype=torch.bool)
     with torch.no_grad():
@@ -68,6 +68,30 @@ def test_locked_outputs_are_each_a_sampled_evaluation_of_the_node_alone(conv):
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
     st = m.layer_stats  # each layer: the outputs locked, and (layer 0) every node pruned
     assert st[1].edges_kept == st[1].edges_in and st[0].edges_kept < st[0].edges_in
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_locked_outputs_are_one_sampled_batch_of_them(conv):
+    """``lock_scope="outputs"`` (the default): the output nodes' in-edges are locked at every
+    layer, all at once, as for the seeds of one batch. Reference: the forward over the whole
+    graph, relabelled so that the outputs come first, with them as the batch's seeds (the mean
+    over all of a layer's edges, locked ones included, in both)."""
+    m, x, ei = _model(conv, thr_a=0.3 if conv == "gat" else 1.0, thr_w=0.5, lock="eval")
+    nodes = torch.tensor([5, 0, 41, 17, 33, 8, 59, 21])
+    perm = torch.cat([nodes, torch.tensor([v for v in range(N) if v not in set(nodes.tolist())])])
+    new_id = torch.empty(N, dtype=torch.long)
+    new_id[perm] = torch.arange(N)
+    with torch.no_grad():
+        expect = m(x[perm], new_id[ei], batch_size=nodes.numel())[:nodes.numel()]
+        kept_whole = [int(s.edges_kept) for s in m.layer_stats]
+    out = m.inference(x, ei, batch_size=7, output_nodes=nodes)
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
+    st = m.layer_stats
+    assert st[0].edges_kept == kept_whole[0] < st[0].edges_in  # the others' in-edges pruned
+    assert st[-1].edges_kept == st[-1].edges_in  # the outputs': all kept
+    if conv in ("sage", "gcn"):  # (outputs that vary with the edges kept)
+        each = m.inference(x, ei, batch_size=7, output_nodes=nodes, lock_scope="each")
+        assert not torch.allclose(each, out, atol=1e-4)  # some outputs are neighbours of each other
 
 
 def test_output_nodes_are_rows_of_the_full_result():

@@ -254,13 +254,15 @@ class UnifewsGNN(nn.Module):
 
     def inference(self, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                   output_nodes: Optional[Tensor] = None, device=None, progress=None,
-                  distributed: bool = False) -> Tensor:
+                  distributed: bool = False, lock_scope: str = "outputs") -> Tensor:
         """Layer-wise full-graph inference (evaluation mode), memory bounded by ``batch_size``
-        target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference`. Leaves
-        its per-layer statistics in :attr:`layer_stats` (summed over its batches)."""
+        target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference` (there:
+        ``lock_scope``, whose in-edges the seed locking keeps). Leaves its per-layer statistics
+        in :attr:`layer_stats` (summed over its batches)."""
         from .layerwise import layerwise_inference
         return layerwise_inference(self, x, edge_index, batch_size=batch_size, output_nodes=output_nodes,
-                                   device=device, progress=progress, distributed=distributed)
+                                   device=device, progress=progress, distributed=distributed,
+                                   lock_scope=lock_scope)
 
     def stats_tensor(self) -> Tensor:
         """The last forward's :attr:`layer_stats` packed as one float64 device tensor (the

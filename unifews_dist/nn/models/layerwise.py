@@ -10,15 +10,20 @@ x hidden`` each), the graph's edges, and one batch's messages.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Literal, Optional, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...checks import check_choice
 from ...sparsify import edge_keep_mask, edge_scores
 from ..linear import UnifewsLinear
 from ..stats import LayerStats
+
+
+LockScope = Literal["outputs", "each"]
+LOCK_SCOPES = get_args(LockScope)
 
 
 def _csr_by_target(edge_index: Tensor, num_targets: int) -> Tensor:
@@ -72,11 +77,12 @@ class _Layer:
     def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Optional[Tensor], nbr: Tensor,
             x0: Optional[Tensor],
             locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int,
-            norms: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+            norms: Optional[Tensor] = None, lock_into: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """``(outputs of targets, kept mask of ei)``. ``ei``: the edges into ``targets`` (targets as
         positions, sorted by them); ``own``: the targets' own rows (their input and the source of
         their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
-        neighbour. ``loops_only``: only a self-loop's source is a target's own row (else a
+        neighbour. ``locked``: every edge is locked; ``lock_into``: ``[N]`` bool, the nodes whose
+        in-edges are locked. ``loops_only``: only a self-loop's source is a target's own row (else a
         target's own row is also its row as a neighbour of the other targets). ``norms``: every
         node's score norm (with ``mean``, for a conv whose scores come from its sources): the rule
         is applied before a batch's sources are gathered, so a source whose every edge into the
@@ -94,13 +100,16 @@ class _Layer:
             src, dst = ei[0, e0:e1], ei[1, e0:e1] - a
             w = None if ew is None else ew[e0:e1]
             tgt = targets[a:b]
+            into = None if lock_into is None else lock_into.index_select(0, tgt).index_select(0, dst)
             pre = None
             if norms is not None:
                 loops = src == tgt.index_select(0, dst) if conv.lock_self_loops else None
-                pre = edge_keep_mask(edge_scores(norms, src, w, nonneg=True), conv.thr_a, loops,
+                lock = into if loops is None else loops if into is None else loops | into
+                pre = edge_keep_mask(edge_scores(norms, src, w, nonneg=True), conv.thr_a, lock,
                                      mean=mean).nonzero().view(-1)
                 src, dst = src.index_select(0, pre), dst.index_select(0, pre)
                 w = None if w is None else w.index_select(0, pre)
+                into = None if into is None else into.index_select(0, pre)
             # sources: the targets' own rows first (a sampled block's layout), then the others' rows
             if loops_only:
                 own_src = src == tgt.index_select(0, dst)
@@ -121,7 +130,7 @@ class _Layer:
                 xs = (torch.cat([own[a:b], nbr.index_select(0, others)]), own[a:b])
             local = torch.stack([local_src, dst])
             args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
-            lock = torch.ones(src.numel(), dtype=torch.bool, device=device) if locked else None
+            lock = torch.ones(src.numel(), dtype=torch.bool, device=device) if locked else into
             out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean)
             if pre is None:
                 keep_all[e0:e1] = keep
@@ -153,7 +162,8 @@ class _Layer:
 @torch.no_grad()
 def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                         output_nodes: Optional[Tensor] = None, device: Optional[torch.device] = None,
-                        progress: Optional[Callable[[int], None]] = None, distributed: bool = False) -> Tensor:
+                        progress: Optional[Callable[[int], None]] = None, distributed: bool = False,
+                        lock_scope: str = "outputs") -> Tensor:
     """Outputs ``[N, C]`` of ``model`` (a :class:`UnifewsGNN`, in evaluation mode) for every node
     of the graph ``(x, edge_index)``, or ``[len(output_nodes), C]`` for the nodes given.
 
@@ -162,12 +172,17 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     weight masks as trained). That is the output when seed edges are not locked
     (``lock_target_edges="never"``, or ``"always"`` in training only).
 
-    With locking (``"eval"`` / ``"always"``), as a sampled evaluation of each output node on its
-    own: the node's in-edges are kept at every layer, its own row (its input, its self-loop) is
-    its locked representation of the layer before, and its neighbours' rows are their pruned
-    representations. So each layer is computed twice, pruned for every node and locked for the
-    output nodes. (A sampled evaluation also locks the in-edges of neighbours that happen to be
-    seeds of the same batch; a node's prediction here depends on no batch.)
+    With locking (``"eval"`` / ``"always"``), ``lock_scope`` says whose in-edges are kept:
+
+    - ``"outputs"``: every output node's in-edges, at every layer, all at once: what a sampled
+      evaluation does for the seeds of one batch (a seed that is another seed's neighbour is
+      locked there too), and what the reference code's full-graph evaluation does for the split
+      it scores. Each layer runs once. Predicting every node then prunes no edge.
+    - ``"each"``: as a sampled evaluation of each output node on its own: the node's in-edges
+      are kept at every layer, its own row (its input, its self-loop) is its locked
+      representation of the layer before, and its neighbours' rows are their pruned
+      representations, so a node's output depends on no other output node. Each layer is
+      computed twice, pruned for every node and locked for the output nodes.
 
     With thresholds 0 this is the full-graph forward of the dense model.
 
@@ -180,13 +195,16 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             its own ``output_nodes``): each layer before the last is computed for a contiguous
             share of the nodes per rank and all-gathered (rows and kept edges), so the ranks
             split the work instead of each doing all of it; every rank then holds the same
-            representations, means and kept edges as one process would. Its statistics are this
-            rank's share (a sum over ranks is the whole).
+            representations, means and kept edges as one process would (with ``"outputs"``, the
+            locked nodes are every rank's output nodes). Its statistics are this rank's share (a
+            sum over ranks is the whole).
+        lock_scope: ``"outputs"`` or ``"each"`` (above).
     """
     if model.training:
         raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_choice("lock_scope", lock_scope, LOCK_SCOPES)
     device = device or next(model.parameters()).device
     n, L = x.size(0), model.num_layers
     Conv = type(model.convs[0])
@@ -197,9 +215,20 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     everyone = torch.arange(n, device=device)
     outputs = everyone if output_nodes is None else output_nodes.to(device)
     locked = model.lock_target_edges in ("always", "eval")
+    each = locked and lock_scope == "each"
     world, rank = _world() if distributed else (1, 0)
+    lock_into = None
+    if locked and not each:  # the output nodes (of every rank): their in-edges locked
+        lock_into = torch.zeros(n, dtype=torch.bool, device=device)
+        lock_into[outputs] = True
+        if world > 1:
+            import torch.distributed as dist
+            union = lock_into.to(torch.uint8)
+            dist.all_reduce(union, op=dist.ReduceOp.MAX)
+            lock_into = union.bool()
     in_degree = _csr_by_target(ei, n).diff()
-    out_ei, out_ew = (ei, ew) if output_nodes is None else _in_edges_of(ei, ew, outputs, n)
+    if each:
+        out_ei, out_ew = (ei, ew) if output_nodes is None else _in_edges_of(ei, ew, outputs, n)
     h = x.to(device)
     x0 = None
     if model.lin_in is not None:
@@ -210,10 +239,10 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         last = i == L - 1
         layer = _Layer(model, i, n, batch_size, progress)
         new_own = None
-        if locked:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
+        if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
             new_own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
                                    int(in_degree[outputs].sum()))
-        if not last or not locked:  # every node (the last layer: the outputs only), pruned by the rule
+        if not last or not each:  # every node (the last layer: the outputs only), pruned by the rule
             norms = mean = None
             if conv.thr_a > 0:  # the rule's mean over all the layer's edges
                 norms = conv.node_score_norms(pruned)
@@ -229,7 +258,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             else:
                 tg, t_ei, t_ew = everyone, ei, ew
             pruned_next, keep = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
-                                          int(in_degree[tg].sum()), norms)
+                                          int(in_degree[tg].sum()), norms, lock_into)
             if not last and world > 1:  # every rank: every node's rows and every kept edge
                 pruned_next = _all_gather_cat(pruned_next, [hi - lo for lo, hi in _shares(n, world)])
                 counts = _all_gather_cat(torch.tensor([keep.numel()], device=device), [1] * world)
@@ -239,9 +268,9 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
                 ei = ei.index_select(1, idx)
                 ew = None if ew is None else ew.index_select(0, idx)
             pruned = pruned_next
-        own = new_own if locked else pruned
+        own = new_own if each else pruned
         stats.append(layer.stats())
-    h = own if locked else pruned
+    h = own if each else pruned
     if model.lin_out is not None:
         h = torch.cat([model.lin_out(h[a:a + batch_size]) for a in range(0, h.size(0), batch_size)])
     model.layer_stats, model._stats_tensor = stats, None  # what the monitors read, as after a forward
