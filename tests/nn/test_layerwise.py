@@ -148,6 +148,22 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
         assert fast_macs == slow_macs
 
 
+def test_edges_kept_before_the_gather_are_not_scored_again(monkeypatch):
+    """The rule applied before the gather is the layer's rule: the conv is told so
+    (``rule_applied``) and scores nothing again; a conv whose scores do not come from its
+    sources (GATv2) refuses to be told so."""
+    from unifews_dist.nn.conv.base import UnifewsConv
+    m, x, ei = _model("sage", thr_a=1.0, thr_w=0.5)
+    calls = []
+    real = UnifewsConv.prune_edges
+    monkeypatch.setattr(UnifewsConv, "prune_edges", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    m.inference(x, ei, batch_size=7)
+    assert calls == []
+    gat = UnifewsGNN("gat", F_IN, 16, 4, num_layers=1, thr_a=0.3).eval().convs[0]
+    with pytest.raises(ValueError, match="rule_applied"):
+        gat(x, ei, rule_applied=True)
+
+
 def _split_worker(rank, world, port, conv, lock, out):
     import os
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

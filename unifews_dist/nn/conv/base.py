@@ -144,7 +144,8 @@ class UnifewsConv(MessagePassing):
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor] = None,
                 locked: Union[None, Tensor, int] = None, return_kept: bool = False, prepared: bool = False,
                 num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None,
-                bounds: Optional[Sequence[int]] = None, score_mean: Optional[Tensor] = None):
+                bounds: Optional[Sequence[int]] = None, score_mean: Optional[Tensor] = None,
+                rule_applied: bool = False):
         """Prepare edges, transform, score, select, restrict targets, propagate, combine.
 
         Args:
@@ -160,6 +161,9 @@ class UnifewsConv(MessagePassing):
             x0: the initial representation, for convs that read it (GCNII).
             score_mean: the threshold's mean, taken elsewhere over more edges than these
                 (layer-wise inference; see :meth:`threshold_mean`).
+            rule_applied: the edges given are the ones the edge rule keeps, found by the caller
+                from every node's norms (layer-wise inference, for a conv whose
+                :attr:`scores_from_sources`): they are not scored again, and all are aggregated.
         """
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
@@ -176,10 +180,16 @@ class UnifewsConv(MessagePassing):
             valid = None
         h_src, h_dst = self.transform(x_src, x_dst)
         msg_weight, score_weight = self.edge_weights(h_src, h_dst, edge_index, edge_weight, n_dst)
-        norms = self.score_norms(h_src) if self.thr_a > 0 else None
-        keep = self.prune_edges(edge_index, score_weight, norms, locked,
-                                None if norms is None else self.score_reference(norms, edge_index), valid,
-                                nonneg=nonneg, mean=score_mean)
+        if rule_applied:
+            if valid is not None or bounds is not None or not self.scores_from_sources:
+                raise ValueError("rule_applied takes exactly the kept edges (no valid mask, no bounds), "
+                                 f"of a conv whose scores come from its sources ({type(self).__name__}'s do not)")
+            self.last_edges_in, keep = edge_index.size(1), None
+        else:
+            norms = self.score_norms(h_src) if self.thr_a > 0 else None
+            keep = self.prune_edges(edge_index, score_weight, norms, locked,
+                                    None if norms is None else self.score_reference(norms, edge_index), valid,
+                                    nonneg=nonneg, mean=score_mean)
         narrowed = keep  # selection with bounds narrows the rule's mask in place
         if return_kept and bounds is not None and keep is not None:
             narrowed = keep.clone()

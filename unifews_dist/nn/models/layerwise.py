@@ -93,7 +93,7 @@ class _Layer:
         keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
         lookup = torch.full((self.n,), -1, dtype=torch.long, device=device)
         mark = torch.zeros(self.n, dtype=torch.bool, device=device)
-        outs = []
+        result = None  # every target's output, written batch by batch (no list of them to concatenate)
         for a in range(0, targets.numel(), bs):
             b = min(a + bs, targets.numel())
             e0, e1 = ptr[a], ptr[b]
@@ -130,26 +130,30 @@ class _Layer:
                 xs = (torch.cat([own[a:b], nbr.index_select(0, others)]), own[a:b])
             local = torch.stack([local_src, dst])
             args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
-            lock = torch.ones(src.numel(), dtype=torch.bool, device=device) if locked else into
-            out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean)
             if pre is None:
+                lock = torch.ones(src.numel(), dtype=torch.bool, device=device) if locked else into
+                out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean)
                 keep_all[e0:e1] = keep
-            else:
+                self.kept += int(keep.sum())
+            else:  # the edges given are the rule's kept ones: the conv does not score them again
+                out = conv(*args, w, prepared=True, rule_applied=True)
                 keep_all[e0:e1] = False
-                keep_all[e0 + pre] = keep
-            self.kept += int(keep.sum())
+                keep_all[e0 + pre] = True
+                self.kept += pre.numel()
             self.computed += int(conv.last_edges_computed)
             for j, lin in enumerate(self.lins):
                 self.rows[j] += lin.last_rows
                 self.t_dense += lin.last_rows * lin.in_features * lin.out_features
             if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:
                 out = F.relu(self.model.norms[self.i](out))
-            outs.append(out)
+            if result is None:
+                result = out.new_empty((targets.numel(), *out.shape[1:]))
+            result[a:b] = out
             if self.progress is not None:
                 self.progress(b - a)
         self.edges_in += ei.size(1)
         self.edges_dense += edges_dense
-        return torch.cat(outs), keep_all
+        return result, keep_all
 
     def stats(self) -> LayerStats:
         return LayerStats(edges_dense=self.edges_dense, edges_in=self.edges_in, edges_kept=self.kept,
