@@ -47,7 +47,8 @@ class UnifewsModule(pl.LightningModule):
                  hidden_channels: int = 256, num_layers: int = 2, dropout: float = 0.5, norm: Norm = "batch",
                  thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0, heads: int = 1,
                  gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5, lock_target_edges: LockPolicy = "always",
-                 weight_backend: Backend = "auto", layerwise_lock: LockScope = "outputs", lr: float = 0.001, weight_decay: float = 1e-5,
+                 weight_backend: Backend = "auto", layerwise_lock: LockScope = "outputs", lr: float = 0.001,
+                 weight_decay: float = 1e-5,
                  optimizer: Optimizer = "adam", lr_scheduler: Scheduler = "none", multilabel: bool = False):
         super().__init__()
         if in_channels <= 0 or out_channels <= 0:

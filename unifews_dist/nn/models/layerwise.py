@@ -151,6 +151,8 @@ class _Layer:
             result[a:b] = out
             if self.progress is not None:
                 self.progress(b - a)
+        if result is None:  # (as torch.cat of no batches raised before)
+            raise ValueError("layer-wise inference got no target nodes (output_nodes is empty)")
         self.edges_in += ei.size(1)
         self.edges_dense += edges_dense
         return result, keep_all
@@ -237,15 +239,15 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     x0 = None
     if model.lin_in is not None:
         h = x0 = torch.cat([F.relu(model.lin_in(h[a:a + batch_size])) for a in range(0, n, batch_size)])
-    pruned, own = h, h[outputs]  # every node's pruned rows; the outputs' own (locked) rows
+    pruned = h  # every node's pruned rows
+    own = h[outputs] if each else None  # the outputs' own (locked) rows
     stats: List[LayerStats] = []
     for i, conv in enumerate(model.convs):
         last = i == L - 1
         layer = _Layer(model, i, n, batch_size, progress)
-        new_own = None
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
-            new_own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
-                                   int(in_degree[outputs].sum()))
+            own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
+                               int(in_degree[outputs].sum()))
         if not last or not each:  # every node (the last layer: the outputs only), pruned by the rule
             norms = mean = None
             if conv.thr_a > 0:  # the rule's mean over all the layer's edges
@@ -272,7 +274,6 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
                 ei = ei.index_select(1, idx)
                 ew = None if ew is None else ew.index_select(0, idx)
             pruned = pruned_next
-        own = new_own if each else pruned
         stats.append(layer.stats())
     h = own if each else pruned
     if model.lin_out is not None:
