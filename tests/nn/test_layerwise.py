@@ -198,3 +198,30 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock):
     for layer in range(len(one) - 1):  # (the last layer: each rank its own output nodes, in both)
         if lock == "never":
             assert tuple(a + b for a, b in zip(out[0][2][layer], out[1][2][layer])) == one[layer]
+
+
+@pytest.mark.parametrize("conv", ["sage", "gcn", "gin", "gcnii"])
+def test_fused_aggregation_equals_messages_summed(conv):
+    """``fused``: one sparse-dense product over the edges in any order, repeated ones included,
+    gives the messages summed edge by edge; the matrix holds each (target, source) once, in
+    order, as torch's and cuSPARSE's CSR kernels require (torch's invariant check passes)."""
+    from unifews_dist.nn.conv.base import UnifewsConv
+    m, _, _ = _model(conv, thr_a=1.0, thr_w=0.5)
+    c = m.convs[0]
+    torch.manual_seed(1)
+    x = torch.randn(N, c.weight_layers()[0].in_features)
+    ei = torch.randint(0, N, (2, 300))
+    ei = torch.cat([ei, ei[:, :40]], 1)[:, torch.randperm(340)]  # unsorted, 40 edges twice
+    args = (x, x, ei) if c.needs_x0 else (x, ei)
+    with torch.no_grad():
+        expect, kept = c(*args, return_kept=True)
+        out, kept_fused = c(*args, return_kept=True, fused=True)
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
+    assert torch.equal(kept, kept_fused) and not kept.all()
+    w = torch.rand(ei.size(1))
+    adj = UnifewsConv.adjacency(ei, w, N, N, torch.float32)
+    dense = torch.zeros(N, N).index_put_((ei[1], ei[0]), w, accumulate=True)
+    torch.testing.assert_close(adj.to_dense(), dense)
+    assert adj.values().numel() == torch.unique(ei[1] * N + ei[0]).numel()
+    with torch.sparse.check_sparse_tensor_invariants(enable=True):
+        torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values(), adj.shape)

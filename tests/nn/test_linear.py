@@ -29,6 +29,28 @@ def test_sparse_kernel_equals_masked_dense_with_gradients(density):
     assert (w.grad[~mask] == 0).all()
 
 
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+def test_sparse_kernel_adds_bias_and_a_term_as_it_writes():
+    """``x W_m^T + b + add`` in one kernel (a conv's sum of two maps), gradients to all four."""
+    torch.manual_seed(0)
+    x, w = torch.randn(70, 33, requires_grad=True), torch.randn(17, 33, requires_grad=True)
+    b, add = torch.randn(17, requires_grad=True), torch.randn(70, 17, requires_grad=True)
+    mask = torch.rand(17, 33) < 0.2
+    leaves = (x, w, b, add)
+    twins = [t.detach().clone().requires_grad_() for t in leaves]
+    y = sparse_linear(x, w, mask, b, add)
+    y2 = twins[0] @ (twins[1] * mask).t() + twins[2] + twins[3]
+    torch.testing.assert_close(y, y2, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sparse_linear(x, w, mask, b), y2 - twins[3], atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y2 * g).sum().backward()
+    for t, u in zip(leaves, twins):
+        torch.testing.assert_close(t.grad, u.grad, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="add must have shape"):
+        sparse_linear(x, w, mask, b, add[:5])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sparse_transform_equals_masked_dense_with_gradients():

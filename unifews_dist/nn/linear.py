@@ -177,11 +177,11 @@ class UnifewsLinear(nn.Module):
         backend = self._choose_backend(x)
         self.last_backend = backend
         if backend == "sparse":
-            shape = x.shape
-            out = sparse_linear(x.reshape(-1, self.in_features), self.weight, self.weight_mask)
-            out = out.reshape(*shape[:-1], self.out_features)
-            out = out if self.bias is None else out + self.bias
-            return out if add is None else out + add
+            shape = (*x.shape[:-1], self.out_features)
+            fused = add is not None and add.shape == shape  # (else broadcast after)
+            out = sparse_linear(x.reshape(-1, self.in_features), self.weight, self.weight_mask, self.bias,
+                                add.reshape(-1, self.out_features) if fused else None).reshape(shape)
+            return out if add is None or fused else out + add
         return self._affine(x, self._masked_weight(), add)
 
     def _masked_weight(self) -> Tensor:

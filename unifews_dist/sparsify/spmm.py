@@ -14,6 +14,7 @@ arithmetic. On CUDA, torch's CSR matmul (cuSPARSE) is used when asked for
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -100,9 +101,12 @@ if _nb is not None:
         return sig, codegen
 
     @_nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def _csr_rows_times_x(x, crow, col, val, y):  # y[:] = x @ W.T, W given as CSR [nout, fin]
+    def _csr_rows_times_x(x, crow, col, val, bias, base, y):
+        # y[:] = x @ W.T (+ bias, a vector, if it has entries) (+ base, y's shape, if it has rows),
+        # W given as CSR [nout, fin]: the sums are added as each output entry is written
         n, fi = x.shape
         nout = y.shape[1]
+        with_bias, with_base = bias.shape[0] > 0, base.shape[0] > 0
         T = _TILE
         for b in _nb.prange((n + T - 1) // T):
             s = b * T
@@ -116,7 +120,12 @@ if _nb is not None:
                 _row_fma(xt, col, val, crow[i], crow[i + 1], yt, i * T)
             for r in range(m):
                 for i in range(nout):
-                    y[s + r, i] = yt[i * T + r]
+                    v = yt[i * T + r]
+                    if with_bias:
+                        v += bias[i]
+                    if with_base:
+                        v += base[s + r, i]
+                    y[s + r, i] = v
 
 
 def _get_kernel(torch_threads: int):
@@ -139,17 +148,24 @@ def _csr(weight: Tensor, mask: Tensor):
     return crow, cols, vals
 
 
-def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int) -> Tensor:
-    """``x @ W.T`` for ``W`` given in CSR form (rows = outputs)."""
+def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int, bias: Optional[Tensor] = None,
+          add: Optional[Tensor] = None) -> Tensor:
+    """``x @ W.T (+ bias) (+ add)`` for ``W`` given in CSR form (rows = outputs); ``add``: ``[len(x),
+    nout]``. On CPU the sums are made as the kernel writes its output (no pass of their own)."""
     if x.is_cuda:
         w = torch.sparse_csr_tensor(crow, col, val, (nout, x.size(1)), device=x.device)
-        return (w @ x.t()).t()
+        out = (w @ x.t()).t()
+        out = out if bias is None else out + bias
+        return out if add is None else out + add
     x = x.detach().contiguous()
-    if x.dtype != torch.float32 or val.dtype != torch.float32:
+    extras = [t for t in (bias, add) if t is not None]
+    if any(t.dtype != torch.float32 for t in (x, val, *extras)):
         raise TypeError(f"the CPU sparse transform supports float32, got {x.dtype}")
     y = _np.empty((x.size(0), nout), dtype=_np.float32)  # numpy: huge pages for large outputs
+    b = _np.empty(0, dtype=_np.float32) if bias is None else bias.detach().contiguous().numpy()
+    a = _np.empty((0, nout), dtype=_np.float32) if add is None else add.detach().contiguous().numpy()
     torch_threads = torch.get_num_threads()
-    _get_kernel(torch_threads)(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), y)
+    _get_kernel(torch_threads)(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), b, a, y)
     # numba's OpenMP threading layer, started by the first parallel call, sets the OpenMP
     # thread count that torch's own CPU kernels follow too (torch.get_num_threads() went from
     # torchrun's 1 to the core count): the ranks then oversubscribed the CPU, and ops such as
@@ -162,24 +178,32 @@ def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int) -> Tenso
 
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, mask):
+    def forward(ctx, x, weight, mask, bias, add):
         crow, col, vals = _csr(weight.detach(), mask)
         ctx.save_for_backward(x, weight, mask)
-        return _spmm(x, crow, col, vals, weight.size(0))
+        return _spmm(x, crow, col, vals, weight.size(0), bias, add)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mask = ctx.saved_tensors
-        grad_x = grad_w = None
+        grad_x = grad_w = grad_b = grad_add = None
         if ctx.needs_input_grad[0]:  # grad_x = grad_out @ W_masked: the same kernel on W.T
             wt, mt = weight.detach().t(), mask.t()
             crow, col, vals = _csr(wt, mt)
             grad_x = _spmm(grad_out, crow, col, vals, weight.size(1))
         if ctx.needs_input_grad[1]:  # only kept entries get a gradient
             grad_w = (grad_out.t() @ x) * mask
-        return grad_x, grad_w, None
+        if ctx.needs_input_grad[3]:
+            grad_b = grad_out.sum(0)
+        if ctx.needs_input_grad[4]:
+            grad_add = grad_out
+        return grad_x, grad_w, None, grad_b, grad_add
 
 
-def sparse_linear(x: Tensor, weight: Tensor, mask: Tensor) -> Tensor:
-    """``x @ (weight * mask).T`` computing only the kept entries (differentiable in x and weight)."""
-    return _SparseLinearFn.apply(x, weight, mask)
+def sparse_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor] = None,
+                  add: Optional[Tensor] = None) -> Tensor:
+    """``x @ (weight * mask).T (+ bias) (+ add)`` computing only the kept entries (differentiable in
+    x, weight, bias and add; ``add``: one row per row of ``x``)."""
+    if add is not None and add.shape != (x.size(0), weight.size(0)):
+        raise ValueError(f"add must have shape {(x.size(0), weight.size(0))}, got {tuple(add.shape)}")
+    return _SparseLinearFn.apply(x, weight, mask, bias, add)

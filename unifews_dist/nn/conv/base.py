@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import accumulate
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import spmm
 
 from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms
 from ..constants import slot_ids
@@ -145,7 +147,7 @@ class UnifewsConv(MessagePassing):
                 locked: Union[None, Tensor, int] = None, return_kept: bool = False, prepared: bool = False,
                 num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None,
                 bounds: Optional[Sequence[int]] = None, score_mean: Optional[Tensor] = None,
-                rule_applied: bool = False):
+                rule_applied: bool = False, fused: bool = False):
         """Prepare edges, transform, score, select, restrict targets, propagate, combine.
 
         Args:
@@ -164,6 +166,11 @@ class UnifewsConv(MessagePassing):
             rule_applied: the edges given are the ones the edge rule keeps, found by the caller
                 from every node's norms (layer-wise inference, for a conv whose
                 :attr:`scores_from_sources`): they are not scored again, and all are aggregated.
+            fused: with no gradient taken (layer-wise inference), a conv whose messages are its
+                weights times its sources' rows (the base's :meth:`message`, rows of one
+                dimension) aggregates them with one sparse-dense product (PyG's fused
+                :meth:`message_and_aggregate`), holding no per-edge message tensor. Fastest when
+                the edges come sorted by target, then source, with none repeated.
         """
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
@@ -200,7 +207,12 @@ class UnifewsConv(MessagePassing):
         if x0 is not None:
             x0 = self.take_rows(rows, x0[:n_dst])
         self.last_prop_channels = math.prod(h_src.shape[1:])
-        agg = self.propagate(ei, x=(h_src, h_dst), edge_weight=weights[-1], size=(n_src, h_dst.size(0)))
+        w = weights[-1]
+        if fused and self._fusable(h_src, w):
+            adj_t = self.adjacency(ei, w, n_src, h_dst.size(0), h_src.dtype)
+            agg = self.propagate(adj_t, x=(h_src, h_dst), edge_weight=None)  # (the weights are in adj_t)
+        else:
+            agg = self.propagate(ei, x=(h_src, h_dst), edge_weight=w, size=(n_src, h_dst.size(0)))
         return self._finish(self.combine(agg, h_dst, x0), keep, edge_index.size(1), return_kept)
 
     def transform(self, x_src: Tensor, x_dst: Tensor) -> PairTensor:
@@ -410,6 +422,38 @@ class UnifewsConv(MessagePassing):
     @staticmethod
     def take_rows(rows: Optional[Tensor], x: Tensor) -> Tensor:
         return x if rows is None else x.index_select(0, rows)
+
+    def _fusable(self, h_src: Tensor, weight: Optional[Tensor]) -> bool:
+        return (type(self).message is UnifewsConv.message and h_src.dim() == 2 and not torch.is_grad_enabled()
+                and (weight is None or weight.dim() == 1))
+
+    @staticmethod
+    def adjacency(edge_index: Tensor, edge_weight: Optional[Tensor], num_src: int, num_dst: int,
+                  dtype: torch.dtype) -> Tensor:
+        """The edges as a sparse ``[num_dst, num_src]`` CSR matrix of their weights (``None``: 1),
+        as torch's and cuSPARSE's kernels require it: in each row the columns sorted and distinct.
+        Edges out of that order are sorted, and a repeated edge becomes one entry of the summed
+        weights (the same sum of messages); in order, nothing is copied but the row pointers."""
+        dst, src = edge_index[1], edge_index[0]
+        w = edge_weight.to(dtype) if edge_weight is not None else torch.ones(src.numel(), dtype=dtype,
+                                                                            device=src.device)
+        key = dst * num_src + src
+        step = key[1:] - key[:-1]
+        unsorted, repeated = torch.stack([(step < 0).any(), (step == 0).any()]).tolist()  # (one device read)
+        if unsorted or repeated:  # (in order, a repeated edge follows its first: merged without a sort)
+            key, inv = (torch.unique if unsorted else torch.unique_consecutive)(key, return_inverse=True)
+            w = w.new_zeros(key.numel()).index_add_(0, inv, w)
+            dst = torch.div(key, num_src, rounding_mode="floor")
+            src = key - dst * num_src
+        crow = torch.searchsorted(dst, torch.arange(num_dst + 1, device=dst.device))
+        with warnings.catch_warnings():  # (torch says once that its CSR tensors are in beta)
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(crow, src, w, (num_dst, num_src), check_invariants=False)
+
+    def message_and_aggregate(self, adj_t: Tensor, x: PairTensor) -> Tensor:
+        """The weighted sum of the sources' rows into each target, the adjacency given as a
+        sparse ``[targets, sources]`` matrix of the message weights (see ``fused``)."""
+        return spmm(adj_t, x[0], reduce=self.aggr)
 
     def message(self, x_j: Tensor, edge_weight: Optional[Tensor]) -> Tensor:
         if edge_weight is None:

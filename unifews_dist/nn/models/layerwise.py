@@ -5,8 +5,10 @@ PyG's ``BasicGNN.inference`` runs a model this way (a loader over every node wit
 neighbours, each layer for all nodes before the next), but it knows nothing of edge pruning:
 here the edge rule's mean is taken over all of a layer's edges (:meth:`UnifewsConv.threshold_mean`)
 before the layer runs batch by batch, and the edges a layer prunes are gone from every later
-layer (progressive, as in training). Memory: two representations of every node per layer (``N
-x hidden`` each), the graph's edges, and one batch's messages.
+layer (progressive, as in training). A batch's messages are summed by one sparse-dense product
+(the conv's ``fused`` aggregation: no per-edge message tensor), its sources' rows read by node id
+where the conv propagates them untransformed. Memory: two representations of every node per
+layer (``N x hidden`` each), the graph's edges, and one batch's sparse adjacency.
 """
 from __future__ import annotations
 
@@ -77,22 +79,38 @@ class _Layer:
     def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Optional[Tensor], nbr: Tensor,
             x0: Optional[Tensor],
             locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int,
-            norms: Optional[Tensor] = None, lock_into: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """``(outputs of targets, kept mask of ei)``. ``ei``: the edges into ``targets`` (targets as
+            norms: Optional[Tensor] = None, lock_into: Optional[Tensor] = None,
+            start: Optional[int] = None) -> Tuple[Tensor, Tensor, Tuple[Tensor, Optional[Tensor]]]:
+        """``(outputs of targets, kept mask of ei, (kept edges, their weights))``. ``ei``: the edges into ``targets`` (targets as
         positions, sorted by them); ``own``: the targets' own rows (their input and the source of
         their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
         neighbour. ``locked``: every edge is locked; ``lock_into``: ``[N]`` bool, the nodes whose
         in-edges are locked. ``loops_only``: only a self-loop's source is a target's own row (else a
         target's own row is also its row as a neighbour of the other targets). ``norms``: every
         node's score norm (with ``mean``, for a conv whose scores come from its sources): the rule
-        is applied before a batch's sources are gathered, so a source whose every edge into the
-        batch is pruned is neither gathered nor transformed (the conv applies it again, to the
-        same effect)."""
+        is applied to all the edges given at once, before any batch, and the batches get the kept
+        edges only (the conv is told so and scores nothing again). ``start``: the targets are the
+        nodes ``start, start + 1, ...`` (their rows are then a slice of ``nbr``, not a gather).
+
+        A conv that propagates its sources' rows as they are (no source-side weights: SAGE, GIN,
+        GCNII) reads them from ``nbr`` by node id, one gather of the messages; a conv that
+        transforms them first (GCN, GATv2) gets each batch's distinct sources gathered, so each is
+        transformed once per batch."""
         conv, device, bs = self.conv, ei.device, self.batch_size
+        edges_given = ei, ew
+        if norms is not None:
+            keep_all = self._rule(targets, ei, ew, norms, mean, lock_into, start)
+            idx = keep_all.nonzero().view(-1)
+            ei, ew = ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+            self.kept += idx.numel()
+        else:
+            keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
+        # the sources by node id: no per-batch gather of their rows (and no scores of them to take)
+        by_id = own is None and not conv.source_side_weights and (norms is not None or conv.thr_a == 0)
         ptr = _csr_by_target(ei, targets.numel()).tolist()
-        keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
-        lookup = torch.full((self.n,), -1, dtype=torch.long, device=device)
-        mark = torch.zeros(self.n, dtype=torch.bool, device=device)
+        if not by_id:
+            lookup = torch.full((self.n,), -1, dtype=torch.long, device=device)
+            mark = torch.zeros(self.n, dtype=torch.bool, device=device)
         result = None  # every target's output, written batch by batch (no list of them to concatenate)
         for a in range(0, targets.numel(), bs):
             b = min(a + bs, targets.numel())
@@ -100,62 +118,92 @@ class _Layer:
             src, dst = ei[0, e0:e1], ei[1, e0:e1] - a
             w = None if ew is None else ew[e0:e1]
             tgt = targets[a:b]
-            into = None if lock_into is None else lock_into.index_select(0, tgt).index_select(0, dst)
-            pre = None
-            if norms is not None:
-                loops = src == tgt.index_select(0, dst) if conv.lock_self_loops else None
-                lock = into if loops is None else loops if into is None else loops | into
-                pre = edge_keep_mask(edge_scores(norms, src, w, nonneg=True), conv.thr_a, lock,
-                                     mean=mean).nonzero().view(-1)
-                src, dst = src.index_select(0, pre), dst.index_select(0, pre)
-                w = None if w is None else w.index_select(0, pre)
-                into = None if into is None else into.index_select(0, pre)
-            # sources: the targets' own rows first (a sampled block's layout), then the others' rows
-            if loops_only:
-                own_src = src == tgt.index_select(0, dst)
+            if by_id:
+                xs = (nbr, nbr[start + a:start + b] if start is not None else nbr.index_select(0, tgt))
+                local = torch.stack([src, dst])
             else:
-                mark[tgt] = True
-                own_src = mark.index_select(0, src)
-                mark[tgt] = False
-                lookup[tgt] = torch.arange(b - a, device=device)
-            others = torch.unique(src[~own_src])
-            lookup[others] = torch.arange(b - a, b - a + others.numel(), device=device)
-            local_src = lookup.index_select(0, src)
-            if loops_only:
-                local_src = torch.where(own_src, dst, local_src)
-            if own is None:  # a target's own row is its neighbour row: one gather, targets first
-                src_rows = nbr.index_select(0, torch.cat([tgt, others]))
-                xs = (src_rows, src_rows[:b - a])
-            else:
-                xs = (torch.cat([own[a:b], nbr.index_select(0, others)]), own[a:b])
-            local = torch.stack([local_src, dst])
+                xs, local = self._gathered(tgt, src, dst, own, nbr, loops_only, a, b, lookup, mark)
             args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
-            if pre is None:
-                lock = torch.ones(src.numel(), dtype=torch.bool, device=device) if locked else into
-                out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean)
+            if norms is None:
+                lock = None
+                if locked:
+                    lock = torch.ones(src.numel(), dtype=torch.bool, device=device)
+                elif lock_into is not None:
+                    lock = lock_into.index_select(0, tgt).index_select(0, dst)
+                out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean,
+                                 fused=True)
                 keep_all[e0:e1] = keep
                 self.kept += int(keep.sum())
             else:  # the edges given are the rule's kept ones: the conv does not score them again
-                out = conv(*args, w, prepared=True, rule_applied=True)
-                keep_all[e0:e1] = False
-                keep_all[e0 + pre] = True
-                self.kept += pre.numel()
+                out = conv(*args, w, prepared=True, rule_applied=True, fused=True)
             self.computed += int(conv.last_edges_computed)
             for j, lin in enumerate(self.lins):
                 self.rows[j] += lin.last_rows
                 self.t_dense += lin.last_rows * lin.in_features * lin.out_features
-            if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:
-                out = F.relu(self.model.norms[self.i](out))
             if result is None:
                 result = out.new_empty((targets.numel(), *out.shape[1:]))
-            result[a:b] = out
+            if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:  # relu, into the result
+                torch.clamp(self.model.norms[self.i](out), min=0, out=result[a:b])
+            else:
+                result[a:b] = out
             if self.progress is not None:
                 self.progress(b - a)
         if result is None:  # (as torch.cat of no batches raised before)
             raise ValueError("layer-wise inference got no target nodes (output_nodes is empty)")
-        self.edges_in += ei.size(1)
+        self.edges_in += keep_all.numel()
         self.edges_dense += edges_dense
-        return result, keep_all
+        if norms is None:  # the kept edges, unless every edge was
+            ei, ew = edges_given
+            if self.kept < ei.size(1):
+                idx = keep_all.nonzero().view(-1)
+                ei, ew = ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+        return result, keep_all, (ei, ew)
+
+    def _rule(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], norms: Tensor, mean: Tensor,
+              lock_into: Optional[Tensor], start: Optional[int], chunk: int = 1 << 22) -> Tensor:
+        """The layer's edge rule over all the edges given, in chunks of edges (memory bounded by
+        the chunk): bool mask of the kept ones. Locked: self-loops (when the conv locks them) and
+        the edges into ``lock_into``'s nodes."""
+        conv = self.conv
+        keep = torch.empty(ei.size(1), dtype=torch.bool, device=ei.device)
+        for e in range(0, ei.size(1), chunk):
+            src, pos = ei[0, e:e + chunk], ei[1, e:e + chunk]
+            lock = None
+            if conv.lock_self_loops or lock_into is not None:
+                tgt = pos + start if start is not None else targets.index_select(0, pos)
+                if conv.lock_self_loops:
+                    lock = src == tgt
+                if lock_into is not None:
+                    into = lock_into.index_select(0, tgt)
+                    lock = into if lock is None else lock.logical_or_(into)
+            w = None if ew is None else ew[e:e + chunk]
+            keep[e:e + chunk] = edge_keep_mask(edge_scores(norms, src, w, nonneg=True), conv.thr_a, lock, mean=mean)
+        return keep
+
+    @staticmethod
+    def _gathered(tgt, src, dst, own, nbr, loops_only, a, b, lookup, mark):
+        """``((x_src, x_dst), edges)`` of a batch with its distinct sources' rows gathered: the
+        targets' own rows first (a sampled block's layout), then the others' rows; the edges'
+        sources renumbered to those rows."""
+        device = src.device
+        if loops_only:
+            own_src = src == tgt.index_select(0, dst)
+        else:
+            mark[tgt] = True
+            own_src = mark.index_select(0, src)
+            mark[tgt] = False
+            lookup[tgt] = torch.arange(b - a, device=device)
+        others = torch.unique(src[~own_src])
+        lookup[others] = torch.arange(b - a, b - a + others.numel(), device=device)
+        local_src = lookup.index_select(0, src)
+        if loops_only:
+            local_src = torch.where(own_src, dst, local_src)
+        if own is None:  # a target's own row is its neighbour row: one gather, targets first
+            src_rows = nbr.index_select(0, torch.cat([tgt, others]))
+            xs = (src_rows, src_rows[:b - a])
+        else:
+            xs = (torch.cat([own[a:b], nbr.index_select(0, others)]), own[a:b])
+        return xs, torch.stack([local_src, dst])
 
     def stats(self) -> LayerStats:
         return LayerStats(edges_dense=self.edges_dense, edges_in=self.edges_in, edges_kept=self.kept,
@@ -215,7 +263,9 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     n, L = x.size(0), model.num_layers
     Conv = type(model.convs[0])
     ei, ew = Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
-    order = torch.argsort(ei[1], stable=True)  # by target: a batch of targets is a slice of edges
+    # by target (a batch of targets is a slice of edges), then source (the order a sparse matrix's
+    # rows take: the fused aggregation then copies nothing but for repeated edges)
+    order = torch.argsort(ei[1] * n + ei[0])
     ei = ei.index_select(1, order)
     ew = None if ew is None else ew.index_select(0, order)
     everyone = torch.arange(n, device=device)
@@ -246,7 +296,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         last = i == L - 1
         layer = _Layer(model, i, n, batch_size, progress)
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
-            own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
+            own, _, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
                                int(in_degree[outputs].sum()))
         if not last or not each:  # every node (the last layer: the outputs only), pruned by the rule
             norms = mean = None
@@ -254,25 +304,26 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
                 norms = conv.node_score_norms(pruned)
                 mean = conv.threshold_mean(pruned, ei, ew, norms=norms)
                 norms = norms if conv.scores_from_sources else None
-            if last:
-                tg, t_ei, t_ew = (outputs, *_in_edges_of(ei, ew, outputs, n))
-            elif world > 1:  # this rank's contiguous share of the targets: a slice of the sorted edges
+            start = 0  # the targets are the nodes start, start + 1, ... (None: any nodes)
+            if last and output_nodes is not None:
+                tg, t_ei, t_ew, start = (outputs, *_in_edges_of(ei, ew, outputs, n), None)
+            elif world > 1 and not last:  # this rank's contiguous share of the targets: a slice of the sorted edges
                 lo, hi = _shares(n, world)[rank]
                 a, b = torch.searchsorted(ei[1], torch.tensor([lo, hi], device=device)).tolist()  # (ei: by target)
-                tg, t_ew = everyone[lo:hi], None if ew is None else ew[a:b]
+                tg, t_ew, start = everyone[lo:hi], None if ew is None else ew[a:b], lo
                 t_ei = torch.stack([ei[0, a:b], ei[1, a:b] - lo])
             else:
                 tg, t_ei, t_ew = everyone, ei, ew
-            pruned_next, keep = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
-                                          int(in_degree[tg].sum()), norms, lock_into)
+            pruned_next, keep, kept = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
+                                          int(in_degree[tg].sum()), norms, lock_into, start)
             if not last and world > 1:  # every rank: every node's rows and every kept edge
                 pruned_next = _all_gather_cat(pruned_next, [hi - lo for lo, hi in _shares(n, world)])
                 counts = _all_gather_cat(torch.tensor([keep.numel()], device=device), [1] * world)
                 keep = _all_gather_cat(keep.to(torch.uint8), counts.tolist()).bool()
-            if not last:  # progressive: what this layer pruned is gone from the later ones
                 idx = keep.nonzero().view(-1)
-                ei = ei.index_select(1, idx)
-                ew = None if ew is None else ew.index_select(0, idx)
+                kept = ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+            if not last:  # progressive: what this layer pruned is gone from the later ones
+                ei, ew = kept
             pruned = pruned_next
         stats.append(layer.stats())
     h = own if each else pruned
