@@ -10,7 +10,9 @@ targets; seed edges not locked, so every layer prunes by its rule). The weights 
 initial ones; the pruned model's thresholds are calibrated (bisection on one ``thr_a`` and one
 ``thr_w`` for all layers, on this graph) until at least ``--edge-target`` of the edges and
 ``--weight-target`` of the weight entries are pruned (``--thr_a`` / ``--thr_w`` skip the
-calibration: on a products-sized graph it is ten full inference runs). Both models use the transform CPU's
+calibration: on a products-sized graph it is ten full inference runs). ``first_touch_s``: after each
+pair, the time to write a fresh ``nodes x hidden`` tensor once (a layer's output is one; on a VM
+its page faults can cost as much as a layer's arithmetic). Both models use the transform CPU's
 ``auto`` picks (the sparse kernel below 30% density). Times are medians of ``--repeat`` runs,
 dense and pruned alternating. Writes ``DIR/inference_speed.json`` with
 ``pruned_dense_time_ratio``, ``edge_sparsity``, ``weight_sparsity`` and ``macs_reduction``.
@@ -102,9 +104,13 @@ def main(argv=None):
     times = {"dense": [], "pruned": []}
     for kind in ("dense", "pruned"):  # warm-up (numba compiles its kernels on the first pruned run)
         run(models[kind], data)
+    touch = []  # this machine's cost of one layer's output written for the first time (page faults)
     for _ in range(args.repeat):
         for kind in ("dense", "pruned"):
             times[kind].append(run(models[kind], data))
+        t0 = time.perf_counter()
+        torch.empty(data.num_nodes, hidden).fill_(0)
+        touch.append(time.perf_counter() - t0)
     t = {k: statistics.median(v) for k, v in times.items()}
     dense, pruned = figures(models["dense"]), figures(models["pruned"])
     res = {"scale": args.scale, "dataset": name, "nodes": data.num_nodes, "edges": data.edge_index.size(1),
@@ -114,6 +120,7 @@ def main(argv=None):
            "edge_sparsity_per_layer": pruned["edge_sparsity_per_layer"],
            "macs_dense": dense["macs"], "macs_pruned": pruned["macs"],
            "macs_reduction": dense["macs"] / max(pruned["macs"], 1), "times": times,
+           "first_touch_s": touch,
            "backends": sorted({s.transform_backend for s in models["pruned"].layer_stats})}
     print(f"{name}: dense {t['dense']:.2f} s, pruned {t['pruned']:.2f} s (ratio {res['pruned_dense_time_ratio']:.3f}); "
           f"edges {res['edge_sparsity']:.1%}, weights {res['weight_sparsity']:.1%} pruned; "
