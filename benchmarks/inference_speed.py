@@ -10,12 +10,15 @@ targets; seed edges not locked, so every layer prunes by its rule). The weights 
 initial ones; the pruned model's thresholds are calibrated (bisection on one ``thr_a`` and one
 ``thr_w`` for all layers, on this graph) until at least ``--edge-target`` of the edges and
 ``--weight-target`` of the weight entries are pruned (``--thr_a`` / ``--thr_w`` skip the
-calibration: on a products-sized graph it is ten full inference runs). ``first_touch_s``: after each
-pair, the time to write a fresh ``nodes x hidden`` tensor once (a layer's output is one; on a VM
-its page faults can cost as much as a layer's arithmetic). Both models use the transform CPU's
-``auto`` picks (the sparse kernel below 30% density). Times are medians of ``--repeat`` runs,
-dense and pruned alternating. Writes ``DIR/inference_speed.json`` with
-``pruned_dense_time_ratio``, ``edge_sparsity``, ``weight_sparsity`` and ``macs_reduction``.
+calibration: on a products-sized graph it is ten full inference runs). Both models use the
+transform CPU's ``auto`` picks (the sparse kernel below 30% density). Each model is timed as a
+deployed model runs, with an :class:`InferenceWorkspace` of its own kept from call to call (its
+layers' output buffers already in memory: ``dense_s``, ``pruned_s``, ``pruned_dense_time_ratio``),
+and cold, every buffer fresh (``*_cold``). ``first_touch_s``: after each round, the time to write a
+fresh ``nodes x hidden`` tensor once (a layer's output is one; on a VM its page faults can cost as
+much as a layer's arithmetic). Times are medians of ``--repeat`` rounds, the four runs of a round
+alternating. Writes ``DIR/inference_speed.json`` with ``pruned_dense_time_ratio``,
+``edge_sparsity``, ``weight_sparsity`` and ``macs_reduction``.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import DEFAULT_OUT, write_json  # noqa: E402
 
 from unifews_dist.data import UnifewsDataModule  # noqa: E402
-from unifews_dist.nn import UnifewsGNN  # noqa: E402
+from unifews_dist.nn import InferenceWorkspace, UnifewsGNN  # noqa: E402
 
 SCALES = {"products": ("synthetic-products", 256), "medium": ("synthetic-medium", 256),
           "small": ("synthetic-small", 256), "tiny": ("synthetic-tiny", 32)}
@@ -48,9 +51,9 @@ def figures(model) -> dict:
             "edge_sparsity_per_layer": [s.edge_sparsity for s in st]}
 
 
-def run(model, data) -> float:
+def run(model, data, workspace=None) -> float:
     t = time.perf_counter()
-    model.inference(data.x, data.edge_index, batch_size=BATCH)
+    model.inference(data.x, data.edge_index, batch_size=BATCH, workspace=workspace)
     return time.perf_counter() - t
 
 
@@ -101,13 +104,15 @@ def main(argv=None):
     else:
         thr_a, thr_w = args.thr_a, args.thr_w
         set_thresholds(models["pruned"], thr_a, thr_w)
-    times = {"dense": [], "pruned": []}
+    spaces = {kind: InferenceWorkspace() for kind in models}
+    runs = [(kind, cold) for cold in (False, True) for kind in ("dense", "pruned")]
+    times = {f"{kind}{'_cold' if cold else ''}": [] for kind, cold in runs}
     for kind in ("dense", "pruned"):  # warm-up (numba compiles its kernels on the first pruned run)
-        run(models[kind], data)
+        run(models[kind], data, spaces[kind])
     touch = []  # this machine's cost of one layer's output written for the first time (page faults)
     for _ in range(args.repeat):
-        for kind in ("dense", "pruned"):
-            times[kind].append(run(models[kind], data))
+        for kind, cold in runs:
+            times[f"{kind}{'_cold' if cold else ''}"].append(run(models[kind], data, None if cold else spaces[kind]))
         t0 = time.perf_counter()
         torch.empty(data.num_nodes, hidden).fill_(0)
         touch.append(time.perf_counter() - t0)
@@ -116,13 +121,17 @@ def main(argv=None):
     res = {"scale": args.scale, "dataset": name, "nodes": data.num_nodes, "edges": data.edge_index.size(1),
            "hidden": hidden, "batch": BATCH, "thr_a": thr_a, "thr_w": thr_w,
            "dense_s": t["dense"], "pruned_s": t["pruned"], "pruned_dense_time_ratio": t["pruned"] / t["dense"],
+           "dense_cold_s": t["dense_cold"], "pruned_cold_s": t["pruned_cold"],
+           "pruned_dense_time_ratio_cold": t["pruned_cold"] / t["dense_cold"],
+           "workspace_gib": spaces["pruned"].nbytes / 2 ** 30,
            "edge_sparsity": pruned["edge_sparsity"], "weight_sparsity": pruned["weight_sparsity"],
            "edge_sparsity_per_layer": pruned["edge_sparsity_per_layer"],
            "macs_dense": dense["macs"], "macs_pruned": pruned["macs"],
            "macs_reduction": dense["macs"] / max(pruned["macs"], 1), "times": times,
            "first_touch_s": touch,
            "backends": sorted({s.transform_backend for s in models["pruned"].layer_stats})}
-    print(f"{name}: dense {t['dense']:.2f} s, pruned {t['pruned']:.2f} s (ratio {res['pruned_dense_time_ratio']:.3f}); "
+    print(f"{name}: dense {t['dense']:.2f} s, pruned {t['pruned']:.2f} s (ratio {res['pruned_dense_time_ratio']:.3f}; "
+          f"cold {t['dense_cold']:.2f} / {t['pruned_cold']:.2f} s, {res['pruned_dense_time_ratio_cold']:.3f}); "
           f"edges {res['edge_sparsity']:.1%}, weights {res['weight_sparsity']:.1%} pruned; "
           f"MACs {res['macs_reduction']:.1f}x fewer")
     print(write_json(args.out, "inference_speed.json", res))

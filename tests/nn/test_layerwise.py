@@ -144,8 +144,9 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
     fast_macs, slow_macs = [s.macs_sparse for s in st_fast], [s.macs_sparse for s in st_slow]
     if conv == "gcn":  # fewer source rows transformed, the same messages aggregated
         assert all(f <= s for f, s in zip(fast_macs, slow_macs)) and sum(fast_macs) < sum(slow_macs)
-    else:  # SAGE transforms its targets' rows only: the same work, fewer rows gathered
-        assert fast_macs == slow_macs
+    else:  # SAGE transforms its targets' rows only, and by node id propagates only what lin_l reads
+        assert all(f <= s for f, s in zip(fast_macs, slow_macs)) and sum(fast_macs) < sum(slow_macs)
+        assert [s.macs_dense for s in st_fast] == [s.macs_dense for s in st_slow]
 
 
 def test_edges_kept_before_the_gather_are_not_scored_again(monkeypatch):
@@ -203,8 +204,8 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock):
 @pytest.mark.parametrize("conv", ["sage", "gcn", "gin", "gcnii"])
 def test_fused_aggregation_equals_messages_summed(conv):
     """``fused``: one sparse-dense product over the edges in any order, repeated ones included,
-    gives the messages summed edge by edge; the matrix holds each (target, source) once, in
-    order, as torch's and cuSPARSE's CSR kernels require (torch's invariant check passes)."""
+    gives the messages summed edge by edge (on the CPU the matrix keeps the edges as given, in
+    target order: torch's CPU kernel sums a row's entries in any order)."""
     from unifews_dist.nn.conv.base import UnifewsConv
     m, _, _ = _model(conv, thr_a=1.0, thr_w=0.5)
     c = m.convs[0]
@@ -219,9 +220,80 @@ def test_fused_aggregation_equals_messages_summed(conv):
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
     assert torch.equal(kept, kept_fused) and not kept.all()
     w = torch.rand(ei.size(1))
-    adj = UnifewsConv.adjacency(ei, w, N, N, torch.float32)
     dense = torch.zeros(N, N).index_put_((ei[1], ei[0]), w, accumulate=True)
+    adj = UnifewsConv.adjacency(ei, w, N, N, torch.float32)  # CPU: in target order, columns as given
+    assert adj.values().numel() == ei.size(1)
+    torch.testing.assert_close(adj.to_dense(), dense)
+    h = torch.randn(N, 5)
+    torch.testing.assert_close(adj @ h, dense @ h, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_adjacency_is_canonical_csr():
+    """On CUDA each row's columns are sorted and distinct, as cuSPARSE requires (repeated
+    edges merged into one entry of the summed weights); torch's invariant check passes."""
+    from unifews_dist.nn.conv.base import UnifewsConv
+    torch.manual_seed(1)
+    ei = torch.randint(0, N, (2, 300))
+    ei = torch.cat([ei, ei[:, :40]], 1)[:, torch.randperm(340)].cuda()
+    w = torch.rand(ei.size(1), device="cuda")
+    adj = UnifewsConv.adjacency(ei, w, N, N, torch.float32)
+    dense = torch.zeros(N, N, device="cuda").index_put_((ei[1], ei[0]), w, accumulate=True)
     torch.testing.assert_close(adj.to_dense(), dense)
     assert adj.values().numel() == torch.unique(ei[1] * N + ei[0]).numel()
     with torch.sparse.check_sparse_tensor_invariants(enable=True):
         torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values(), adj.shape)
+
+
+@pytest.mark.parametrize("conv", ["sage", "gin"])
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
+def test_channels_no_weight_reads_are_not_propagated(conv, backend, monkeypatch):
+    """A weight column pruned whole is an input channel the layer never reads: layer-wise
+    inference propagates the other channels only (SAGE's ``lin_l``, GIN's first map), with the
+    same outputs and kept edges as propagating all, and exactly that many fewer multiply-adds."""
+    m, x, ei = _model(conv, thr_a=1.0, thr_w=1.0)
+    for lin in m.weight_layers():
+        lin.backend = backend
+    reads = [c.aggregated_channels() for c in m.convs]
+    widths = [c.weight_layers()[0].in_features for c in m.convs]
+    assert all(r is not None for r in reads) and all(0 < r.numel() < w for r, w in zip(reads, widths)), reads
+    fast = m.inference(x, ei, batch_size=7)
+    st_fast = m.layer_stats
+    monkeypatch.setattr(type(m.convs[0]), "aggregated_channels", lambda self: None)
+    slow = m.inference(x, ei, batch_size=7)
+    st_slow = m.layer_stats
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    assert [s.edges_kept for s in st_fast] == [s.edges_kept for s in st_slow]
+    assert [s.macs_dense for s in st_fast] == [s.macs_dense for s in st_slow]
+    for s_fast, s_slow, r, w in zip(st_fast, st_slow, reads, widths):  # per layer: the channels skipped
+        assert s_slow.macs_sparse - s_fast.macs_sparse == s_fast.edges_kept * (w - r.numel())
+
+
+@pytest.mark.parametrize("lock", ["never", "eval"])
+def test_a_workspace_is_reused_and_never_returned(lock):
+    """``workspace``: the hidden layers' outputs and propagated channels are written into the
+    buffers the workspace keeps (the same memory on the next call), with the outputs of a call
+    without one; the result returned is never a workspace buffer, so a later call leaves it as
+    it was."""
+    from unifews_dist.nn import InferenceWorkspace
+    m, x, ei = _model("sage", thr_a=1.0, thr_w=1.0, lock=lock)
+    ws = InferenceWorkspace()
+    expect = m.inference(x, ei, batch_size=7)
+    first = m.inference(x, ei, batch_size=7, workspace=ws)
+    torch.testing.assert_close(first, expect)
+    kept = {role: t.data_ptr() for role, t in ws._buffers.items()}
+    assert {r[0] for r in kept} >= {"output", "sources"} and ("output", 2) not in kept  # hidden layers only
+    if lock == "never":  # (locking every output's in-edges: every edge kept, none compacted)
+        assert {r[0] for r in kept} == {"output", "sources", "edges", "weights"}
+    assert ws.nbytes >= 2 * N * 16 * 4
+    snapshot = first.clone()
+    again = m.inference(x, ei, batch_size=7, workspace=ws)
+    assert {role: t.data_ptr() for role, t in ws._buffers.items()} == kept  # the same memory again
+    torch.testing.assert_close(again, expect)
+    other = m.inference(x * 2, ei, batch_size=7, workspace=ws)  # (other kept counts: some buffers made anew)
+    assert torch.equal(first, snapshot) and not torch.equal(other, first)
+    torch.testing.assert_close(other, m.inference(x * 2, ei, batch_size=7))
+    assert all(r.data_ptr() != t.data_ptr() for r in (first, again, other) for t in ws._buffers.values())
+    ws.clear()
+    assert ws.nbytes == 0

@@ -273,3 +273,71 @@ def test_cached_constants_are_what_they_stand_for():
         assert torch.equal(ids[1:], torch.arange(1, n))
         r = torch.arange(n)
         assert torch.equal(slot_ids(n, "cpu") <= 2, (r >= 1) & (r <= 2))  # slot 0 never set
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba missing")
+@pytest.mark.parametrize("given", ["all", "columns"])
+def test_sparse_kernel_reads_only_columns_with_kept_entries(given):
+    """Whole columns pruned (as the weight rule's per-column threshold does): the kernel loads
+    only the columns with a kept entry, from an input of every column or of ``columns`` alone
+    (a superset of those), with the gradients of the masked dense product."""
+    torch.manual_seed(0)
+    x_all, w = torch.randn(70, 40), torch.randn(9, 40, requires_grad=True)
+    mask = torch.rand(9, 40) < 0.4
+    mask[:, ::3] = False  # every third column read by no output
+    cols = torch.arange(40)[mask.any(0) | (torch.arange(40) % 6 == 0)]  # the read ones and some more
+    x = (x_all if given == "all" else x_all[:, cols]).clone().requires_grad_()
+    y = sparse_linear(x, w, mask, columns=None if given == "all" else cols)
+    w2 = w.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    full = x2 if given == "all" else torch.zeros(70, 40).index_copy(1, cols, x2)
+    y2 = full @ (w2 * mask).t()
+    torch.testing.assert_close(y, y2, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y2 * g).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(w.grad, w2.grad, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="must include every input column"):
+        sparse_linear(x_all[:, 1:3], w, mask, columns=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="x must have 3 columns"):
+        sparse_linear(x_all, w, mask, columns=torch.tensor([1, 2, 4]))
+
+
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
+def test_a_map_given_only_the_columns_it_reads_computes_the_same(backend):
+    """``used_inputs``: the columns with a kept entry, ``None`` when all are read or the map
+    does not prune; ``forward(x[:, cols], columns=cols)`` equals ``forward(x)``; the sparse
+    backend's CSR is made once for many evaluation batches, again after a weight change."""
+    if backend == "sparse" and not numba_available():
+        pytest.skip("numba missing")
+    torch.manual_seed(0)
+    lin = UnifewsLinear(40, 9, thr_w=1.5, backend=backend, mask_mode="keep")
+    x = torch.randn(64, 40)
+    x[:, 5:15] *= 0.01  # small columns: their thresholds reach the cap, pruned whole
+    assert lin.used_inputs() is None  # no mask yet
+    lin.train()
+    lin(x)
+    lin.eval()
+    cols = lin.used_inputs()
+    assert cols is not None and 0 < cols.numel() < 40
+    assert torch.equal(cols, lin.weight_mask.any(0).nonzero().view(-1))
+    assert lin.used_inputs() is cols  # (one read per mask version)
+    add = torch.randn(64, 9)
+    with torch.no_grad():
+        full = lin(x, add=add)
+        part = lin(x[:, cols], add=add, columns=cols)
+        torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+        if backend == "sparse":
+            made = lin._csr[2]
+            lin(x[:, cols], add=add, columns=cols)
+            assert lin._csr[2] is made
+            lin.weight.mul_(2)
+            torch.testing.assert_close(lin(x[:, cols], columns=cols), lin(x), atol=1e-5, rtol=1e-5)
+            assert lin._csr[2] is not made
+    with pytest.raises(ValueError, match="expects 40"):
+        lin(x[:, cols])
+    dense = UnifewsLinear(40, 9)
+    assert dense.used_inputs() is None
+    with pytest.raises(ValueError, match="need a pruned map"):
+        dense(x[:, cols], columns=cols)

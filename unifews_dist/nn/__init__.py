@@ -2,7 +2,8 @@
 from .conv import (CONVS, UnifewsConv, UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv,
                    UnifewsGINConv, UnifewsSAGEConv)
 from .linear import UnifewsLinear
-from .models import LayerStats, UnifewsGNN
+from .models import InferenceWorkspace, LayerStats, UnifewsGNN
 
 __all__ = ["CONVS", "UnifewsConv", "UnifewsGATv2Conv", "UnifewsGCNConv", "UnifewsGCNIIConv",
-           "UnifewsGINConv", "UnifewsSAGEConv", "UnifewsLinear", "LayerStats", "UnifewsGNN"]
+           "UnifewsGINConv", "UnifewsSAGEConv", "UnifewsLinear", "LayerStats", "UnifewsGNN",
+           "InferenceWorkspace"]

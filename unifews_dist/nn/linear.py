@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..checks import check_choice
 from ..sparsify import check_threshold, column_sq_sums, transform_macs, weight_keep_mask
-from ..sparsify.spmm import numba_available, sparse_linear
+from ..sparsify.spmm import WeightCSR, numba_available, sparse_linear, weight_csr
 
 MASK_MODES = ("recompute", "refine", "keep", "dense")
 BACKENDS = ("auto", "dense", "sparse")
@@ -62,6 +62,8 @@ class UnifewsLinear(nn.Module):
         self.last_backend = "dense"
         self.last_rows = 0
         self._premasked: Optional[tuple] = None  # (weight version, W * M) made by premask_weights
+        self._used: Optional[tuple] = None  # (mask version, columns with a kept entry): used_inputs
+        self._csr: Optional[tuple] = None  # (weight and mask versions, columns, WeightCSR): the sparse backend's
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -75,7 +77,7 @@ class UnifewsLinear(nn.Module):
         """Forget the mask: the next forward computes a new one."""
         self.weight_mask.fill_(True)
         self.mask_ready.fill_(False)
-        self._ready, self._nnz, self._premasked = False, None, None
+        self._ready, self._nnz, self._premasked, self._used, self._csr = False, None, None, None, None
 
     @property
     def thr_w(self) -> float:
@@ -161,28 +163,60 @@ class UnifewsLinear(nn.Module):
         crossover = SPARSE_CROSSOVER.get(x.device.type, 0.0)
         return "sparse" if crossover > 0 and self.weight_density() < crossover else "dense"
 
-    def forward(self, x: Tensor, add: Optional[Tensor] = None) -> Tensor:
+    def used_inputs(self) -> Optional[Tensor]:
+        """The input columns that hold a kept weight entry, the only ones the map reads (the rule's
+        per-column threshold empties whole columns: a caller can then compute those alone, see
+        ``columns`` in :meth:`forward`); ``None`` when every column is read or the map does not
+        prune (or has no mask yet). One device read per mask version."""
+        if not self.pruning or not self._ready:
+            return None
+        key = (self.weight_mask._version, self.weight_mask.data_ptr())
+        if self._used is None or self._used[0] != key:
+            cols = self.weight_mask.any(0).nonzero().view(-1)
+            self._used = (key, cols if 0 < cols.numel() < self.in_features else None)
+        return self._used[1]
+
+    def forward(self, x: Tensor, add: Optional[Tensor] = None, columns: Optional[Tensor] = None) -> Tensor:
         """``x W_m^T + b``, plus ``add`` if given (fused into the matmul where it can be: one
-        kernel, as a conv's sum of two maps needs)."""
-        if x.size(-1) != self.in_features:
-            raise ValueError(f"input has {x.size(-1)} features, this layer expects {self.in_features}")
-        self.last_rows = x.numel() // self.in_features
+        kernel, as a conv's sum of two maps needs). ``columns``: ``x`` holds only these input
+        columns, among them every column with a kept entry (:meth:`used_inputs`): the mask must
+        be ready (evaluation, or a mask that is kept)."""
+        width = self.in_features if columns is None else columns.numel()
+        if x.size(-1) != width:
+            raise ValueError(f"input has {x.size(-1)} features, this layer expects {width}")
+        self.last_rows = x.numel() // width
         if not self.pruning:
+            if columns is not None:
+                raise ValueError("columns need a pruned map (every column of a dense one is read)")
             self.last_backend = "dense"
             return self._affine(x, self.weight, add)
-        if self._recomputes_mask():
-            self.update_mask(x, refine=self.mask_mode == "refine")
-        elif not self._ready:  # evaluation of a never-trained pruned layer
-            self.update_mask(x, sync=False)
+        if self._recomputes_mask() or not self._ready:
+            if columns is not None:
+                raise ValueError("columns need the map's mask ready and kept (it is made from the whole input)")
+            if self._recomputes_mask():
+                self.update_mask(x, refine=self.mask_mode == "refine")
+            else:  # evaluation of a never-trained pruned layer
+                self.update_mask(x, sync=False)
         backend = self._choose_backend(x)
         self.last_backend = backend
         if backend == "sparse":
             shape = (*x.shape[:-1], self.out_features)
             fused = add is not None and add.shape == shape  # (else broadcast after)
-            out = sparse_linear(x.reshape(-1, self.in_features), self.weight, self.weight_mask, self.bias,
-                                add.reshape(-1, self.out_features) if fused else None).reshape(shape)
+            out = sparse_linear(x.reshape(-1, width), self.weight, self.weight_mask, self.bias,
+                                add.reshape(-1, self.out_features) if fused else None, columns,
+                                self._weight_csr(columns)).reshape(shape)
             return out if add is None or fused else out + add
-        return self._affine(x, self._masked_weight(), add)
+        weight = self._masked_weight()
+        return self._affine(x, weight if columns is None else weight.index_select(1, columns), add)
+
+    def _weight_csr(self, columns: Optional[Tensor]) -> WeightCSR:
+        """The sparse backend's CSR of the masked weight, made once per weight, mask and columns
+        (in evaluation, once for every batch)."""
+        w, m = self.weight, self.weight_mask
+        key = (w._version, w.data_ptr(), m._version, m.data_ptr())
+        if self._csr is None or self._csr[0] != key or self._csr[1] is not columns:
+            self._csr = (key, columns, weight_csr(w, m, columns))
+        return self._csr[2]
 
     def _masked_weight(self) -> Tensor:
         pre, self._premasked = self._premasked, None  # used once

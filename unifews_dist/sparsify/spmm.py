@@ -2,7 +2,9 @@
 
 torch's CPU CSR matmul is slower than a dense GEMM even at 90% sparsity on the machines we
 measured (``benchmarks/layer_speed.py``), so on CPU we use a numba kernel. It walks the CSR rows
-of ``W`` over tiles of 32 nodes held transposed in L1 cache: each output row of the tile is
+of ``W`` over tiles of 32 nodes held transposed in L1 cache, of the input columns that hold a
+kept entry only (the Unifews weight rule's per-column threshold empties most columns of a
+sparse map, and loading the tile was much of the kernel's time): each output row of the tile is
 summed in vector registers over that row's kept entries (one broadcast multiply-add of 32 nodes
 per kept entry) and stored once. The register accumulation is written as a small LLVM intrinsic
 (``_row_fma``) because numba's loops kept the sum in memory (a store-to-load chain per entry,
@@ -14,7 +16,7 @@ arithmetic. On CUDA, torch's CSR matmul (cuSPARSE) is used when asked for
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -101,21 +103,22 @@ if _nb is not None:
         return sig, codegen
 
     @_nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def _csr_rows_times_x(x, crow, col, val, bias, base, y):
-        # y[:] = x @ W.T (+ bias, a vector, if it has entries) (+ base, y's shape, if it has rows),
-        # W given as CSR [nout, fin]: the sums are added as each output entry is written
-        n, fi = x.shape
-        nout = y.shape[1]
+    def _csr_rows_times_x(x, load, crow, col, val, bias, base, y):
+        # y[:] = x[:, load] @ W.T (+ bias, a vector, if it has entries) (+ base, y's shape, if it
+        # has rows), W given as CSR [nout, len(load)]: only the columns of x that W reads are
+        # loaded into a tile, and the sums are added as each output entry is written
+        n = x.shape[0]
+        nout, u = y.shape[1], load.shape[0]
         with_bias, with_base = bias.shape[0] > 0, base.shape[0] > 0
         T = _TILE
         for b in _nb.prange((n + T - 1) // T):
             s = b * T
             m = min(T, n - s)
-            xt = _np.zeros(fi * T, dtype=x.dtype)  # the tile, transposed: xt[j * T + r] = x[s + r, j]
+            xt = _np.zeros(u * T, dtype=x.dtype)  # the tile, transposed: xt[k * T + r] = x[s + r, load[k]]
             yt = _np.empty(nout * T, dtype=x.dtype)
             for r in range(m):
-                for j in range(fi):
-                    xt[j * T + r] = x[s + r, j]
+                for k in range(u):
+                    xt[k * T + r] = x[s + r, load[k]]
             for i in range(nout):
                 _row_fma(xt, col, val, crow[i], crow[i + 1], yt, i * T)
             for r in range(m):
@@ -139,33 +142,54 @@ def _get_kernel(torch_threads: int):
     return _csr_rows_times_x
 
 
-def _csr(weight: Tensor, mask: Tensor):
+class WeightCSR(NamedTuple):
+    """``weight * mask`` as CSR over the input columns that hold a kept entry: ``crow``, ``col``
+    (positions in ``load``), ``val``, and ``load``: the columns of the input to read (of an input
+    holding every column, or only the ``columns`` it was made for)."""
+    load: Tensor
+    crow: Tensor
+    col: Tensor
+    val: Tensor
+
+
+def weight_csr(weight: Tensor, mask: Tensor, columns: Optional[Tensor] = None) -> WeightCSR:
+    """:class:`WeightCSR` of ``weight * mask`` (``[out, in]``); ``columns``: the input will hold
+    only these of the ``in`` columns, which must include every column with a kept entry."""
+    weight = weight.detach()
+    used = mask.any(0)
     idx = mask.nonzero()  # row-major order: CSR order
     rows, cols = idx[:, 0], idx[:, 1]
-    vals = weight[rows, cols]
     crow = torch.zeros(weight.size(0) + 1, dtype=torch.long, device=weight.device)
     crow[1:] = torch.bincount(rows, minlength=weight.size(0)).cumsum(0)
-    return crow, cols, vals
+    load = used.nonzero().view(-1)
+    if columns is not None:
+        where = torch.full((weight.size(1),), -1, dtype=torch.long, device=weight.device)
+        where[columns] = torch.arange(columns.numel(), device=weight.device)
+        load = where.index_select(0, load)
+        if bool((load < 0).any()):
+            raise ValueError("columns must include every input column with a kept weight entry")
+    return WeightCSR(load, crow, (used.cumsum(0) - 1).index_select(0, cols), weight[rows, cols])
 
 
-def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int, bias: Optional[Tensor] = None,
+def _spmm(x: Tensor, w: WeightCSR, nout: int, bias: Optional[Tensor] = None,
           add: Optional[Tensor] = None) -> Tensor:
-    """``x @ W.T (+ bias) (+ add)`` for ``W`` given in CSR form (rows = outputs); ``add``: ``[len(x),
-    nout]``. On CPU the sums are made as the kernel writes its output (no pass of their own)."""
+    """``x[:, w.load] @ W.T (+ bias) (+ add)`` for ``W`` given in CSR form (rows = outputs); ``add``:
+    ``[len(x), nout]``. On CPU the sums are made as the kernel writes its output (no pass of their own)."""
     if x.is_cuda:
-        w = torch.sparse_csr_tensor(crow, col, val, (nout, x.size(1)), device=x.device)
-        out = (w @ x.t()).t()
+        csr = torch.sparse_csr_tensor(w.crow, w.col, w.val, (nout, w.load.numel()), device=x.device)
+        out = (csr @ x.index_select(1, w.load).t()).t()
         out = out if bias is None else out + bias
         return out if add is None else out + add
     x = x.detach().contiguous()
     extras = [t for t in (bias, add) if t is not None]
-    if any(t.dtype != torch.float32 for t in (x, val, *extras)):
+    if any(t.dtype != torch.float32 for t in (x, w.val, *extras)):
         raise TypeError(f"the CPU sparse transform supports float32, got {x.dtype}")
     y = _np.empty((x.size(0), nout), dtype=_np.float32)  # numpy: huge pages for large outputs
     b = _np.empty(0, dtype=_np.float32) if bias is None else bias.detach().contiguous().numpy()
     a = _np.empty((0, nout), dtype=_np.float32) if add is None else add.detach().contiguous().numpy()
     torch_threads = torch.get_num_threads()
-    _get_kernel(torch_threads)(x.numpy(), crow.numpy(), col.numpy(), val.detach().contiguous().numpy(), b, a, y)
+    _get_kernel(torch_threads)(x.numpy(), w.load.numpy(), w.crow.numpy(), w.col.numpy(), w.val.contiguous().numpy(),
+                               b, a, y)
     # numba's OpenMP threading layer, started by the first parallel call, sets the OpenMP
     # thread count that torch's own CPU kernels follow too (torch.get_num_threads() went from
     # torchrun's 1 to the core count): the ranks then oversubscribed the CPU, and ops such as
@@ -178,32 +202,41 @@ def _spmm(x: Tensor, crow: Tensor, col: Tensor, val: Tensor, nout: int, bias: Op
 
 class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, mask, bias, add):
-        crow, col, vals = _csr(weight.detach(), mask)
-        ctx.save_for_backward(x, weight, mask)
-        return _spmm(x, crow, col, vals, weight.size(0), bias, add)
+    def forward(ctx, x, weight, mask, bias, add, columns, csr):
+        ctx.save_for_backward(x, weight, mask, columns)
+        return _spmm(x, weight_csr(weight, mask, columns) if csr is None else csr, weight.size(0), bias, add)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, mask = ctx.saved_tensors
+        x, weight, mask, columns = ctx.saved_tensors
         grad_x = grad_w = grad_b = grad_add = None
-        if ctx.needs_input_grad[0]:  # grad_x = grad_out @ W_masked: the same kernel on W.T
+        if ctx.needs_input_grad[0]:  # grad_x = grad_out @ W_masked[:, columns]: the same kernel on its transpose
             wt, mt = weight.detach().t(), mask.t()
-            crow, col, vals = _csr(wt, mt)
-            grad_x = _spmm(grad_out, crow, col, vals, weight.size(1))
+            if columns is not None:
+                wt, mt = wt.index_select(0, columns), mt.index_select(0, columns)
+            grad_x = _spmm(grad_out, weight_csr(wt, mt), wt.size(0))
         if ctx.needs_input_grad[1]:  # only kept entries get a gradient
-            grad_w = (grad_out.t() @ x) * mask
+            g = grad_out.t() @ x
+            if columns is not None:
+                g = g.new_zeros(weight.shape).index_copy_(1, columns, g)
+            grad_w = g * mask
         if ctx.needs_input_grad[3]:
             grad_b = grad_out.sum(0)
         if ctx.needs_input_grad[4]:
             grad_add = grad_out
-        return grad_x, grad_w, None, grad_b, grad_add
+        return grad_x, grad_w, None, grad_b, grad_add, None, None
 
 
 def sparse_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor] = None,
-                  add: Optional[Tensor] = None) -> Tensor:
+                  add: Optional[Tensor] = None, columns: Optional[Tensor] = None,
+                  csr: Optional[WeightCSR] = None) -> Tensor:
     """``x @ (weight * mask).T (+ bias) (+ add)`` computing only the kept entries (differentiable in
-    x, weight, bias and add; ``add``: one row per row of ``x``)."""
+    x, weight, bias and add; ``add``: one row per row of ``x``). ``columns``: ``x`` holds only these
+    input columns (every column with a kept entry among them). ``csr``: :func:`weight_csr` of the
+    same weight, mask and columns, made once for many calls (it is not checked)."""
+    width = weight.size(1) if columns is None else columns.numel()
+    if x.size(-1) != width:
+        raise ValueError(f"x must have {width} columns, got {x.size(-1)}")
     if add is not None and add.shape != (x.size(0), weight.size(0)):
         raise ValueError(f"add must have shape {(x.size(0), weight.size(0))}, got {tuple(add.shape)}")
-    return _SparseLinearFn.apply(x, weight, mask, bias, add)
+    return _SparseLinearFn.apply(x, weight, mask, bias, add, columns, csr)

@@ -115,7 +115,8 @@ class UnifewsConv(MessagePassing):
         self.last_edges_in = 0
         self.last_edges_kept = 0
         self.last_edges_computed = 0
-        self.last_prop_channels = 0
+        self.last_prop_channels = 0  # channels of a message (of the propagation unpruned)
+        self.last_prop_channels_computed = 0  # channels propagated (fewer with source_channels)
         self.last_selection: Optional["Selection"] = None
 
     @classmethod
@@ -147,7 +148,7 @@ class UnifewsConv(MessagePassing):
                 locked: Union[None, Tensor, int] = None, return_kept: bool = False, prepared: bool = False,
                 num_next: Optional[int] = None, valid: Optional[Tensor] = None, x0: Optional[Tensor] = None,
                 bounds: Optional[Sequence[int]] = None, score_mean: Optional[Tensor] = None,
-                rule_applied: bool = False, fused: bool = False):
+                rule_applied: bool = False, fused: bool = False, source_channels: Optional[Tensor] = None):
         """Prepare edges, transform, score, select, restrict targets, propagate, combine.
 
         Args:
@@ -170,9 +171,18 @@ class UnifewsConv(MessagePassing):
                 weights times its sources' rows (the base's :meth:`message`, rows of one
                 dimension) aggregates them with one sparse-dense product (PyG's fused
                 :meth:`message_and_aggregate`), holding no per-edge message tensor. Fastest when
-                the edges come sorted by target, then source, with none repeated.
+                the edges come sorted by target (on CUDA: by target, then source, none repeated;
+                see :meth:`adjacency`).
+            source_channels: the sources' rows hold only these channels, the
+                :meth:`aggregated_channels` (the targets' rows hold all): only they are
+                propagated. For a conv that propagates its inputs as they are, with the edges
+                not scored here (``rule_applied``, or ``thr_a = 0``).
         """
         x_src, x_dst = split_pair(x)
+        if source_channels is not None and (type(self).transform is not UnifewsConv.transform
+                                            or not (rule_applied or self.thr_a == 0)):
+            raise ValueError("source_channels need a conv that propagates its inputs untransformed, "
+                             "with edges it does not score (rule_applied or thr_a = 0)")
         n_src, n_dst = x_src.size(0), x_dst.size(0)
         nonneg = prepared or edge_weight is None  # prepared from no weights: 1/deg, gcn_norm, attention
         if bounds is not None and (valid is not None or bounds[0] != edge_index.size(1)):
@@ -206,14 +216,18 @@ class UnifewsConv(MessagePassing):
         h_dst = self.take_rows(rows, h_dst)
         if x0 is not None:
             x0 = self.take_rows(rows, x0[:n_dst])
-        self.last_prop_channels = math.prod(h_src.shape[1:])
+        self.last_prop_channels_computed = math.prod(h_src.shape[1:])
+        self.last_prop_channels = self.last_prop_channels_computed if source_channels is None else \
+            math.prod(h_dst.shape[1:])
         w = weights[-1]
         if fused and self._fusable(h_src, w):
             adj_t = self.adjacency(ei, w, n_src, h_dst.size(0), h_src.dtype)
             agg = self.propagate(adj_t, x=(h_src, h_dst), edge_weight=None)  # (the weights are in adj_t)
         else:
             agg = self.propagate(ei, x=(h_src, h_dst), edge_weight=w, size=(n_src, h_dst.size(0)))
-        return self._finish(self.combine(agg, h_dst, x0), keep, edge_index.size(1), return_kept)
+        out = self.combine(agg, h_dst, x0) if source_channels is None else \
+            self.combine(agg, h_dst, x0, agg_channels=source_channels)
+        return self._finish(out, keep, edge_index.size(1), return_kept)
 
     def transform(self, x_src: Tensor, x_dst: Tensor) -> PairTensor:
         """``(h_src, h_dst)``: what is propagated from the sources (and scored), and what
@@ -268,8 +282,16 @@ class UnifewsConv(MessagePassing):
         return (total / max(n, 1)).to(norms.dtype)
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
-        """The layer's output rows from the aggregated messages and the targets' own rows."""
+        """The layer's output rows from the aggregated messages and the targets' own rows. A
+        conv whose :meth:`aggregated_channels` can be fewer than all also takes ``agg_channels``:
+        ``agg`` then holds only those channels."""
         raise NotImplementedError
+
+    def aggregated_channels(self) -> Optional[Tensor]:
+        """The channels of the aggregated messages that :meth:`combine` reads (``None``: all):
+        a linear map whose weight columns are pruned whole reads none of those inputs, so they
+        need not be propagated. Default: all."""
+        return None
 
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
@@ -430,21 +452,27 @@ class UnifewsConv(MessagePassing):
     @staticmethod
     def adjacency(edge_index: Tensor, edge_weight: Optional[Tensor], num_src: int, num_dst: int,
                   dtype: torch.dtype) -> Tensor:
-        """The edges as a sparse ``[num_dst, num_src]`` CSR matrix of their weights (``None``: 1),
-        as torch's and cuSPARSE's kernels require it: in each row the columns sorted and distinct.
-        Edges out of that order are sorted, and a repeated edge becomes one entry of the summed
-        weights (the same sum of messages); in order, nothing is copied but the row pointers."""
+        """The edges as a sparse ``[num_dst, num_src]`` CSR matrix of their weights (``None``: 1).
+        On CUDA, as cuSPARSE requires it: in each row the columns sorted and distinct (edges out of
+        that order are sorted, and a repeated edge becomes one entry of the summed weights: the
+        same sum of messages; in order, nothing is copied but the row pointers). On the CPU
+        torch's kernel (MKL's, or its own loop) sums a row's entries in any order, repeated ones
+        too, so only edges out of target order are sorted (stably, by target alone)."""
         dst, src = edge_index[1], edge_index[0]
         w = edge_weight.to(dtype) if edge_weight is not None else torch.ones(src.numel(), dtype=dtype,
                                                                             device=src.device)
-        key = dst * num_src + src
-        step = key[1:] - key[:-1]
-        unsorted, repeated = torch.stack([(step < 0).any(), (step == 0).any()]).tolist()  # (one device read)
-        if unsorted or repeated:  # (in order, a repeated edge follows its first: merged without a sort)
-            key, inv = (torch.unique if unsorted else torch.unique_consecutive)(key, return_inverse=True)
-            w = w.new_zeros(key.numel()).index_add_(0, inv, w)
-            dst = torch.div(key, num_src, rounding_mode="floor")
-            src = key - dst * num_src
+        if src.is_cuda:
+            key = dst * num_src + src
+            step = key[1:] - key[:-1]
+            unsorted, repeated = torch.stack([(step < 0).any(), (step == 0).any()]).tolist()  # (one device read)
+            if unsorted or repeated:  # (in order, a repeated edge follows its first: merged without a sort)
+                key, inv = (torch.unique if unsorted else torch.unique_consecutive)(key, return_inverse=True)
+                w = w.new_zeros(key.numel()).index_add_(0, inv, w)
+                dst = torch.div(key, num_src, rounding_mode="floor")
+                src = key - dst * num_src
+        elif bool((dst[1:] < dst[:-1]).any()):
+            order = torch.argsort(dst, stable=True)
+            dst, src, w = dst.index_select(0, order), src.index_select(0, order), w.index_select(0, order)
         crow = torch.searchsorted(dst, torch.arange(num_dst + 1, device=dst.device))
         with warnings.catch_warnings():  # (torch says once that its CSR tensors are in beta)
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -471,8 +499,8 @@ class UnifewsConv(MessagePassing):
     def propagation_macs(self) -> tuple[int, int]:
         """(dense, sparse) propagation MACs of the last forward: over the edges it received, and
         over the kept edges it aggregated."""
-        c = self.last_prop_channels
-        return self.last_edges_in * c, self.last_edges_computed * c
+        return (self.last_edges_in * self.last_prop_channels,
+                self.last_edges_computed * self.last_prop_channels_computed)
 
     def _finish(self, out: Tensor, keep: Optional[Tensor], num_edges: int, return_kept: bool):
         if not return_kept:

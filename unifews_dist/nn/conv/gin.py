@@ -43,5 +43,14 @@ class UnifewsGINConv(UnifewsConv):
                 m.reset_parameters()
         self.eps.data.fill_(self.initial_eps)
 
-    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
-        return self.mlp(agg + (1 + self.eps) * h_dst)
+    def aggregated_channels(self) -> Optional[Tensor]:
+        return self.mlp[0].used_inputs()
+
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor], agg_channels: Optional[Tensor] = None) -> Tensor:
+        if agg_channels is None:
+            return self.mlp(agg + (1 + self.eps) * h_dst)
+        first, *rest = self.mlp  # the first map reads only agg_channels of its input
+        h = first(agg + (1 + self.eps) * h_dst.index_select(1, agg_channels), columns=agg_channels)
+        for m in rest:
+            h = m(h)
+        return h

@@ -48,5 +48,8 @@ class UnifewsSAGEConv(UnifewsConv):
         w = deg.reciprocal().index_select(0, dst)  # (every target indexed has degree >= 1)
         return edge_index, w if edge_weight is None else w * edge_weight
 
-    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
-        return self.lin_r(h_dst, add=self.lin_l(agg))  # (the sum fused into lin_r's matmul)
+    def aggregated_channels(self) -> Optional[Tensor]:
+        return self.lin_l.used_inputs()
+
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor], agg_channels: Optional[Tensor] = None) -> Tensor:
+        return self.lin_r(h_dst, add=self.lin_l(agg, columns=agg_channels))  # (the sum fused into lin_r's matmul)

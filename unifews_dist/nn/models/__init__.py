@@ -1,3 +1,4 @@
 from .gnn import LayerStats, UnifewsGNN
+from .layerwise import InferenceWorkspace
 
-__all__ = ["UnifewsGNN", "LayerStats"]
+__all__ = ["UnifewsGNN", "LayerStats", "InferenceWorkspace"]

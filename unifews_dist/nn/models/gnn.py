@@ -162,6 +162,7 @@ class UnifewsGNN(nn.Module):
             edges_dense=edges_dense, edges_in=conv.last_edges_in, edges_kept=conv.last_edges_kept,
             weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
             transform_macs_dense=t_dense, prop_channels=conv.last_prop_channels,
+            prop_channels_computed=conv.last_prop_channels_computed,
             edges_computed=conv.last_edges_computed,
             transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
 
@@ -254,15 +255,16 @@ class UnifewsGNN(nn.Module):
 
     def inference(self, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                   output_nodes: Optional[Tensor] = None, device=None, progress=None,
-                  distributed: bool = False, lock_scope: str = "outputs") -> Tensor:
+                  distributed: bool = False, lock_scope: str = "outputs", workspace=None) -> Tensor:
         """Layer-wise full-graph inference (evaluation mode), memory bounded by ``batch_size``
         target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference` (there:
-        ``lock_scope``, whose in-edges the seed locking keeps). Leaves its per-layer statistics
-        in :attr:`layer_stats` (summed over its batches)."""
+        ``lock_scope``, whose in-edges the seed locking keeps, and ``workspace``, an
+        :class:`~unifews_dist.nn.models.layerwise.InferenceWorkspace` whose buffers repeated calls
+        reuse). Leaves its per-layer statistics in :attr:`layer_stats` (summed over its batches)."""
         from .layerwise import layerwise_inference
         return layerwise_inference(self, x, edge_index, batch_size=batch_size, output_nodes=output_nodes,
                                    device=device, progress=progress, distributed=distributed,
-                                   lock_scope=lock_scope)
+                                   lock_scope=lock_scope, workspace=workspace)
 
     def stats_tensor(self) -> Tensor:
         """The last forward's :attr:`layer_stats` packed as one float64 device tensor (the

@@ -28,6 +28,41 @@ LockScope = Literal["outputs", "each"]
 LOCK_SCOPES = get_args(LockScope)
 
 
+class InferenceWorkspace:
+    """The large buffers of :func:`layerwise_inference`, kept from one call to the next: every
+    hidden layer's output rows (``N x hidden``), the channels a layer propagates and the edges it
+    keeps (the next layer's). Pass the same
+    workspace to calls on the same graph (a model evaluated or deployed again and again): each
+    call then writes into memory it already holds. Fresh memory costs its first-touch page
+    faults, on the products-sized graph 5-8 s of a 12-20 s pruned inference on this project's
+    2-core VM (BENCHMARKS.md); on a GPU torch's caching allocator already reuses memory. What the
+    call returns is never one of these buffers. Holds the memory until dropped (:meth:`clear`)."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, role: tuple, shape: Tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device, the one kept
+        for ``role`` when it matches (else a new one, kept in its place)."""
+        shape = tuple(shape)
+        t = self._buffers.get(role)
+        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+            self._buffers[role] = None  # (the old one freed before the new one is made)
+            t = self._buffers[role] = like.new_empty(shape)
+        return t
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._buffers.values())
+
+
+def _empty(workspace: Optional[InferenceWorkspace], role: tuple, shape: Tuple[int, ...], like: Tensor) -> Tensor:
+    return like.new_empty(shape) if workspace is None else workspace.get(role, shape, like)
+
+
 def _csr_by_target(edge_index: Tensor, num_targets: int) -> Tensor:
     counts = torch.bincount(edge_index[1], minlength=num_targets)
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
@@ -69,8 +104,9 @@ def _all_gather_cat(t: Tensor, sizes: List[int]) -> Tensor:
 class _Layer:
     """One layer of a stack run over batches of targets; sums what it computed into statistics."""
 
-    def __init__(self, model, i: int, n: int, batch_size: int, progress):
-        self.model, self.i, self.conv = model, i, model.convs[i]
+    def __init__(self, model, i: int, n: int, batch_size: int, progress,
+                 workspace: Optional[InferenceWorkspace] = None):
+        self.model, self.i, self.conv, self.workspace = model, i, model.convs[i], workspace
         self.n, self.batch_size, self.progress = n, batch_size, progress
         self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
         self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = 0
@@ -80,7 +116,8 @@ class _Layer:
             x0: Optional[Tensor],
             locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int,
             norms: Optional[Tensor] = None, lock_into: Optional[Tensor] = None,
-            start: Optional[int] = None) -> Tuple[Tensor, Tensor, Tuple[Tensor, Optional[Tensor]]]:
+            start: Optional[int] = None, own_result: bool = False
+            ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Optional[Tensor]]]:
         """``(outputs of targets, kept mask of ei, (kept edges, their weights))``. ``ei``: the edges into ``targets`` (targets as
         positions, sorted by them); ``own``: the targets' own rows (their input and the source of
         their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
@@ -91,6 +128,7 @@ class _Layer:
         is applied to all the edges given at once, before any batch, and the batches get the kept
         edges only (the conv is told so and scores nothing again). ``start``: the targets are the
         nodes ``start, start + 1, ...`` (their rows are then a slice of ``nbr``, not a gather).
+        ``own_result``: the outputs are not written into the workspace (they outlive the call).
 
         A conv that propagates its sources' rows as they are (no source-side weights: SAGE, GIN,
         GCNII) reads them from ``nbr`` by node id, one gather of the messages; a conv that
@@ -101,12 +139,17 @@ class _Layer:
         if norms is not None:
             keep_all = self._rule(targets, ei, ew, norms, mean, lock_into, start)
             idx = keep_all.nonzero().view(-1)
-            ei, ew = ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+            ei, ew = self._take(ei, ew, idx)
             self.kept += idx.numel()
         else:
             keep_all = torch.ones(ei.size(1), dtype=torch.bool, device=device)
         # the sources by node id: no per-batch gather of their rows (and no scores of them to take)
         by_id = own is None and not conv.source_side_weights and (norms is not None or conv.thr_a == 0)
+        # of the channels the conv's weights read (the rest, pruned whole, are not propagated):
+        # taken once for the layer, every batch's product then reads rows of those alone
+        channels = conv.aggregated_channels() if by_id else None
+        sources = nbr if channels is None else torch.index_select(
+            nbr, 1, channels, out=_empty(self.workspace, ("sources", self.i), (nbr.size(0), channels.numel()), nbr))
         ptr = _csr_by_target(ei, targets.numel()).tolist()
         if not by_id:
             lookup = torch.full((self.n,), -1, dtype=torch.long, device=device)
@@ -119,7 +162,7 @@ class _Layer:
             w = None if ew is None else ew[e0:e1]
             tgt = targets[a:b]
             if by_id:
-                xs = (nbr, nbr[start + a:start + b] if start is not None else nbr.index_select(0, tgt))
+                xs = (sources, nbr[start + a:start + b] if start is not None else nbr.index_select(0, tgt))
                 local = torch.stack([src, dst])
             else:
                 xs, local = self._gathered(tgt, src, dst, own, nbr, loops_only, a, b, lookup, mark)
@@ -131,17 +174,19 @@ class _Layer:
                 elif lock_into is not None:
                     lock = lock_into.index_select(0, tgt).index_select(0, dst)
                 out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean,
-                                 fused=True)
+                                 fused=True, source_channels=channels)
                 keep_all[e0:e1] = keep
                 self.kept += int(keep.sum())
             else:  # the edges given are the rule's kept ones: the conv does not score them again
-                out = conv(*args, w, prepared=True, rule_applied=True, fused=True)
+                out = conv(*args, w, prepared=True, rule_applied=True, fused=True, source_channels=channels)
             self.computed += int(conv.last_edges_computed)
             for j, lin in enumerate(self.lins):
                 self.rows[j] += lin.last_rows
                 self.t_dense += lin.last_rows * lin.in_features * lin.out_features
             if result is None:
-                result = out.new_empty((targets.numel(), *out.shape[1:]))
+                hidden = self.i < self.model.num_layers - 1 and not own_result  # (never what the call returns)
+                result = _empty(self.workspace if hidden else None, ("output", self.i),
+                                (targets.numel(), *out.shape[1:]), out)
             if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:  # relu, into the result
                 torch.clamp(self.model.norms[self.i](out), min=0, out=result[a:b])
             else:
@@ -155,9 +200,17 @@ class _Layer:
         if norms is None:  # the kept edges, unless every edge was
             ei, ew = edges_given
             if self.kept < ei.size(1):
-                idx = keep_all.nonzero().view(-1)
-                ei, ew = ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+                ei, ew = self._take(ei, ew, keep_all.nonzero().view(-1))
         return result, keep_all, (ei, ew)
+
+    def _take(self, ei: Tensor, ew: Optional[Tensor], idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The edges ``idx`` of ``(ei, ew)`` (the layer's kept ones, the next layer's input),
+        written into the workspace's buffers when there is one."""
+        ws, k = self.workspace, idx.numel()
+        if ws is None:
+            return ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+        ei = torch.index_select(ei, 1, idx, out=ws.get(("edges", self.i), (2, k), ei))
+        return ei, None if ew is None else torch.index_select(ew, 0, idx, out=ws.get(("weights", self.i), (k,), ew))
 
     def _rule(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], norms: Tensor, mean: Tensor,
               lock_into: Optional[Tensor], start: Optional[int], chunk: int = 1 << 22) -> Tensor:
@@ -209,6 +262,7 @@ class _Layer:
         return LayerStats(edges_dense=self.edges_dense, edges_in=self.edges_in, edges_kept=self.kept,
                           weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
                           transform_macs_dense=self.t_dense, prop_channels=self.conv.last_prop_channels,
+                          prop_channels_computed=self.conv.last_prop_channels_computed,
                           edges_computed=self.computed,
                           transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
 
@@ -217,7 +271,7 @@ class _Layer:
 def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                         output_nodes: Optional[Tensor] = None, device: Optional[torch.device] = None,
                         progress: Optional[Callable[[int], None]] = None, distributed: bool = False,
-                        lock_scope: str = "outputs") -> Tensor:
+                        lock_scope: str = "outputs", workspace: Optional[InferenceWorkspace] = None) -> Tensor:
     """Outputs ``[N, C]`` of ``model`` (a :class:`UnifewsGNN`, in evaluation mode) for every node
     of the graph ``(x, edge_index)``, or ``[len(output_nodes), C]`` for the nodes given.
 
@@ -253,6 +307,8 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             locked nodes are every rank's output nodes). Its statistics are this rank's share (a
             sum over ranks is the whole).
         lock_scope: ``"outputs"`` or ``"each"`` (above).
+        workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
+            in for the next call (``None``: fresh ones, freed when the call ends).
     """
     if model.training:
         raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
@@ -263,11 +319,16 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     n, L = x.size(0), model.num_layers
     Conv = type(model.convs[0])
     ei, ew = Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
-    # by target (a batch of targets is a slice of edges), then source (the order a sparse matrix's
-    # rows take: the fused aggregation then copies nothing but for repeated edges)
-    order = torch.argsort(ei[1] * n + ei[0])
-    ei = ei.index_select(1, order)
-    ew = None if ew is None else ew.index_select(0, order)
+    # by target: a batch of targets is a slice of edges. On CUDA also by source, as cuSPARSE's
+    # rows must be (the fused aggregation then copies nothing but for repeated edges); on the CPU
+    # a graph already in target order (a CSC, as prepared datasets give it) is not sorted at all
+    if device.type == "cuda":
+        order = torch.argsort(ei[1] * n + ei[0])
+    else:
+        order = torch.argsort(ei[1], stable=True) if bool((ei[1, 1:] < ei[1, :-1]).any()) else None
+    if order is not None:
+        ei = ei.index_select(1, order)
+        ew = None if ew is None else ew.index_select(0, order)
     everyone = torch.arange(n, device=device)
     outputs = everyone if output_nodes is None else output_nodes.to(device)
     locked = model.lock_target_edges in ("always", "eval")
@@ -294,10 +355,10 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     stats: List[LayerStats] = []
     for i, conv in enumerate(model.convs):
         last = i == L - 1
-        layer = _Layer(model, i, n, batch_size, progress)
+        layer = _Layer(model, i, n, batch_size, progress, workspace)
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
             own, _, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
-                               int(in_degree[outputs].sum()))
+                                  int(in_degree[outputs].sum()), own_result=True)
         if not last or not each:  # every node (the last layer: the outputs only), pruned by the rule
             norms = mean = None
             if conv.thr_a > 0:  # the rule's mean over all the layer's edges
