@@ -150,7 +150,9 @@ class _Layer:
         channels = conv.aggregated_channels() if by_id else None
         sources = nbr if channels is None else torch.index_select(
             nbr, 1, channels, out=_empty(self.workspace, ("sources", self.i), (nbr.size(0), channels.numel()), nbr))
-        ptr = _csr_by_target(ei, targets.numel()).tolist()
+        # each batch's first edge (the edges are sorted by target position): one search per batch
+        cuts = list(range(0, targets.numel(), bs)) + [targets.numel()]
+        ptr = dict(zip(cuts, torch.searchsorted(ei[1], torch.tensor(cuts, device=device)).tolist()))
         if not by_id:
             lookup = torch.full((self.n,), -1, dtype=torch.long, device=device)
             mark = torch.zeros(self.n, dtype=torch.bool, device=device)
