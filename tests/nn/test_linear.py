@@ -10,6 +10,16 @@ from unifews_dist.sparsify import weight_keep_mask
 from unifews_dist.sparsify.spmm import numba_available, sparse_linear
 
 
+def _same_with_grads(y, y2, pairs):
+    """``y`` equals ``y2``, and after one backward of each the gradients of each pair match."""
+    torch.testing.assert_close(y, y2, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y2 * g).sum().backward()
+    for a, b in pairs:
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.skipif(not numba_available(), reason="numba missing")
 @pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
 def test_sparse_kernel_equals_masked_dense_with_gradients(density):
@@ -61,12 +71,7 @@ def test_cuda_sparse_transform_equals_masked_dense_with_gradients():
     y = sparse_linear(x, w, mask)
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     y2 = x2 @ (w2 * mask).t()
-    torch.testing.assert_close(y, y2, atol=1e-4, rtol=1e-4)
-    g = torch.randn_like(y)
-    (y * g).sum().backward()
-    (y2 * g).sum().backward()
-    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(w.grad, w2.grad, atol=1e-4, rtol=1e-4)
+    _same_with_grads(y, y2, [(x, x2), (w, w2)])
     lin = UnifewsLinear(33, 17, thr_w=1.0, backend="sparse").cuda()
     lin(x.detach())
     assert lin.last_backend == "sparse" and lin.weight_mask.is_cuda
@@ -292,12 +297,7 @@ def test_sparse_kernel_reads_only_columns_with_kept_entries(given):
     x2 = x.detach().clone().requires_grad_()
     full = x2 if given == "all" else torch.zeros(70, 40).index_copy(1, cols, x2)
     y2 = full @ (w2 * mask).t()
-    torch.testing.assert_close(y, y2, atol=1e-4, rtol=1e-4)
-    g = torch.randn_like(y)
-    (y * g).sum().backward()
-    (y2 * g).sum().backward()
-    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(w.grad, w2.grad, atol=1e-4, rtol=1e-4)
+    _same_with_grads(y, y2, [(x, x2), (w, w2)])
     with pytest.raises(ValueError, match="must include every input column"):
         sparse_linear(x_all[:, 1:3], w, mask, columns=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="x must have 3 columns"):

@@ -210,9 +210,14 @@ class UnifewsLinear(nn.Module):
         return self._affine(x, weight if columns is None else weight.index_select(1, columns), add)
 
     def _weight_csr(self, columns: Optional[Tensor]) -> WeightCSR:
-        """The sparse backend's CSR of the masked weight, made once per weight, mask and columns
-        (in evaluation, once for every batch)."""
+        """The sparse backend's CSR of the masked weight. With no gradient taken (evaluation,
+        inference: many batches of one weight) made once per weight, mask and columns, as their
+        version counters tell (a change through ``.data`` is not counted); in training, every
+        forward."""
         w, m = self.weight, self.weight_mask
+        if torch.is_grad_enabled():
+            self._csr = None
+            return weight_csr(w, m, columns)
         key = (w._version, w.data_ptr(), m._version, m.data_ptr())
         if self._csr is None or self._csr[0] != key or self._csr[1] is not columns:
             self._csr = (key, columns, weight_csr(w, m, columns))

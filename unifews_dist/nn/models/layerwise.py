@@ -7,8 +7,9 @@ here the edge rule's mean is taken over all of a layer's edges (:meth:`UnifewsCo
 before the layer runs batch by batch, and the edges a layer prunes are gone from every later
 layer (progressive, as in training). A batch's messages are summed by one sparse-dense product
 (the conv's ``fused`` aggregation: no per-edge message tensor), its sources' rows read by node id
-where the conv propagates them untransformed. Memory: two representations of every node per
-layer (``N x hidden`` each), the graph's edges, and one batch's sparse adjacency.
+where the conv propagates them untransformed, of the channels the layer's pruned weights read
+only. Memory: two representations of every node per layer (``N x hidden`` each) and the read
+channels of one, the graph's edges, and one batch's sparse adjacency.
 """
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ LOCK_SCOPES = get_args(LockScope)
 class InferenceWorkspace:
     """The large buffers of :func:`layerwise_inference`, kept from one call to the next: every
     hidden layer's output rows (``N x hidden``), the channels a layer propagates and the edges it
-    keeps (the next layer's). Pass the same
-    workspace to calls on the same graph (a model evaluated or deployed again and again): each
-    call then writes into memory it already holds. Fresh memory costs its first-touch page
-    faults, on the products-sized graph 5-8 s of a 12-20 s pruned inference on this project's
-    2-core VM (BENCHMARKS.md); on a GPU torch's caching allocator already reuses memory. What the
-    call returns is never one of these buffers. Holds the memory until dropped (:meth:`clear`)."""
+    keeps (the next layer's). Pass the same workspace to calls on the same graph (a model
+    evaluated or deployed again and again): each call then writes into memory it already holds.
+    Fresh memory costs its first-touch page faults: a pruned products-sized inference took 20.8 s
+    cold and 10.8 s with a workspace on this project's 2-core VM (BENCHMARKS.md); on a GPU
+    torch's caching allocator already reuses memory. What the call returns is never one of these
+    buffers. Holds the memory until dropped (:meth:`clear`)."""
 
     def __init__(self):
         self._buffers = {}
