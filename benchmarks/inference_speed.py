@@ -107,8 +107,9 @@ def main(argv=None):
     spaces = {kind: InferenceWorkspace() for kind in models}
     runs = [(kind, cold) for cold in (False, True) for kind in ("dense", "pruned")]
     times = {f"{kind}{'_cold' if cold else ''}": [] for kind, cold in runs}
-    for kind in ("dense", "pruned"):  # warm-up (numba compiles its kernels on the first pruned run)
-        run(models[kind], data, spaces[kind])
+    for kind in ("dense", "pruned"):  # warm-up: numba compiles its kernels and the weight masks are made
+        for _ in range(2):  # on the first pruned run; the second fills the workspace as every later run uses it
+            run(models[kind], data, spaces[kind])
     touch = []  # this machine's cost of one layer's output written for the first time (page faults)
     for _ in range(args.repeat):
         for kind, cold in runs:
