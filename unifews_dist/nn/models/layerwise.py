@@ -13,6 +13,7 @@ channels of one, the graph's edges, and one batch's sparse adjacency.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Literal, Optional, Tuple, get_args
 
 import torch
@@ -43,14 +44,15 @@ class InferenceWorkspace:
         self._buffers = {}
 
     def get(self, role: tuple, shape: Tuple[int, ...], like: Tensor) -> Tensor:
-        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device, the one kept
-        for ``role`` when it matches (else a new one, kept in its place)."""
-        shape = tuple(shape)
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device: a view of the
+        buffer kept for ``role`` when it is large enough (else a new one, kept in its place).
+        A role's tensor is valid until the role is asked for again."""
+        numel = math.prod(shape)
         t = self._buffers.get(role)
-        if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+        if t is None or t.numel() < numel or t.dtype != like.dtype or t.device != like.device:
             self._buffers[role] = None  # (the old one freed before the new one is made)
-            t = self._buffers[role] = like.new_empty(shape)
-        return t
+            t = self._buffers[role] = like.new_empty(numel)
+        return t[:numel].view(shape)
 
     def clear(self) -> None:
         self._buffers.clear()
@@ -62,6 +64,17 @@ class InferenceWorkspace:
 
 def _empty(workspace: Optional[InferenceWorkspace], role: tuple, shape: Tuple[int, ...], like: Tensor) -> Tensor:
     return like.new_empty(shape) if workspace is None else workspace.get(role, shape, like)
+
+
+# The workspace's roles, by lifetime: a layer's propagated channels die with the layer (one buffer
+# for all layers); its outputs and kept edges are the next layer's input (two buffers, alternate
+# layers)
+def _sources_role(i: int) -> tuple:
+    return ("sources",)
+
+
+def _next_input_role(kind: str, i: int) -> tuple:
+    return (kind, i % 2)
 
 
 def _csr_by_target(edge_index: Tensor, num_targets: int) -> Tensor:
@@ -150,7 +163,7 @@ class _Layer:
         # taken once for the layer, every batch's product then reads rows of those alone
         channels = conv.aggregated_channels() if by_id else None
         sources = nbr if channels is None else torch.index_select(
-            nbr, 1, channels, out=_empty(self.workspace, ("sources", self.i), (nbr.size(0), channels.numel()), nbr))
+            nbr, 1, channels, out=_empty(self.workspace, _sources_role(self.i), (nbr.size(0), channels.numel()), nbr))
         # each batch's first edge (the edges are sorted by target position): one search per batch
         cuts = list(range(0, targets.numel(), bs)) + [targets.numel()]
         ptr = dict(zip(cuts, torch.searchsorted(ei[1], torch.tensor(cuts, device=device)).tolist()))
@@ -188,7 +201,7 @@ class _Layer:
                 self.t_dense += lin.last_rows * lin.in_features * lin.out_features
             if result is None:
                 hidden = self.i < self.model.num_layers - 1 and not own_result  # (never what the call returns)
-                result = _empty(self.workspace if hidden else None, ("output", self.i),
+                result = _empty(self.workspace if hidden else None, _next_input_role("output", self.i),
                                 (targets.numel(), *out.shape[1:]), out)
             if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:  # relu, into the result
                 torch.clamp(self.model.norms[self.i](out), min=0, out=result[a:b])
@@ -212,8 +225,9 @@ class _Layer:
         ws, k = self.workspace, idx.numel()
         if ws is None:
             return ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
-        ei = torch.index_select(ei, 1, idx, out=ws.get(("edges", self.i), (2, k), ei))
-        return ei, None if ew is None else torch.index_select(ew, 0, idx, out=ws.get(("weights", self.i), (k,), ew))
+        ei = torch.index_select(ei, 1, idx, out=ws.get(_next_input_role("edges", self.i), (2, k), ei))
+        return ei, None if ew is None else torch.index_select(
+            ew, 0, idx, out=ws.get(_next_input_role("weights", self.i), (k,), ew))
 
     def _rule(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], norms: Tensor, mean: Tensor,
               lock_into: Optional[Tensor], start: Optional[int], chunk: int = 1 << 22) -> Tensor:
@@ -311,7 +325,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             sum over ranks is the whole).
         lock_scope: ``"outputs"`` or ``"each"`` (above).
         workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
-            in for the next call (``None``: fresh ones, freed when the call ends).
+            in for the next call (``None``: the call's own, freed when it ends).
     """
     if model.training:
         raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
@@ -356,9 +370,10 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     pruned = h  # every node's pruned rows
     own = h[outputs] if each else None  # the outputs' own (locked) rows
     stats: List[LayerStats] = []
+    space = InferenceWorkspace() if workspace is None else workspace  # (none given: the call's own)
     for i, conv in enumerate(model.convs):
         last = i == L - 1
-        layer = _Layer(model, i, n, batch_size, progress, workspace)
+        layer = _Layer(model, i, n, batch_size, progress, space)
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
             own, _, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
                                   int(in_degree[outputs].sum()), own_result=True)
