@@ -62,15 +62,10 @@ class InferenceWorkspace:
         return sum(t.numel() * t.element_size() for t in self._buffers.values())
 
 
-def _empty(workspace: Optional[InferenceWorkspace], role: tuple, shape: Tuple[int, ...], like: Tensor) -> Tensor:
-    return like.new_empty(shape) if workspace is None else workspace.get(role, shape, like)
-
-
 # The workspace's roles, by lifetime: a layer's propagated channels die with the layer (one buffer
 # for all layers); its outputs and kept edges are the next layer's input (two buffers, alternate
 # layers)
-def _sources_role(i: int) -> tuple:
-    return ("sources",)
+_SOURCES = ("sources",)
 
 
 def _next_input_role(kind: str, i: int) -> tuple:
@@ -118,8 +113,7 @@ def _all_gather_cat(t: Tensor, sizes: List[int]) -> Tensor:
 class _Layer:
     """One layer of a stack run over batches of targets; sums what it computed into statistics."""
 
-    def __init__(self, model, i: int, n: int, batch_size: int, progress,
-                 workspace: Optional[InferenceWorkspace] = None):
+    def __init__(self, model, i: int, n: int, batch_size: int, progress, workspace: InferenceWorkspace):
         self.model, self.i, self.conv, self.workspace = model, i, model.convs[i], workspace
         self.n, self.batch_size, self.progress = n, batch_size, progress
         self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
@@ -163,7 +157,7 @@ class _Layer:
         # taken once for the layer, every batch's product then reads rows of those alone
         channels = conv.aggregated_channels() if by_id else None
         sources = nbr if channels is None else torch.index_select(
-            nbr, 1, channels, out=_empty(self.workspace, _sources_role(self.i), (nbr.size(0), channels.numel()), nbr))
+            nbr, 1, channels, out=self.workspace.get(_SOURCES, (nbr.size(0), channels.numel()), nbr))
         # each batch's first edge (the edges are sorted by target position): one search per batch
         cuts = list(range(0, targets.numel(), bs)) + [targets.numel()]
         ptr = dict(zip(cuts, torch.searchsorted(ei[1], torch.tensor(cuts, device=device)).tolist()))
@@ -200,9 +194,10 @@ class _Layer:
                 self.rows[j] += lin.last_rows
                 self.t_dense += lin.last_rows * lin.in_features * lin.out_features
             if result is None:
+                shape = (targets.numel(), *out.shape[1:])
                 hidden = self.i < self.model.num_layers - 1 and not own_result  # (never what the call returns)
-                result = _empty(self.workspace if hidden else None, _next_input_role("output", self.i),
-                                (targets.numel(), *out.shape[1:]), out)
+                result = self.workspace.get(_next_input_role("output", self.i), shape, out) if hidden \
+                    else out.new_empty(shape)
             if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:  # relu, into the result
                 torch.clamp(self.model.norms[self.i](out), min=0, out=result[a:b])
             else:
@@ -221,10 +216,8 @@ class _Layer:
 
     def _take(self, ei: Tensor, ew: Optional[Tensor], idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The edges ``idx`` of ``(ei, ew)`` (the layer's kept ones, the next layer's input),
-        written into the workspace's buffers when there is one."""
+        written into the workspace's buffers."""
         ws, k = self.workspace, idx.numel()
-        if ws is None:
-            return ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
         ei = torch.index_select(ei, 1, idx, out=ws.get(_next_input_role("edges", self.i), (2, k), ei))
         return ei, None if ew is None else torch.index_select(
             ew, 0, idx, out=ws.get(_next_input_role("weights", self.i), (k,), ew))
