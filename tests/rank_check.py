@@ -1,6 +1,7 @@
 """Test-only callback: all-gathers the weight masks every rank used at every training step (after
 the step, before the next forward, whose DDP buffer broadcast would overwrite them), and
 weights, masks, step counts and thresholds at the end of training (or of a test run)."""
+import gc
 import json
 import os
 
@@ -36,16 +37,20 @@ class RankCheck(Callback):
         masks = self._masks(pl_module)
         steps = torch.tensor([float(trainer.global_step)])
         thr = torch.tensor(pl_module.model.thr_a + pl_module.model.thr_w, dtype=torch.float64)
-        gp, gm, gs, gt = (trainer.strategy.all_gather(t) for t in (params, masks, steps, thr))
+        # objects the process found frozen (gc.freeze) when it started: > 0 in a rank forked by
+        # unifews_dist.launch, 0 in a fresh interpreter
+        frozen = torch.tensor([float(gc.get_freeze_count())])
+        gp, gm, gs, gt, gf = (trainer.strategy.all_gather(t) for t in (params, masks, steps, thr, frozen))
         if trainer.world_size == 1:
-            gp, gm, gs, gt = (t.unsqueeze(0) for t in (gp, gm, gs, gt))
+            gp, gm, gs, gt, gf = (t.unsqueeze(0) for t in (gp, gm, gs, gt, gf))
         if trainer.is_global_zero:
             with open(self.out, "w") as f:
                 json.dump({"world": trainer.world_size, "steps": gs.view(-1).tolist(),
                            "param_diff": float((gp - gp[0]).abs().max()), "mask_diff": float((gm - gm[0]).abs().max()),
                            "mask_density": float(gm[0].mean()), "step_mask_diff": self.step_mask_diff,
                            "steps_checked": self.steps_checked,
-                           "thr_diff": float((gt - gt[0]).abs().max()), "thr": gt[0].tolist(), "pid": os.getpid()}, f)
+                           "thr_diff": float((gt - gt[0]).abs().max()), "thr": gt[0].tolist(), "pid": os.getpid(),
+                           "frozen": gf.view(-1).tolist()}, f)
 
 
 class SlowSteps(Callback):

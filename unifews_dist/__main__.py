@@ -1,3 +1,3 @@
-from .cli import main
+from unifews_dist.cli import main
 
 main()

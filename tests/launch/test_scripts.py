@@ -17,13 +17,34 @@ def _bash(script, *args, env=None, timeout=300):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_completes_debug(tmp_path):
-    proc = _bash("launch/torchrun.sh", "--wandb", "false",
+    """launch/torchrun.sh's default launcher forks both ranks from one process that imported
+    everything (they find its objects frozen), and they train identical models."""
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = _bash("launch/torchrun.sh", "--wandb", "false", "--trainer.callbacks+=rank_check.RankCheck",
+                 f"--trainer.callbacks.out={tmp_path / 'ranks.json'}",
                  env={"NGPU": "2", "CONFIG": "configs/debug.yaml", "RUN_DIR": str(tmp_path / "run"),
-                      "MASTER_PORT": "0"})
+                      "MASTER_PORT": "0", "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(proc.stdout.strip().splitlines()[-1]) as f:
         s = json.load(f)
     assert s["world_size"] == 2 and s["global_step"] == 8
+    with open(tmp_path / "ranks.json") as f:
+        r = json.load(f)
+    assert r["param_diff"] == 0.0 and r["mask_diff"] == 0.0 and r["steps"] == [8.0, 8.0]
+    assert len(r["frozen"]) == 2 and min(r["frozen"]) > 10000, r["frozen"]  # forked after the imports
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--standalone", "--nproc_per_node=2", "-m", "unifews_dist", "fit"], "-m is set by this launcher"),
+    (["--nproc_per_node", "2", "--start-method", "spawn", "fit"], "--start-method is set by this launcher"),
+    (["--nproc_per_node", "2", "--", "--config"], "no subcommand given"),
+])
+def test_fork_launcher_refuses_what_it_sets(argv, said):
+    proc = subprocess.run([sys.executable, "-m", "unifews_dist.launch", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("unifews_dist.launch: error: ")
+    assert said in lines[0], proc.stderr
 
 
 def test_torchrun_dry_run_multi_node():
@@ -35,12 +56,17 @@ def test_torchrun_dry_run_multi_node():
     for part in ("--nnodes=2", "--node_rank=1", "--rdzv_endpoint=node0:29500", "--nproc_per_node=4",
                  "--trainer.devices 4", "--trainer.num_nodes 2", "--run_dir runs/torchrun-debug-2x4", "--model.thr_a 2"):
         assert part in cmd, cmd
+    assert cmd.split()[1:3] == ["-m", "unifews_dist.launch"] and " fit --config " in cmd  # the default: forked
+    plain = _bash("launch/torchrun.sh", env={"DRY_RUN": "1", "LAUNCHER": "torchrun", "CONFIG": "configs/debug.yaml"})
+    assert plain.returncode == 0 and " -m torch.distributed.run " in plain.stdout
+    assert " -m unifews_dist fit --config " in plain.stdout, plain.stdout
 
 
 @pytest.mark.parametrize("env,pattern", [
     ({"NGPU": "two"}, "NGPU must be a whole number, got 'two'"),
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK < NNODES"),
     ({"CONFIG": "configs/nope.yaml"}, "CONFIG=configs/nope.yaml does not exist"),
+    ({"LAUNCHER": "srun"}, "LAUNCHER must be fork or torchrun, got 'srun'"),
 ])
 def test_torchrun_bad_input(env, pattern):
     proc = _bash("launch/torchrun.sh", env=dict(env, DRY_RUN="1"))

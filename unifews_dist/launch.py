@@ -1,0 +1,69 @@
+"""``python -m unifews_dist.launch [torchrun options] fit --config ...``: torchrun whose ranks
+share one copy of the Python runtime per node.
+
+torchrun starts each rank as a new interpreter, and each imports torch, PyG, Lightning and
+this package on its own: about 0.36 GiB of private memory per rank before it reads any graph
+(see BENCHMARKS.md, "Host memory"). This launcher is torchrun itself (``torch.distributed.run``:
+every option, rendezvous, restarts and environment variable the same), run after those imports
+are done, with two options set: ``--start-method fork`` and ``--run-path`` on this package's
+``__main__``. Its agent then forks the ranks, which start with the imported modules already in
+memory and share those pages with the agent and with each other until one writes to them
+(``gc.freeze()`` keeps the collector from writing to all of them).
+
+Why not torchrun's own ``--start-method fork``: it forks only for a script run in-process
+(``--run-path``), from torchrun's agent, which has imported torch and nothing else; the ranks
+would still import PyG, Lightning and this package each. Why not Lightning's ``ddp_fork``: under
+SLURM and torchrun Lightning takes the processes the launcher made, and ``ddp_fork`` cannot join
+a torchrun rendezvous across nodes.
+
+CUDA must not be initialised before a fork: nothing here touches it (the imports do not), and
+each rank initialises its own device after the fork.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from typing import List, Optional
+
+_SET_HERE = ("--no-python", "--no_python", "-m", "--module", "--run-path", "--run_path", "--start-method",
+             "--start_method")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(argv)  # the subcommand parses as torchrun's training script
+    if args.training_script.startswith("-"):
+        print("unifews_dist.launch: error: no subcommand given (e.g. `fit --config configs/X.yaml`)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    for a in argv[:len(argv) - len(args.training_script_args) - 1]:  # torchrun's options
+        if a.split("=")[0] in _SET_HERE:
+            print(f"unifews_dist.launch: error: {a.split('=')[0]} is set by this launcher (it runs "
+                  f"`unifews-dist` in forked ranks); give torchrun's other options, then the subcommand",
+                  file=sys.stderr)
+            raise SystemExit(2)
+    # a device query by NVML, not by the CUDA driver, which cannot be used again after a fork
+    # (Lightning sets the same on import)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+    import torch_geometric  # noqa: F401  (what every rank imports: done once, here)
+    import pytorch_lightning  # noqa: F401
+    from . import cli  # noqa: F401
+
+    if torch.cuda.is_initialized():
+        print("unifews_dist.launch: error: CUDA was initialised before the ranks were forked: "
+              "use plain torchrun (launch/torchrun.sh with LAUNCHER=torchrun)", file=sys.stderr)
+        raise SystemExit(2)
+
+    args.training_script_args = [args.training_script, *args.training_script_args]
+    args.training_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+    args.run_path, args.start_method = True, "fork"
+    gc.freeze()
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
