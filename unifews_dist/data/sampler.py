@@ -23,7 +23,10 @@ from torch_geometric.sampler.utils import to_csc
 _PERM_FACTOR = 4
 _EXTRA_DRAWS = 16
 _NOT_SLOT = 2.0  # a key above every random key in [0, 1)
-_NO_CLAIM = torch.iinfo(torch.long).max
+_NO_CLAIM = torch.iinfo(torch.int32).max
+# The per-node scratch (degree, node -> id in the batch, node -> first edge that reached it) is
+# int32: 12 bytes per node of the graph, kept by every rank (papers100M: 1.3 GB). A degree, a
+# batch's node count and its edge count all stay below 2**31.
 
 
 def sample_slots(colptr: Tensor, deg: Tensor, nodes: Tensor, k: int, generator: Optional[torch.Generator] = None,
@@ -98,8 +101,11 @@ class TorchNeighborSampler(BaseSampler):
         else:  # (FeatureStore, GraphStore): the CSC as stored (a prepared graph's mapped arrays), no copy
             self.row, self.colptr, self.perm = data[1].csc()
             self.num_nodes = self.colptr.numel() - 1
-        self.deg = self.colptr[1:] - self.colptr[:-1]
-        self.max_degree = int(self.deg.max()) if self.deg.numel() else 0  # once, at construction
+        deg = self.colptr[1:] - self.colptr[:-1]
+        self.max_degree = int(deg.max()) if deg.numel() else 0  # once, at construction
+        if self.max_degree >= _NO_CLAIM:
+            raise ValueError(f"a node has {self.max_degree} in-edges: the sampler counts them in int32 (< 2**31)")
+        self.deg = deg.to(torch.int32)
         self._assoc: Optional[Tensor] = None  # node -> id in the batch (-1: not in it)
         self._claim: Optional[Tensor] = None  # node -> first edge that reached it (scratch)
 
@@ -129,11 +135,11 @@ class TorchNeighborSampler(BaseSampler):
         g = self._generator(index.node, index.input_id, dev)
         seeds = index.node.to(dev).long()
         if self._assoc is None or self._assoc.device != dev:
-            self._assoc = torch.full((self.num_nodes,), -1, dtype=torch.long, device=dev)
-            self._claim = torch.full((self.num_nodes,), _NO_CLAIM, dtype=torch.long, device=dev)
+            self._assoc = torch.full((self.num_nodes,), -1, dtype=torch.int32, device=dev)
+            self._claim = torch.full((self.num_nodes,), _NO_CLAIM, dtype=torch.int32, device=dev)
         assoc, claim = self._assoc, self._claim
         n = seeds.numel()
-        assoc[seeds] = torch.arange(n, device=dev)
+        assoc[seeds] = torch.arange(n, device=dev, dtype=torch.int32)
         frontier, first_id = seeds, 0  # frontier nodes have ids first_id .. first_id + len - 1
         nodes, rows, cols, edges, n_nodes, n_edges = [seeds], [], [], [], [n], []
         try:
@@ -147,12 +153,15 @@ class TorchNeighborSampler(BaseSampler):
                 nbr = self.row.index_select(0, pos)
                 if nbr.dtype != torch.long:  # an int32 CSC (a prepared graph)
                     nbr = nbr.long()
+                if nbr.numel() >= _NO_CLAIM:  # (a shape: no device read)
+                    raise ValueError(f"one hop of a batch drew {nbr.numel()} edges, more than the sampler's int32 "
+                                     f"edge ids hold (2**31 - 1): use a smaller batch_size or fanout")
                 # nodes new to the batch, each once, numbered in order of their first edge
-                edge_id = torch.arange(nbr.numel(), device=dev)
+                edge_id = torch.arange(nbr.numel(), device=dev, dtype=torch.int32)
                 claim.scatter_reduce_(0, nbr, edge_id.masked_fill(assoc.index_select(0, nbr) >= 0, _NO_CLAIM), "amin")
                 new = nbr.index_select(0, (claim.index_select(0, nbr) == edge_id).nonzero().view(-1))  # read 2
                 claim.index_fill_(0, new, _NO_CLAIM)
-                assoc[new] = torch.arange(n, n + new.numel(), device=dev)
+                assoc[new] = torch.arange(n, n + new.numel(), device=dev, dtype=torch.int32)
                 rows.append(assoc.index_select(0, nbr))
                 cols.append(seg + first_id if first_id else seg)
                 edges.append(pos)
@@ -164,6 +173,6 @@ class TorchNeighborSampler(BaseSampler):
         finally:
             node = torch.cat(nodes)
             assoc.index_fill_(0, node, -1)  # reset only what this batch touched
-        return SamplerOutput(node=node, row=torch.cat(rows), col=torch.cat(cols), edge=torch.cat(edges),
+        return SamplerOutput(node=node, row=torch.cat(rows).long(), col=torch.cat(cols), edge=torch.cat(edges),
                              batch=None, num_sampled_nodes=n_nodes, num_sampled_edges=n_edges,
                              metadata=(index.input_id, index.time))
