@@ -236,3 +236,25 @@ def test_device_side_gather_and_gpu_sampling_exclude_each_other():
         UnifewsDataModule("synthetic-tiny", feature_gather="device", gpu_sampling=True)
     with pytest.raises(ValueError, match="feature_gather"):
         UnifewsDataModule("synthetic-tiny", feature_gather="gpu")
+
+
+def test_whole_graph_batch_holds_the_edge_index_only_while_it_is_used():
+    """Layer-wise evaluation needs an int64 edge_index (16 bytes per edge, per rank): it is made
+    when the loader is read and freed with the batch, not kept by the loader or the dataset
+    between evaluations."""
+    import gc
+    import weakref
+
+    dm = UnifewsDataModule("synthetic-tiny", num_neighbors=[4, 3], batch_size=64, eval_mode="layerwise")
+    ds = dm.load()
+    assert ds.row is not None  # a prepared (CSC) graph
+    loader = dm.val_dataloader()
+    batch = next(iter(loader))
+    assert batch.layerwise and batch.edge_index.dtype == torch.long
+    assert torch.equal(batch.edge_index, ds.edge_index()) and batch.edge_index.size(1) == ds.num_edges
+    assert torch.equal(batch.nodes, ds.val_idx)
+    gone = weakref.ref(batch.edge_index)
+    del batch
+    gc.collect()
+    assert gone() is None
+    assert torch.equal(next(iter(loader)).edge_index, ds.edge_index())  # made again for the next evaluation

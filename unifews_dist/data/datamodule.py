@@ -98,6 +98,22 @@ def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_mem
     return NeighborSampler(data, num_neighbors, share_memory=share_memory)
 
 
+class _OneBatch(torch.utils.data.Dataset):
+    """A dataset of one item, ``make()``, made anew each time it is read: what it holds lives only
+    as long as whoever reads it keeps it."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int):
+        if i != 0:
+            raise IndexError(i)
+        return self.make()
+
+
 def _dist_info(trainer) -> tuple[int, int]:
     if trainer is not None:
         return trainer.world_size, trainer.global_rank
@@ -261,7 +277,7 @@ class UnifewsDataModule(pl.LightningDataModule):
             # the mapped host arrays stay in the page cache, not copied into this process
             ds = copy.copy(self.load())
             ds.data = Data(x=ds.data.x.to(device), y=ds.data.y.to(device), num_nodes=ds.data.num_nodes)
-            ds.colptr, ds.row, ds._edge_index = ds.colptr.to(device), ds.row.to(device), None
+            ds.colptr, ds.row = ds.colptr.to(device), ds.row.to(device)
             self._graph, self._samplers = ds.stores(), {}
             self._gpu_dataset = ds
 
@@ -309,15 +325,21 @@ class UnifewsDataModule(pl.LightningDataModule):
 
     def _whole_graph(self, nodes: torch.Tensor) -> DataLoader:
         """One batch: the whole graph, to be run layer-wise, and this rank's share of ``nodes``
-        (the ones it scores or writes), in order."""
+        (the ones it scores or writes), in order. The batch is made when the loader is iterated
+        and dropped after its step, so a prepared graph's int64 ``edge_index`` is held only
+        while an evaluation or prediction runs, not between them."""
         world, rank = _dist_info(getattr(self, "trainer", None))
         self.graph  # noqa: B018 (placed on the GPU with gpu_sampling)
         ds = self._gpu_dataset if self.gpu_sampling else self.load()
-        batch = Data(x=ds.data.x, edge_index=ds.edge_index(), y=ds.data.y,
-                     nodes=nodes[rank::world].to(ds.data.x.device), layerwise=True,
+        mine = nodes[rank::world].to(ds.data.x.device)
+
+        def batch() -> Data:
+            b = Data(x=ds.data.x, edge_index=ds.edge_index(), y=ds.data.y, nodes=mine, layerwise=True,
                      infer_batch_size=self.eval_batch_size)
-        batch.batch_size = int(batch.nodes.numel())
-        return DataLoader([batch], batch_size=None, collate_fn=lambda b: b)
+            b.batch_size = int(mine.numel())
+            return b
+
+        return DataLoader(_OneBatch(batch), batch_size=None, collate_fn=lambda b: b)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``feature_gather: device``, a sampled batch's features are gathered here, on the

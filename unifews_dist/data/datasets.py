@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 from unittest import mock
 
@@ -67,7 +67,6 @@ class GraphDataset:
     colptr: Optional[Tensor] = None
     row: Optional[Tensor] = None
     folder: Optional[str] = None
-    _edge_index: Optional[Tensor] = field(default=None, repr=False, compare=False)  # edge_index()'s copy
 
     @property
     def num_features(self) -> int:
@@ -83,14 +82,13 @@ class GraphDataset:
         return int(self.row.numel()) if self.row is not None else int(self.data.edge_index.size(1))
 
     def edge_index(self) -> Tensor:
-        """The ``[2, E]`` edges; of a CSC graph, a copy made on first use (layer-wise inference
-        needs it; sampling reads the CSC)."""
+        """The ``[2, E]`` edges; of a CSC graph, a new copy at each call, not kept here (layer-wise
+        inference needs it while it runs; sampling reads the CSC): 16 bytes per edge that a rank
+        holds only while it uses them."""
         if self.row is None:
             return self.data.edge_index
-        if self._edge_index is None:
-            from .prepared import edge_index_of
-            self._edge_index = edge_index_of(self.colptr, self.row)
-        return self._edge_index
+        from .prepared import edge_index_of
+        return edge_index_of(self.colptr, self.row)
 
     def stores(self):
         """``(feature_store, graph_store)``: the graph through PyG's remote-backend interfaces
