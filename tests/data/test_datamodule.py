@@ -258,3 +258,33 @@ def test_whole_graph_batch_holds_the_edge_index_only_while_it_is_used():
     gc.collect()
     assert gone() is None
     assert torch.equal(next(iter(loader)).edge_index, ds.edge_index())  # made again for the next evaluation
+
+
+def test_no_edge_index_alive_while_training_between_layerwise_validations():
+    import gc
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+    from unifews_dist.lit import UnifewsModule
+
+    dm = UnifewsDataModule("synthetic-tiny", num_neighbors=[4, 3], batch_size=64, eval_mode="layerwise")
+    edges = dm.load().num_edges
+
+    class Look(Callback):
+        alive, validated = [], 0
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            Look.validated += 1
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            gc.collect()
+            Look.alive.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dim() == 2
+                                  and o.size(0) == 2 and o.size(1) >= edges))
+
+    module = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage",
+                           hidden_channels=16, num_layers=2, thr_a=0.5, thr_w=0.5)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=3, limit_train_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                         callbacks=[Look()])
+    trainer.fit(module, dm)
+    assert Look.validated == 3 and Look.alive == [0] * 6
