@@ -40,6 +40,7 @@ class RankCheck(Callback):
         # objects the process found frozen (gc.freeze) when it started: > 0 in a rank forked by
         # unifews_dist.launch, 0 in a fresh interpreter
         frozen = torch.tensor([float(gc.get_freeze_count())])
+        self.threads = trainer.strategy.all_gather(torch.tensor([float(torch.get_num_threads())])).view(-1).tolist()
         gp, gm, gs, gt, gf = (trainer.strategy.all_gather(t) for t in (params, masks, steps, thr, frozen))
         if trainer.world_size == 1:
             gp, gm, gs, gt, gf = (t.unsqueeze(0) for t in (gp, gm, gs, gt, gf))
@@ -50,7 +51,7 @@ class RankCheck(Callback):
                            "mask_density": float(gm[0].mean()), "step_mask_diff": self.step_mask_diff,
                            "steps_checked": self.steps_checked,
                            "thr_diff": float((gt - gt[0]).abs().max()), "thr": gt[0].tolist(), "pid": os.getpid(),
-                           "frozen": gf.view(-1).tolist()}, f)
+                           "frozen": gf.view(-1).tolist(), "threads": self.threads}, f)
 
 
 class SlowSteps(Callback):

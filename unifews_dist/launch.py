@@ -5,10 +5,10 @@ torchrun starts each rank as a new interpreter, and each imports torch, PyG, Lig
 this package on its own: about 0.36 GiB of private memory per rank before it reads any graph
 (see BENCHMARKS.md, "Host memory"). This launcher is torchrun itself (``torch.distributed.run``:
 every option, rendezvous, restarts and environment variable the same), run after those imports
-are done, with two options set: ``--start-method fork`` and ``--run-path`` on this package's
-``__main__``. Its agent then forks the ranks, which start with the imported modules already in
-memory and share those pages with the agent and with each other until one writes to them
-(``gc.freeze()`` keeps the collector from writing to all of them).
+are done, with two options set: ``--start-method fork`` and ``--run-path`` on
+:mod:`unifews_dist.forked_rank`. Its agent then forks the ranks, which start with the imported
+modules already in memory and share those pages with the agent and with each other until one
+writes to them (``gc.freeze()`` keeps the collector from writing to all of them).
 
 Why not torchrun's own ``--start-method fork``: it forks only for a script run in-process
 (``--run-path``), from torchrun's agent, which has imported torch and nothing else; the ranks
@@ -59,7 +59,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise SystemExit(2)
 
     args.training_script_args = [args.training_script, *args.training_script_args]
-    args.training_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+    args.training_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forked_rank.py")
     args.run_path, args.start_method = True, "fork"
     gc.freeze()
     run(args)

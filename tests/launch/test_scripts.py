@@ -32,6 +32,8 @@ def test_torchrun_two_processes_completes_debug(tmp_path):
         r = json.load(f)
     assert r["param_diff"] == 0.0 and r["mask_diff"] == 0.0 and r["steps"] == [8.0, 8.0]
     assert len(r["frozen"]) == 2 and min(r["frozen"]) > 10000, r["frozen"]  # forked after the imports
+    # torchrun's OMP_NUM_THREADS (1 for several ranks, unless set) reaches torch in a forked rank too
+    assert r["threads"] == [float(os.environ.get("OMP_NUM_THREADS", 1))] * 2, r["threads"]
 
 
 @pytest.mark.parametrize("argv,said", [
