@@ -110,17 +110,19 @@ def test_a_bad_value_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, ca
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,said", [
-    (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1"),  # found while parsing
-    (["--data.name", "cora", "--data.root", "{tmp}/no/root"], "could not be downloaded"),  # while loading data
+@pytest.mark.parametrize("args,said,launcher", [
+    (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1", "torchrun"),  # found while parsing
+    (["--data.name", "cora", "--data.root", "{tmp}/no/root"], "could not be downloaded", "torchrun"),  # loading data
+    (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1", "fork"),  # ranks forked by the launcher
 ])
-def test_a_setup_error_under_torchrun_is_said_once_and_leaves_nothing(tmp_path, args, said):
+def test_a_setup_error_under_torchrun_is_said_once_and_leaves_nothing(tmp_path, args, said, launcher):
     """Every rank fails alike; the one line is said by rank 0 only (the others wait for it
     before they exit, or torchrun would stop rank 0 first); the run and data folders the ranks
-    made are removed."""
+    made are removed. Forked ranks know their rank before the Trainer exists too."""
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "unifews_dist", "fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"),
+    run = (["-m", "unifews_dist.launch", "--standalone", "--nproc_per_node=2"] if launcher == "fork" else
+           ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unifews_dist"])
+    proc = subprocess.run([sys.executable, *run, "fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"),
                            "--trainer.devices", "2", "--trainer.strategy", "ddp", *args],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     lines = [l for l in proc.stderr.splitlines() if "unifews-dist: error:" in l]
