@@ -12,12 +12,15 @@ writes to them (``gc.freeze()`` keeps the collector from writing to all of them)
 
 Why not torchrun's own ``--start-method fork``: it forks only for a script run in-process
 (``--run-path``), from torchrun's agent, which has imported torch and nothing else; the ranks
-would still import PyG, Lightning and this package each. Why not Lightning's ``ddp_fork``: under
-SLURM and torchrun Lightning takes the processes the launcher made, and ``ddp_fork`` cannot join
-a torchrun rendezvous across nodes.
+would still import PyG, Lightning and this package each. Lightning's ``ddp_fork`` forks too, but
+from the process that built the Trainer, with Lightning's own ``MASTER_ADDR`` / ``NODE_RANK``
+set-up: no torchrun rendezvous, restarts or torchelastic environment, which
+``launch/torchrun.sh`` and its multi-node runs use.
 
-CUDA must not be initialised before a fork: nothing here touches it (the imports do not), and
-each rank initialises its own device after the fork.
+CUDA must not be initialised before a fork. The launcher asks torch for devices through NVML
+(``PYTORCH_NVML_BASED_CUDA_CHECK=1``, as Lightning's import sets it), so the CUDA driver is
+not started here, and it stops with one line if torch's CUDA is initialised all the same; each
+rank starts its own device after the fork. (Not yet run on a GPU.)
 """
 from __future__ import annotations
 

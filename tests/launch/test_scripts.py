@@ -36,6 +36,32 @@ def test_torchrun_two_processes_completes_debug(tmp_path):
     assert r["threads"] == [float(os.environ.get("OMP_NUM_THREADS", 1))] * 2, r["threads"]
 
 
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_localhost(tmp_path):
+    """Multi-node at small scale: launch/torchrun.sh started twice (NODE_RANK 0 and 1, one rank
+    each) meets through torchrun's c10d rendezvous; the forked ranks train identical models."""
+    from conftest import free_port
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"NGPU": "1", "NNODES": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": str(free_port()),
+           "CONFIG": "configs/debug.yaml", "RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    e.update(PYTHON=sys.executable, WANDB_MODE="offline", WANDB_SILENT="true", **env)
+    args = ["--wandb", "false", "--trainer.callbacks+=rank_check.RankCheck",
+            f"--trainer.callbacks.out={tmp_path / 'ranks.json'}"]
+    nodes = [subprocess.Popen(["bash", "launch/torchrun.sh", *args], cwd=ROOT, env=dict(e, NODE_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    with open(tmp_path / "ranks.json") as f:
+        r = json.load(f)
+    assert r["world"] == 2 and r["param_diff"] == 0.0 and r["mask_diff"] == 0.0 and r["steps"] == [8.0, 8.0]
+    assert min(r["frozen"]) > 10000  # both forked
+    with open(outs[0][0].strip().splitlines()[-1]) as f:
+        assert json.load(f)["world_size"] == 2
+
+
 @pytest.mark.parametrize("argv,said", [
     (["--standalone", "--nproc_per_node=2", "-m", "unifews_dist", "fit"], "-m is set by this launcher"),
     (["--nproc_per_node", "2", "--start-method", "spawn", "fit"], "--start-method is set by this launcher"),
