@@ -272,3 +272,54 @@ def test_a_folder_marked_read_only_is_not_written_even_by_root(cache, tmp_path):
         assert ds.data.num_nodes == 2708
     finally:
         os.chmod(root / "Cora", 0o755)
+
+
+def _file_at(ptr: int) -> str:
+    """The file mapped at address ``ptr`` in this process ("" for anonymous memory)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= ptr < hi:
+                return parts[5] if len(parts) > 5 else ""
+    return ""
+
+
+def test_int64_row_for_torch_sparse_is_one_mapped_file_per_node(cache, monkeypatch):
+    """pyg-lib and torch-sparse take int64 indices: a prepared int32 ``row`` is widened once per
+    node into a file beside it, which every rank maps (not a private copy per rank, 8 bytes per
+    edge); a file whose sampled entries disagree with ``row`` is written again; a folder that
+    cannot be written gives the private copy."""
+    pytest.importorskip("torch_sparse")
+    from unifews_dist.data import prepared
+
+    def sampler_row():
+        dm = UnifewsDataModule(TINY, num_neighbors=[3, 2], batch_size=32, sampler="torch_sparse")
+        return dm.load(), dm._sampler([3, 2]).row
+
+    ds, row = sampler_row()
+    path = os.path.join(ds.folder, "row_int64.npy")
+    assert ds.row.dtype == torch.int32 and row.dtype == torch.long and torch.equal(row, ds.row.long())
+    assert _file_at(row.data_ptr()) == path  # mapped from the shared file
+    written = os.stat(path).st_mtime_ns
+    _, row2 = sampler_row()  # another rank: maps the same file, writes nothing
+    assert _file_at(row2.data_ptr()) == path and os.stat(path).st_mtime_ns == written
+    bad = np.load(path, mmap_mode="r+")
+    bad[0] = bad[0] + 1  # (entry 0 is among the sampled ones)
+    bad.flush()
+    del bad, row, row2
+    _, row3 = sampler_row()
+    assert torch.equal(row3, ds.row.long()) and _file_at(row3.data_ptr()) == path
+    os.remove(path)
+
+    replace = os.replace
+
+    def read_only(src, dst):
+        if str(dst).endswith("row_int64.npy"):
+            raise PermissionError(f"read-only file system: {dst}")
+        return replace(src, dst)
+
+    monkeypatch.setattr(prepared.os, "replace", read_only)
+    _, row4 = sampler_row()
+    assert torch.equal(row4, ds.row.long()) and _file_at(row4.data_ptr()) != path and not os.path.exists(path)
+    assert not [f for f in os.listdir(ds.folder) if ".tmp-" in f]  # the partial file is removed

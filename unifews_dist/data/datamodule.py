@@ -16,7 +16,7 @@ from torch_geometric.loader import NodeLoader
 from ..checks import check_choice
 from .datasets import (KNOWN, GraphDataset, check_split_fractions, csc_graph_store, is_custom, random_split,
                        unknown_dataset)
-from .prepared import FEATURE_DTYPES, load_prepared
+from .prepared import FEATURE_DTYPES, int64_row, load_prepared
 from .sampler import TorchNeighborSampler
 from .shard import ShardedSeedSampler
 
@@ -60,11 +60,14 @@ def _graph_on_cuda(graph) -> bool:
     return graph[1].csc()[1].is_cuda
 
 
-def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_memory: bool):
+def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_memory: bool,
+                 folder: Optional[str] = None):
     """The sampler backend: ``auto`` takes pyg-lib when it imports and the graph is on the host,
     else the built-in one. ``data``: a ``Data`` or a ``(FeatureStore, GraphStore)`` pair (a
     prepared graph: every sampler reads its CSC as stored; pyg-lib and torch-sparse need
-    ``row`` in int64, a private copy when it is stored in int32).
+    ``row`` in int64: with the prepared ``folder`` given, an int64 copy kept there and mapped,
+    shared by the ranks of a node (:func:`~unifews_dist.data.prepared.int64_row`); without it,
+    or on a GPU, a private copy when ``row`` is stored in int32).
 
     ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
     sampled subgraph (correct, but without trimming).
@@ -86,7 +89,8 @@ def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_mem
         fs, gs = data
         row, colptr, _ = gs.csc()
         if row.dtype != torch.long:  # their kernels take int64 indices only
-            data = (fs, csc_graph_store(colptr, row.long()))
+            shared = folder is not None and row.device.type == "cpu"
+            data = (fs, csc_graph_store(colptr, int64_row(folder, row) if shared else row.long()))
     if kind == "torch_sparse":  # PyG picks pyg-lib whenever it imports: force torch-sparse
         saved = pyg_typing.WITH_PYG_LIB
         pyg_typing.WITH_PYG_LIB = False
@@ -304,7 +308,8 @@ class UnifewsDataModule(pl.LightningDataModule):
     def _sampler(self, fanout: List[int]):
         key = tuple(fanout)
         if key not in self._samplers:
-            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, False)
+            folder = None if self.gpu_sampling else self.load().folder
+            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, False, folder)
         return self._samplers[key]
 
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:

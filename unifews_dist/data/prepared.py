@@ -167,6 +167,49 @@ def map_array(folder: str, entry: dict) -> Tensor:
     return t.view(torch.bfloat16) if entry["dtype"] == "bfloat16" else t
 
 
+def int64_row(folder: str, row: Tensor) -> Tensor:
+    """A prepared graph's ``row`` in int64, for the samplers whose kernels take int64 indices
+    only (pyg-lib, torch-sparse): kept beside the prepared arrays (``row_int64.npy``), written
+    once per node under the dataset's lock and memory-mapped by every rank, instead of a private
+    copy in each (8 bytes per edge: papers100M 13 GB a rank). ``row``: the int32 one, as mapped.
+
+    The file is derived, not listed in the manifest: a rebuilt folder starts without it, a file
+    of the wrong shape or whose sampled entries differ from ``row`` is written again, and a
+    folder that cannot be written gives a private copy, as before."""
+    from .datasets import dataset_lock
+
+    path = os.path.join(folder, "row_int64.npy")
+    probe = torch.linspace(0, max(row.numel() - 1, 0), steps=min(row.numel(), 1024)).long()
+
+    def mapped() -> Optional[Tensor]:
+        try:
+            a = np.load(path, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        t = torch.from_numpy(a)
+        same = a.dtype == np.int64 and tuple(a.shape) == tuple(row.shape)
+        return t if same and torch.equal(t[probe], row[probe].long()) else None
+
+    with dataset_lock(folder):
+        t = mapped()
+        if t is None:
+            tmp = f"{path}.tmp-{os.getpid()}"
+            try:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=tuple(row.shape))
+                src = row.numpy()
+                for a in range(0, src.size, 1 << 26):  # in chunks: no graph-sized int64 array in memory
+                    out[a:a + (1 << 26)] = src[a:a + (1 << 26)]
+                out.flush()
+                del out
+                os.replace(tmp, path)
+            except OSError:  # a read-only folder
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                return row.long()
+            t = mapped()
+    return t if t is not None else row.long()
+
+
 def csc_arrays(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
     """``(colptr, row)`` of a graph's in-edges, sorted by target (stable: a target's sources keep
     their order), ``row`` int32 when the node count allows."""
