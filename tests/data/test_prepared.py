@@ -285,41 +285,50 @@ def _file_at(ptr: int) -> str:
     return ""
 
 
-def test_int64_row_for_torch_sparse_is_one_mapped_file_per_node(cache, monkeypatch):
-    """pyg-lib and torch-sparse take int64 indices: a prepared int32 ``row`` is widened once per
-    node into a file beside it, which every rank maps (not a private copy per rank, 8 bytes per
-    edge); a file whose sampled entries disagree with ``row`` is written again; a folder that
-    cannot be written gives the private copy."""
+def test_int64_edge_index_is_one_mapped_file_per_node(cache, monkeypatch):
+    """What needs int64 indices (layer-wise inference's edge_index; pyg-lib and torch-sparse's
+    row) reads one file beside the prepared arrays, written once per node and mapped by every
+    rank (not a private copy per rank, 16 bytes per edge); a file whose sampled entries
+    disagree with the CSC is written again; a folder that cannot be written gives a private
+    copy."""
     pytest.importorskip("torch_sparse")
     from unifews_dist.data import prepared
 
     def sampler_row():
-        dm = UnifewsDataModule(TINY, num_neighbors=[3, 2], batch_size=32, sampler="torch_sparse")
-        return dm.load(), dm._sampler([3, 2]).row
+        dm = UnifewsDataModule(TINY, num_neighbors=[3, 2], batch_size=32, sampler="torch_sparse",
+                               eval_mode="layerwise")
+        return dm, dm._sampler([3, 2]).row
 
-    ds, row = sampler_row()
-    path = os.path.join(ds.folder, "row_int64.npy")
-    assert ds.row.dtype == torch.int32 and row.dtype == torch.long and torch.equal(row, ds.row.long())
-    assert _file_at(row.data_ptr()) == path  # mapped from the shared file
+    dm, row = sampler_row()
+    ds = dm.load()
+    path = os.path.join(ds.folder, "edge_index_int64.npy")
+    ei = ds.edge_index()
+    assert ds.row.dtype == torch.int32 and ei.dtype == torch.long and _file_at(ei.data_ptr()) == path
+    want = prepared.edge_index_of(ds.colptr, ds.row)  # a private copy: sources, targets ascending
+    assert torch.equal(ei, want)
+    assert row.dtype == torch.long and torch.equal(row, ds.row.long()) and _file_at(row.data_ptr()) == path
+    assert _file_at(next(iter(dm.val_dataloader())).edge_index.data_ptr()) == path  # layer-wise evaluation
     written = os.stat(path).st_mtime_ns
     _, row2 = sampler_row()  # another rank: maps the same file, writes nothing
     assert _file_at(row2.data_ptr()) == path and os.stat(path).st_mtime_ns == written
-    bad = np.load(path, mmap_mode="r+")
-    bad[0] = bad[0] + 1  # (entry 0 is among the sampled ones)
-    bad.flush()
-    del bad, row, row2
-    _, row3 = sampler_row()
-    assert torch.equal(row3, ds.row.long()) and _file_at(row3.data_ptr()) == path
+    for r in (0, 1):  # a wrong source, then a wrong target, at a sampled entry (entry 0 is one)
+        bad = np.load(path, mmap_mode="r+")
+        bad[r, 0] += 1
+        bad.flush()
+        del bad
+        again = ds.edge_index()
+        assert torch.equal(again, want) and _file_at(again.data_ptr()) == path
+    open(path + ".tmp-999999", "w").close()  # a killed writer's file
     os.remove(path)
-
+    del row, row2, again, ei
     replace = os.replace
 
     def read_only(src, dst):
-        if str(dst).endswith("row_int64.npy"):
+        if str(dst).endswith("edge_index_int64.npy"):
             raise PermissionError(f"read-only file system: {dst}")
         return replace(src, dst)
 
     monkeypatch.setattr(prepared.os, "replace", read_only)
     _, row4 = sampler_row()
     assert torch.equal(row4, ds.row.long()) and _file_at(row4.data_ptr()) != path and not os.path.exists(path)
-    assert not [f for f in os.listdir(ds.folder) if ".tmp-" in f]  # the partial file is removed
+    assert torch.equal(ds.edge_index(), want) and not [f for f in os.listdir(ds.folder) if ".tmp-" in f]

@@ -16,7 +16,7 @@ from torch_geometric.loader import NodeLoader
 from ..checks import check_choice
 from .datasets import (KNOWN, GraphDataset, check_split_fractions, csc_graph_store, is_custom, random_split,
                        unknown_dataset)
-from .prepared import FEATURE_DTYPES, int64_row, load_prepared
+from .prepared import FEATURE_DTYPES, load_prepared, shared_edge_index
 from .sampler import TorchNeighborSampler
 from .shard import ShardedSeedSampler
 
@@ -65,8 +65,9 @@ def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_mem
     """The sampler backend: ``auto`` takes pyg-lib when it imports and the graph is on the host,
     else the built-in one. ``data``: a ``Data`` or a ``(FeatureStore, GraphStore)`` pair (a
     prepared graph: every sampler reads its CSC as stored; pyg-lib and torch-sparse need
-    ``row`` in int64: with the prepared ``folder`` given, an int64 copy kept there and mapped,
-    shared by the ranks of a node (:func:`~unifews_dist.data.prepared.int64_row`); without it,
+    ``row`` in int64: with the prepared ``folder`` given, the first row of the int64 edge index
+    kept there and mapped, shared by the ranks of a node
+    (:func:`~unifews_dist.data.prepared.shared_edge_index`); without it,
     or on a GPU, a private copy when ``row`` is stored in int32).
 
     ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
@@ -90,7 +91,7 @@ def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_mem
         row, colptr, _ = gs.csc()
         if row.dtype != torch.long:  # their kernels take int64 indices only
             shared = folder is not None and row.device.type == "cpu"
-            data = (fs, csc_graph_store(colptr, int64_row(folder, row) if shared else row.long()))
+            data = (fs, csc_graph_store(colptr, shared_edge_index(folder, colptr, row)[0] if shared else row.long()))
     if kind == "torch_sparse":  # PyG picks pyg-lib whenever it imports: force torch-sparse
         saved = pyg_typing.WITH_PYG_LIB
         pyg_typing.WITH_PYG_LIB = False

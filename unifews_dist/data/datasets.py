@@ -82,12 +82,16 @@ class GraphDataset:
         return int(self.row.numel()) if self.row is not None else int(self.data.edge_index.size(1))
 
     def edge_index(self) -> Tensor:
-        """The ``[2, E]`` edges; of a CSC graph, a new copy at each call, not kept here (layer-wise
-        inference needs it while it runs; sampling reads the CSC): 16 bytes per edge that a rank
-        holds only while it uses them."""
+        """The ``[2, E]`` edges (layer-wise inference needs them; sampling reads the CSC). Of a
+        prepared graph on the host: the int64 edge index mapped from its folder, shared by the
+        ranks of a node (:func:`~unifews_dist.data.prepared.shared_edge_index`); of a CSC graph
+        elsewhere (on a GPU): a new copy. Neither is kept here: a rank holds them only while it
+        uses them."""
         if self.row is None:
             return self.data.edge_index
-        from .prepared import edge_index_of
+        from .prepared import edge_index_of, shared_edge_index
+        if self.folder is not None and self.row.device.type == "cpu":
+            return shared_edge_index(self.folder, self.colptr, self.row)
         return edge_index_of(self.colptr, self.row)
 
     def stores(self):

@@ -167,19 +167,22 @@ def map_array(folder: str, entry: dict) -> Tensor:
     return t.view(torch.bfloat16) if entry["dtype"] == "bfloat16" else t
 
 
-def int64_row(folder: str, row: Tensor) -> Tensor:
-    """A prepared graph's ``row`` in int64, for the samplers whose kernels take int64 indices
-    only (pyg-lib, torch-sparse): kept beside the prepared arrays (``row_int64.npy``), written
-    once per node under the dataset's lock and memory-mapped by every rank, instead of a private
-    copy in each (8 bytes per edge: papers100M 13 GB a rank). ``row``: the int32 one, as mapped.
+def shared_edge_index(folder: str, colptr: Tensor, row: Tensor) -> Tensor:
+    """A prepared graph's ``[2, E]`` int64 edge index (sources, targets ascending), for what needs
+    a COO graph in int64 (layer-wise inference; pyg-lib and torch-sparse, whose kernels take int64
+    indices only, read its first row): kept beside the prepared arrays (``edge_index_int64.npy``),
+    written once per node under the dataset's lock and memory-mapped by every rank, instead of a
+    private copy in each (16 bytes per edge: papers100M 26 GB a rank).
 
     The file is derived, not listed in the manifest: a rebuilt folder starts without it, a file
-    of the wrong shape or whose sampled entries differ from ``row`` is written again, and a
-    folder that cannot be written gives a private copy, as before."""
+    of the wrong shape or whose sampled entries disagree with ``(colptr, row)`` is written again,
+    and a folder that cannot be written gives a private copy (:func:`edge_index_of`)."""
     from .datasets import dataset_lock
 
-    path = os.path.join(folder, "row_int64.npy")
-    probe = torch.linspace(0, max(row.numel() - 1, 0), steps=min(row.numel(), 1024)).long()
+    path = os.path.join(folder, "edge_index_int64.npy")
+    n, e = colptr.numel() - 1, row.numel()
+    probe = torch.linspace(0, max(e - 1, 0), steps=min(e, 1024)).long()
+    expect = torch.stack([row[probe].long(), torch.searchsorted(colptr, probe, right=True) - 1])
 
     def mapped() -> Optional[Tensor]:
         try:
@@ -187,27 +190,33 @@ def int64_row(folder: str, row: Tensor) -> Tensor:
         except (OSError, ValueError):
             return None
         t = torch.from_numpy(a)
-        same = a.dtype == np.int64 and tuple(a.shape) == tuple(row.shape)
-        return t if same and torch.equal(t[probe], row[probe].long()) else None
+        same = a.dtype == np.int64 and tuple(a.shape) == (2, e)
+        return t if same and torch.equal(t[:, probe], expect) else None
 
     with dataset_lock(folder):
         t = mapped()
         if t is None:
+            for left in os.listdir(folder):  # what a killed writer left (none writes now: the lock)
+                if left.startswith("edge_index_int64.npy.tmp-"):
+                    os.remove(os.path.join(folder, left))
             tmp = f"{path}.tmp-{os.getpid()}"
             try:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=tuple(row.shape))
-                src = row.numpy()
-                for a in range(0, src.size, 1 << 26):  # in chunks: no graph-sized int64 array in memory
-                    out[a:a + (1 << 26)] = src[a:a + (1 << 26)]
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(2, e))
+                src, ptr, step = row.numpy(), colptr.numpy(), 1 << 22
+                for a in range(0, n, step):  # in chunks of targets: nothing graph-sized in memory
+                    b = min(a + step, n)
+                    lo, hi = int(ptr[a]), int(ptr[b])
+                    out[0, lo:hi] = src[lo:hi]
+                    out[1, lo:hi] = np.repeat(np.arange(a, b, dtype=np.int64), np.diff(ptr[a:b + 1]))
                 out.flush()
                 del out
                 os.replace(tmp, path)
             except OSError:  # a read-only folder
                 if os.path.exists(tmp):
                     os.remove(tmp)
-                return row.long()
+                return edge_index_of(colptr, row)
             t = mapped()
-    return t if t is not None else row.long()
+    return t if t is not None else edge_index_of(colptr, row)
 
 
 def csc_arrays(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
