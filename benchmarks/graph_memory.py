@@ -3,7 +3,7 @@ run, for 1 process and for 2 and 4 torchrun ranks (CPU, gloo), and the time to t
 training step of a run that prepares the graph against one that maps it prepared.
 
     python benchmarks/graph_memory.py [--scale products|medium|tiny] [--ranks 1 2 4] [--out DIR]
-        [--launchers torchrun fork] [--sampler torch|torch_sparse|pyg_lib]
+        [--launchers torchrun fork] [--sampler torch|torch_sparse|pyg_lib] [--eval none|layerwise]
 
 Each run is ``unifews-dist fit`` with the debug model (configs/debug.yaml) on the scale's
 synthetic graph for ``--steps`` steps, no validation. PSS (proportional set size, from
@@ -57,10 +57,12 @@ def tree_pss(pid: int) -> int:
 
 
 def run(name: str, ranks: int, steps: int, cache: str, run_dir: str, torchrun: bool = False,
-        launcher: str = "torchrun", sampler: str = "torch") -> dict:
+        launcher: str = "torchrun", sampler: str = "torch", evaluate: str = "none") -> dict:
+    val = ["--trainer.limit_val_batches", "0"] if evaluate == "none" else [
+        "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--data.eval_mode", evaluate]
     args = ["--config", os.path.join(ROOT, "configs", "debug.yaml"), "--data.name", name, "--run_dir", run_dir,
             "--wandb", "false", "--trainer.max_steps", str(steps), "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", str(steps), "--trainer.limit_val_batches", "0",
+            "--trainer.limit_train_batches", str(steps), *val,
             "--trainer.limit_test_batches", "2", "--trainer.callbacks+=first_step.FirstStep", "--data.sampler", sampler]
     if ranks == 1 and not torchrun:
         cmd = [sys.executable, "-m", "unifews_dist", "fit", *args]
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--torchrun-one", action="store_true", help="also 1 rank under torchrun (its agent's share)")
     p.add_argument("--sampler", choices=["torch", "torch_sparse", "pyg_lib"], default="torch",
                    help="the sampler (pyg-lib and torch-sparse read an int64 row: mapped, shared)")
+    p.add_argument("--eval", choices=["none", "sampled", "layerwise"], default="none",
+                   help="a validation after training and a test (none: the test only, sampled)")
     p.add_argument("--launchers", nargs="+", choices=["torchrun", "fork"], default=["torchrun", "fork"],
                    help="how several ranks start: torchrun (each rank a new interpreter) or "
                         "`python -m unifews_dist.launch` (torchrun forking its ranks after the imports)")
@@ -107,7 +111,8 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="graph_memory_")
     try:
         cache = os.path.join(tmp, "cache")
-        first = run(name, 1, args.steps, cache, os.path.join(tmp, "run-first"), sampler=args.sampler)
+        first = run(name, 1, args.steps, cache, os.path.join(tmp, "run-first"), sampler=args.sampler,
+                    evaluate=args.eval)
         print(f"first run (prepares): first step at {first['first_step_s']:.1f} s, peak PSS {first['peak_pss_gib']:.2f} GiB",
               flush=True)
         rows = []
@@ -115,7 +120,8 @@ def main(argv=None) -> int:
         plan += [(1, True, la) for la in args.launchers] if args.torchrun_one else []
         plan += [(r, False, la) for la in args.launchers for r in args.ranks if r > 1]
         for r, tr, la in plan:
-            res = run(name, r, args.steps, cache, os.path.join(tmp, f"run-{r}-{tr}-{la}"), tr, la, args.sampler)
+            res = run(name, r, args.steps, cache, os.path.join(tmp, f"run-{r}-{tr}-{la}"), tr, la, args.sampler,
+                      args.eval)
             rows.append(res)
             print(f"{r} rank(s){' (' + res['launcher'] + ')' if res['launcher'] else ''}, prepared: first step at "
                   f"{res['first_step_s']:.1f} s, peak PSS {res['peak_pss_gib']:.2f} GiB", flush=True)
@@ -123,7 +129,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     one = next((r for r in rows if r["ranks"] == 1 and not r["torchrun"]), None)
     result = {"scale": args.scale, "dataset": name, "steps": args.steps, "sampler": args.sampler,
-              "first_run": first, "runs": rows}
+              "eval": args.eval, "first_run": first, "runs": rows}
     if one is not None:
         for r in rows:
             r["pss_vs_one_process"] = r["peak_pss_gib"] / one["peak_pss_gib"]
