@@ -110,11 +110,14 @@ def _start_slow_job(slurm, tmp_path, run, seconds="0.4"):
 
 
 def _release_requeued(slurm, job):
-    """slurmctld holds a requeued job back for 2 minutes (BeginTime); let it start now."""
+    """slurmctld holds a requeued job back for 2 minutes (BeginTime); let it start now. Not in
+    the second it was killed: slurmd then refused to start it ("Job N already killed, do not
+    launch batch job"; the job ended FAILED) when released 0.65 s after the kill."""
     for _ in range(120):
         if slurm.job(job).get("JobState") == "PENDING":
             break
         time.sleep(0.5)
+    time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
 
 
