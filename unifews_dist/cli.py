@@ -20,7 +20,7 @@ import warnings
 from typing import List, Optional, Union
 
 import torch
-from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -180,9 +180,11 @@ class UnifewsCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins = plugins + [AtomicCheckpointIO()]
-        if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+        if (SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+                and not any(isinstance(p, ClusterEnvironment) for p in plugins)):
             # the requeue signal is SlurmRequeue's (requeue.*): Lightning's handler checkpoints
-            # inside the signal handler, where ranks can deadlock
+            # inside the signal handler, where ranks can deadlock. Ranks that torchrun (or the
+            # fork launcher) started inside a SLURM step keep Lightning's TorchElasticEnvironment
             plugins = plugins + [SLURMEnvironment(auto_requeue=False)]
         kwargs["plugins"] = plugins
         return super().instantiate_trainer(**kwargs)

@@ -21,11 +21,18 @@ CUDA must not be initialised before a fork. The launcher asks torch for devices 
 (``PYTORCH_NVML_BASED_CUDA_CHECK=1``, as Lightning's import sets it), so the CUDA driver is
 not started here, and it stops with one line if torch's CUDA is initialised all the same; each
 rank starts its own device after the fork. (Not yet run on a GPU.)
+
+Under SLURM (``launch/slurm/train.sbatch``: one launcher per node, started by ``srun``) the
+agent ignores the requeue signals, SIGUSR1 and SIGUSR2: SLURM sends them to every process of
+the job step, the forked ranks included, which checkpoint and requeue
+(:class:`~unifews_dist.callbacks.SlurmRequeue`); by default the signal would end the agent, and
+with it the job, before any rank wrote its checkpoint.
 """
 from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -64,6 +71,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.training_script_args = [args.training_script, *args.training_script_args]
     args.training_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forked_rank.py")
     args.run_path, args.start_method = True, "fork"
+    if os.environ.get("SLURM_JOB_ID"):
+        for s in (signal.SIGUSR1, signal.SIGUSR2):  # the ranks inherit it until SlurmRequeue sets theirs
+            signal.signal(s, signal.SIG_IGN)
     gc.freeze()
     run(args)
 

@@ -101,14 +101,33 @@ def test_torchrun_bad_input(env, pattern):
     assert proc.returncode == 2 and pattern in proc.stderr, proc.stderr
 
 
-def test_multinode_dry_run_prints_every_task():
+def test_multinode_dry_run_prints_every_node():
+    """Default: one fork launcher per node, its rendezvous on the job's first node."""
     proc = _bash("launch/slurm/multinode.sbatch", "--dry-run",
                  env={"SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4",
-                      "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "unifews-2x4"})
+                      "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "unifews-2x4", "MASTER_PORT": "29400"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    nodes = [l for l in proc.stdout.splitlines() if l.startswith("node ")]
+    assert len(nodes) == 2 and nodes[1].startswith("node 1 (ranks 4-7, forked)")
+    assert all("-m unifews_dist.launch --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d" in n for n in nodes)
+    assert all(":29400 --rdzv_id 77 fit --config configs/ogbn-products.yaml --run_dir runs/unifews-2x4-77" in n
+               for n in nodes)
+
+
+def test_multinode_dry_run_prints_every_task_with_srun():
+    proc = _bash("launch/slurm/multinode.sbatch", "--dry-run",
+                 env={"SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4",
+                      "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "unifews-2x4", "LAUNCHER": "srun"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     tasks = [l for l in proc.stdout.splitlines() if l.startswith("task ")]
     assert len(tasks) == 8 and tasks[7].startswith("task 7 (node 1, local rank 3)")
-    assert all("--run_dir runs/unifews-2x4-77" in t and "--config configs/ogbn-products.yaml" in t for t in tasks)
+    assert all("-m unifews_dist fit --config configs/ogbn-products.yaml --run_dir runs/unifews-2x4-77" in t
+               for t in tasks)
+
+
+def test_train_sbatch_refuses_an_unknown_launcher():
+    proc = _bash("launch/slurm/train.sbatch", "--dry-run", env={"LAUNCHER": "torchrun"})
+    assert proc.returncode == 2 and proc.stderr.strip() == "train.sbatch: LAUNCHER must be fork or srun, got 'torchrun'"
 
 
 def test_train_sbatch_refuses_a_shape_the_config_does_not_have():

@@ -48,16 +48,27 @@ def _summary(run_dir):
         return json.load(f)
 
 
-def test_train_two_tasks_completes(slurm, tmp_path):
-    run = tmp_path / "run"
-    job = _sbatch(slurm, tmp_path, "train.sbatch", "--trainer.devices", "2", env={"RUN_DIR": str(run)},
-                  sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
+@pytest.mark.parametrize("launcher", ["fork", "srun"])
+def test_train_two_tasks_completes(slurm, tmp_path, launcher):
+    """Two ranks on one node: by default one launcher forks both (they find its imports frozen,
+    gc.freeze), with LAUNCHER=srun each is its own srun task (a fresh interpreter); both train
+    identical models to the same end."""
+    run, out = tmp_path / "run", tmp_path / "ranks.json"
+    job = _sbatch(slurm, tmp_path, "train.sbatch", "--trainer.devices", "2",
+                  "--trainer.callbacks+=rank_check.RankCheck", f"--trainer.callbacks.out={out}",
+                  env={"RUN_DIR": str(run), "LAUNCHER": launcher}, sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
     state = slurm.wait(job, timeout=300)
     log = _log(tmp_path / f"unifews-{job}.out")
     assert state == "COMPLETED", log[-3000:] + slurm.logs()
     s = _summary(run)
     assert s["world_size"] == 2 and s["global_step"] == 8 and 0 < s["weight_sparsity"] < 1
     assert len(list(run.glob("**/summary.json"))) == 1 and len(offline_runs(str(run / "wandb"))) == 1
+    r = json.loads(out.read_text())
+    assert r["world"] == 2 and r["steps"] == [8.0, 8.0] and r["param_diff"] == 0.0 and r["mask_diff"] == 0.0
+    if launcher == "fork":
+        assert len(r["frozen"]) == 2 and min(r["frozen"]) > 10000, r["frozen"]  # forked after the imports
+    else:
+        assert r["frozen"] == [0.0, 0.0], r["frozen"]
 
 
 def test_mismatched_tasks_fail_with_a_clear_error(slurm, tmp_path):

@@ -23,7 +23,7 @@ from typing import Literal, Optional
 
 import torch
 import torch.distributed as dist
-from lightning_fabric.plugins.environments import SLURMEnvironment
+from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
@@ -51,7 +51,8 @@ def job_id() -> Optional[str]:
 class SlurmRequeue(Callback):
     """On ``requeue_signal``: checkpoint to ``RUN_DIR/hpc_ckpt_<step>.ckpt`` at the end of the
     next training step whose number is a multiple of ``check_every_n_steps``, requeue the job,
-    end every rank. ``enabled``: ``None`` turns it on when SLURM started the processes (srun).
+    end every rank. ``enabled``: ``None`` turns it on inside a SLURM step (ranks started by srun,
+    or forked by ``python -m unifews_dist.launch`` under srun).
     Raise ``check_every_n_steps`` when steps are much shorter than the all-reduce of one number
     between hosts; the signal's lead time (``@90``) must cover that many steps and the write."""
 
@@ -70,9 +71,10 @@ class SlurmRequeue(Callback):
         self._on = stage == "fit" and (SLURMEnvironment.detect() if self.enabled is None else self.enabled)
         if not self._on:
             return
-        if multiprocessing.parent_process() is not None:
+        if multiprocessing.parent_process() is not None and not TorchElasticEnvironment.detect():
             # a ddp_fork / ddp_spawn worker: Lightning's launcher waits for its result, which a
-            # requeued worker does not return
+            # requeued worker does not return (torchrun's agent, which forks the ranks of
+            # unifews_dist.launch, waits for their exit codes only)
             rank_zero_warn("requeue: the requeue signal is handled when srun or torchrun starts the processes, "
                            "not in ddp_fork / ddp_spawn workers: turned off")
             self._on = False
