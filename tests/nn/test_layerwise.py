@@ -2,6 +2,7 @@
 its rule over the whole graph, memory bounded by the batch."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from unifews_dist.nn import UnifewsGNN
 from conftest import random_graph
@@ -165,40 +166,75 @@ def test_edges_kept_before_the_gather_are_not_scored_again(monkeypatch):
         gat(x, ei, rule_applied=True)
 
 
-def _split_worker(rank, world, port, conv, lock, out):
+class _LargestEdgeIndex(TorchDispatchMode):
+    """The most columns of any ``[2, k]`` int64 tensor an op made (an edge index)."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.long and t.dim() == 2 and t.size(0) == 2:
+                self.most = max(self.most, t.size(1))
+        return out
+
+
+def _outputs(rank, world, spread):
+    # strided: every node, each rank every other one; first: overlapping runs in rank 0's share
+    return torch.arange(N)[rank::world] if spread == "strided" else torch.arange(rank * 5, rank * 5 + 10)
+
+
+def _split_worker(rank, world, port, conv, lock, scope, thr_a, spread, out):
     import os
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5, lock=lock)
-        mine = torch.arange(N)[rank::world]
-        res = m.inference(x, ei, batch_size=7, output_nodes=mine, distributed=True)
-        out[rank] = (mine, res, [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats])
+        m, x, ei = _model(conv, thr_a=thr_a, thr_w=0.5, lock=lock)
+        ei = ei[:, torch.argsort(ei[1], stable=True)]  # in target order, as a prepared graph's CSC (not sorted again)
+        mine = _outputs(rank, world, spread)
+        with _LargestEdgeIndex() as made:
+            res = m.inference(x, ei, batch_size=7, output_nodes=mine, distributed=True, lock_scope=scope)
+        out[rank] = (mine, res, [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats], made.most)
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("conv, lock", [("sage", "never"), ("gcn", "eval")])
-def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock):
-    """Under DDP each rank computes a share of every layer before the last and all-gathers it:
-    each rank's outputs equal one process's for its nodes, and the ranks' statistics sum to one
-    process's for the layers before the last (each rank did only its share: a rank doing all of
-    it would double them)."""
+@pytest.mark.parametrize("conv, lock, scope, thr_a, spread", [
+    ("sage", "never", "outputs", 1.0, "strided"), ("sage", "never", "outputs", 0.0, "first"),
+    ("gcn", "eval", "outputs", 1.0, "strided"), ("sage", "eval", "each", 1.0, "strided")])
+def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, scope, thr_a, spread):
+    """Under DDP each rank computes a share of every layer and all-gathers the rows: each rank's
+    outputs equal one process's for its nodes, and the ranks' edge counts (and SAGE's MACs) sum
+    to one process's for every rank's outputs at every layer (each rank did only its share: a
+    rank doing all of it would double them; with ``each`` the locked outputs are each rank's
+    own; ``first``: every output node in rank 0's share, rank 1 computes none of the last
+    layer). No rank makes an edge index of more than its share's in-edges (SAGE; GCN's
+    self-loops are added to the whole graph first): each holds the kept edges of its share only."""
     import torch.multiprocessing as mp
     from conftest import free_port
+    from unifews_dist.nn.models.layerwise import _shares
 
     out = mp.Manager().dict()
-    mp.spawn(_split_worker, args=(2, free_port(), conv, lock, out), nprocs=2, join=True)
-    m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5, lock=lock)
-    whole = m.inference(x, ei, batch_size=7)
+    mp.spawn(_split_worker, args=(2, free_port(), conv, lock, scope, thr_a, spread, out), nprocs=2, join=True)
+    m, x, ei = _model(conv, thr_a=thr_a, thr_w=0.5, lock=lock)
+    ei = ei[:, torch.argsort(ei[1], stable=True)]
+    union = torch.cat([_outputs(r, 2, spread) for r in (0, 1)]).unique()
+    whole = m.inference(x, ei, batch_size=7, lock_scope=scope, output_nodes=union)
     one = [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats]
+    whole = torch.zeros(N, whole.size(1)).index_copy_(0, union, whole)
     for r in (0, 1):
-        mine, res, _ = out[r]
+        mine, res, _, _ = out[r]
         torch.testing.assert_close(res, whole[mine], atol=1e-5, rtol=1e-4)
-    for layer in range(len(one) - 1):  # (the last layer: each rank its own output nodes, in both)
-        if lock == "never":
-            assert tuple(a + b for a, b in zip(out[0][2][layer], out[1][2][layer])) == one[layer]
+    if scope == "outputs":  # (GCN transforms each batch's distinct sources: its MACs follow the batches)
+        summed = [tuple(a + b for a, b in zip(s0, s1)) for s0, s1 in zip(out[0][2], out[1][2])]
+        k = 3 if conv == "sage" else 2
+        assert [t[:k] for t in summed] == [t[:k] for t in one]
+    if conv == "sage":
+        share_edges = [int(((ei[1] >= lo) & (ei[1] < hi)).sum()) for lo, hi in _shares(N, 2)]
+        assert max(out[r][3] for r in (0, 1)) <= max(share_edges) < ei.size(1), (out[0][3], out[1][3], share_edges)
 
 
 @pytest.mark.parametrize("conv", ["sage", "gcn", "gin", "gcnii"])

@@ -271,6 +271,13 @@ class UnifewsConv(MessagePassing):
         scores' weights are the prepared weights (every conv whose score weights are not, GATv2,
         averages a reference of the norms instead)."""
         norms = self.node_score_norms(x, batch_size) if norms is None else norms
+        total = self.threshold_sum(norms, edge_index, edge_weight, batch_size)
+        return (total / max(edge_index.size(1), 1)).to(norms.dtype)
+
+    def threshold_sum(self, norms: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
+                      batch_size: int = 65536) -> Tensor:
+        """The float64 sum behind :meth:`threshold_mean` over the edges given (only their
+        sources are read): ranks that each hold a share of a layer's edges add theirs up."""
         total, n = norms.new_zeros((), dtype=torch.float64), edge_index.size(1)
         chunk = 16 * batch_size
         for e in range(0, n, chunk):
@@ -279,7 +286,7 @@ class UnifewsConv(MessagePassing):
             if ref is None:
                 ref = edge_scores(norms, ei[0], None if edge_weight is None else edge_weight[e:e + chunk])
             total += ref.sum(dtype=torch.float64)
-        return (total / max(n, 1)).to(norms.dtype)
+        return total
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
         """The layer's output rows from the aggregated messages and the targets' own rows. A

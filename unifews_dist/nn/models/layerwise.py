@@ -9,7 +9,8 @@ layer (progressive, as in training). A batch's messages are summed by one sparse
 (the conv's ``fused`` aggregation: no per-edge message tensor), its sources' rows read by node id
 where the conv propagates them untransformed, of the channels the layer's pruned weights read
 only. Memory: two representations of every node per layer (``N x hidden`` each) and the read
-channels of one, the graph's edges, and one batch's sparse adjacency.
+channels of one, the graph's edges, and one batch's sparse adjacency. Under DDP
+(``distributed``) each rank holds the same rows, but of the edges only its share's.
 """
 from __future__ import annotations
 
@@ -95,19 +96,53 @@ def _world() -> Tuple[int, int]:
 
 
 def _shares(n: int, world: int) -> List[Tuple[int, int]]:
-    """Contiguous node ranges, one per rank, sizes differing by at most one."""
+    """Contiguous node ranges, one per rank: ``ceil(n / world)`` nodes each but the last, so that
+    the ranks' rows, each padded to that many, all-gather into one buffer whose first ``n`` rows
+    are every node's in order (:func:`_all_gather_rows`); where that would leave a rank without
+    nodes (``n`` small beside ``world``), sizes differing by at most one."""
+    m = -(-n // world)
+    if (world - 1) * m < n:
+        return [(r * m, min((r + 1) * m, n)) for r in range(world)]
     return [(r * n // world, (r + 1) * n // world) for r in range(world)]
 
 
-def _all_gather_cat(t: Tensor, sizes: List[int]) -> Tensor:
-    """Every rank's ``t`` (``sizes[r]`` rows on rank ``r``) concatenated in rank order: padded to
-    the largest share for the collective, trimmed after."""
+def _all_gather_rows(t: Tensor, sizes: List[int], out: Optional[Tensor] = None) -> Tensor:
+    """Every rank's ``t`` (``sizes[r]`` rows on rank ``r``) in rank order, by one all-gather of
+    the rows padded to the largest size, into ``out`` (``[world x max(sizes), ...]``) when given.
+    When every rank's rows land where they belong (only ranks after the last full one fall
+    short: :func:`_shares`' split) the result is a view of that buffer; otherwise the padding is
+    cut out (a copy)."""
     import torch.distributed as dist
-    pad = t.new_zeros((max(sizes), *t.shape[1:]))
-    pad[:t.size(0)] = t
-    parts = [torch.empty_like(pad) for _ in sizes]
-    dist.all_gather(parts, pad)
-    return torch.cat([p[:k] for p, k in zip(parts, sizes)])
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # (its name before torch 2.13)
+    m, world = max(sizes), len(sizes)
+    if t.size(0) < m:
+        pad = t.new_zeros((m, *t.shape[1:]))
+        pad[:t.size(0)] = t
+        t = pad
+    buf = t.new_empty((world * m, *t.shape[1:])) if out is None else out
+    gather(buf, t.contiguous())
+    if all(sum(sizes[:r]) == r * m for r in range(world) if sizes[r]):  # each rank's rows where they belong
+        return buf[:sum(sizes)]
+    return torch.cat([buf[r * m:r * m + k] for r, k in enumerate(sizes)])
+
+
+def _mean_over_ranks(conv, norms: Tensor, ei: Tensor, ew: Optional[Tensor]) -> Tensor:
+    """The rule's mean over all of a layer's edges when each rank holds a share of them: the
+    ranks' float64 sums and counts added up (the same mean on every rank)."""
+    import torch.distributed as dist
+    t = torch.stack([conv.threshold_sum(norms, ei, ew),
+                     torch.tensor(float(ei.size(1)), dtype=torch.float64, device=norms.device)])
+    dist.all_reduce(t)
+    return (t[0] / t[1].clamp(min=1)).to(norms.dtype)
+
+
+def _rows_or_none(rows: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``rows``, or, on a rank that computed none, ``[0, width]`` of the width the other ranks'
+    rows have (agreed by one all-reduce, which every rank joins)."""
+    import torch.distributed as dist
+    width = torch.tensor([0 if rows is None else rows.size(1)], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    return torch.empty((0, int(width)), dtype=dtype, device=device) if rows is None else rows
 
 
 class _Layer:
@@ -310,12 +345,15 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         device: where to compute (default: the model's); ``x`` and ``edge_index`` may be on the host.
         progress: called with the number of target nodes after each batch (a progress bar).
         distributed: called on every rank of the initialised process group at once (each with
-            its own ``output_nodes``): each layer before the last is computed for a contiguous
-            share of the nodes per rank and all-gathered (rows and kept edges), so the ranks
-            split the work instead of each doing all of it; every rank then holds the same
-            representations, means and kept edges as one process would (with ``"outputs"``, the
-            locked nodes are every rank's output nodes). Its statistics are this rank's share (a
-            sum over ranks is the whole).
+            its own ``output_nodes``): the ranks split the work instead of each doing all of it.
+            Each rank computes every layer for a contiguous share of the nodes (the last layer:
+            for the output nodes of every rank in its share) and holds the in-edges of its share
+            only, the kept ones after each layer; the rows are all-gathered (one buffer), and the
+            rule's mean is the ranks' sums added up. Every rank then holds the same
+            representations and means as one process would (with ``"outputs"``, the locked nodes
+            are every rank's output nodes), and returns its own output nodes' rows. Its
+            statistics are this rank's share (a sum over ranks is one process's for every rank's
+            output nodes). With ``"each"``, each rank computes its own outputs' locked rows.
         lock_scope: ``"outputs"`` or ``"each"`` (above).
         workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
             in for the next call (``None``: the call's own, freed when it ends).
@@ -344,18 +382,34 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     locked = model.lock_target_edges in ("always", "eval")
     each = locked and lock_scope == "each"
     world, rank = _world() if distributed else (1, 0)
+    wanted = None  # under DDP: [N] bool, every rank's output nodes
+    if world > 1:
+        import torch.distributed as dist
+        if n < world:
+            raise ValueError(f"distributed layer-wise inference needs at least one node per rank: {n} nodes, "
+                             f"{world} ranks")
+        if output_nodes is not None:
+            union = torch.zeros(n, dtype=torch.uint8, device=device)
+            union[outputs] = 1
+            dist.all_reduce(union, op=dist.ReduceOp.MAX)
+            wanted = union.bool()
+            if not bool(wanted.any()):  # (as one process: no rank has an output node)
+                raise ValueError("layer-wise inference got no target nodes (output_nodes is empty)")
     lock_into = None
     if locked and not each:  # the output nodes (of every rank): their in-edges locked
-        lock_into = torch.zeros(n, dtype=torch.bool, device=device)
-        lock_into[outputs] = True
-        if world > 1:
-            import torch.distributed as dist
-            union = lock_into.to(torch.uint8)
-            dist.all_reduce(union, op=dist.ReduceOp.MAX)
-            lock_into = union.bool()
+        lock_into = wanted
+        if lock_into is None:
+            lock_into = torch.zeros(n, dtype=torch.bool, device=device)
+            lock_into[outputs] = True
     in_degree = _csr_by_target(ei, n).diff()
     if each:
         out_ei, out_ew = (ei, ew) if output_nodes is None else _in_edges_of(ei, ew, outputs, n)
+    if world > 1:  # this rank's share of the targets: the in-edges of those (targets as positions
+        # in the share) are all the edges it holds, and, after each layer, its kept ones
+        shares = _shares(n, world)
+        lo, hi = shares[rank]
+        a, b = torch.searchsorted(ei[1], torch.tensor([lo, hi], device=device)).tolist()  # (ei: by target)
+        ei, ew = torch.stack([ei[0, a:b], ei[1, a:b] - lo]), None if ew is None else ew[a:b].clone()
     h = x.to(device)
     x0 = None
     if model.lin_in is not None:
@@ -374,26 +428,35 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             norms = mean = None
             if conv.thr_a > 0:  # the rule's mean over all the layer's edges
                 norms = conv.node_score_norms(pruned)
-                mean = conv.threshold_mean(pruned, ei, ew, norms=norms)
+                mean = conv.threshold_mean(pruned, ei, ew, norms=norms) if world == 1 else \
+                    _mean_over_ranks(conv, norms, ei, ew)
                 norms = norms if conv.scores_from_sources else None
             start = 0  # the targets are the nodes start, start + 1, ... (None: any nodes)
-            if last and output_nodes is not None:
+            if world > 1 and last and wanted is not None:  # the output nodes in this rank's share
+                pos = wanted[lo:hi].nonzero().view(-1)
+                tg, (t_ei, t_ew), start = pos + lo, _in_edges_of(ei, ew, pos, hi - lo), None
+            elif world > 1:  # this rank's share
+                tg, t_ei, t_ew, start = everyone[lo:hi], ei, ew, lo
+            elif last and output_nodes is not None:
                 tg, t_ei, t_ew, start = (outputs, *_in_edges_of(ei, ew, outputs, n), None)
-            elif world > 1 and not last:  # this rank's contiguous share of the targets: a slice of the sorted edges
-                lo, hi = _shares(n, world)[rank]
-                a, b = torch.searchsorted(ei[1], torch.tensor([lo, hi], device=device)).tolist()  # (ei: by target)
-                tg, t_ew, start = everyone[lo:hi], None if ew is None else ew[a:b], lo
-                t_ei = torch.stack([ei[0, a:b], ei[1, a:b] - lo])
             else:
                 tg, t_ei, t_ew = everyone, ei, ew
-            pruned_next, keep, kept = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
-                                          int(in_degree[tg].sum()), norms, lock_into, start)
-            if not last and world > 1:  # every rank: every node's rows and every kept edge
-                pruned_next = _all_gather_cat(pruned_next, [hi - lo for lo, hi in _shares(n, world)])
-                counts = _all_gather_cat(torch.tensor([keep.numel()], device=device), [1] * world)
-                keep = _all_gather_cat(keep.to(torch.uint8), counts.tolist()).bool()
-                idx = keep.nonzero().view(-1)
-                kept = ei.index_select(1, idx), None if ew is None else ew.index_select(0, idx)
+            if tg.numel() or world == 1:  # (one process given no output node: run says so)
+                pruned_next, _, kept = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
+                                                 int(in_degree[tg].sum()), norms, lock_into, start)
+            else:  # (no output node in this rank's share)
+                pruned_next, kept = None, None
+            if world > 1:  # every rank: every node's rows (the last layer: every rank's outputs')
+                if last and wanted is not None:
+                    sizes = torch.stack([wanted[l:r].sum() for l, r in shares]).tolist()
+                    pruned_next = _rows_or_none(pruned_next, pruned.dtype, device)
+                    rows = _all_gather_rows(pruned_next, sizes)
+                    pruned_next = rows.index_select(0, (wanted.cumsum(0) - 1).index_select(0, outputs))
+                else:
+                    m = max(r - l for l, r in shares)
+                    into = None if last else space.get(("gathered", i % 2), (world * m, *pruned_next.shape[1:]),
+                                                       pruned_next)
+                    pruned_next = _all_gather_rows(pruned_next, [r - l for l, r in shares], into)
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 ei, ew = kept
             pruned = pruned_next
