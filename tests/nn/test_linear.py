@@ -280,6 +280,19 @@ def test_cached_constants_are_what_they_stand_for():
         assert torch.equal(slot_ids(n, "cpu") <= 2, (r >= 1) & (r <= 2))  # slot 0 never set
 
 
+def test_a_graph_sized_constant_is_not_kept(monkeypatch):
+    """Above MAX_CACHED elements (a whole graph's edges in layer-wise inference) the tensor is the
+    caller's alone: nothing graph-sized stays in the cache for the life of the process."""
+    from unifews_dist.nn import constants
+    monkeypatch.setattr(constants, "MAX_CACHED", 1000)
+    monkeypatch.setattr(constants, "_CACHE", {})
+    small = constants.ones(600, "cpu")
+    big = constants.ones(5000, "cpu")
+    assert torch.equal(big, torch.ones(5000)) and big.untyped_storage().nbytes() == 5000 * 4
+    assert [t.numel() for t in constants._CACHE.values()] == [1200]  # the small one's (doubled), not grown
+    assert constants.ones(600, "cpu").data_ptr() == small.data_ptr()
+
+
 @pytest.mark.skipif(not numba_available(), reason="numba missing")
 @pytest.mark.parametrize("given", ["all", "columns"])
 def test_sparse_kernel_reads_only_columns_with_kept_entries(given):

@@ -3,7 +3,10 @@
 On a GPU every op is a kernel launch and the step is bound by them (BENCHMARKS.md, host work):
 a per-batch ``torch.arange`` or ``torch.ones`` is one launch more than slicing a tensor that
 is already there. The tensors grow (doubling) when a larger one is asked for; callers never
-write into them.
+write into them. A request above ``MAX_CACHED`` elements (a whole graph's edges, as layer-wise
+inference prepares them, not a minibatch's) gets a tensor of its own, freed with it: cached, it
+would stay for the life of the process (2 x 4 bytes per edge for ``ones``: 13 GB for
+ogbn-papers100M).
 """
 from __future__ import annotations
 
@@ -13,10 +16,13 @@ import torch
 from torch import Tensor
 
 _CACHE: Dict[Tuple[str, torch.device, torch.dtype], Tensor] = {}
+MAX_CACHED = 1 << 25  # elements (a products minibatch of 1024 seeds, fanout [15, 10, 5]: ~1M edges)
 
 
 def _cached(kind: str, n: int, device, dtype: torch.dtype, make) -> Tensor:
     key = (kind, torch.device(device), dtype)
+    if n > MAX_CACHED:
+        return make(n, key[1], dtype)
     t = _CACHE.get(key)
     if t is None or t.numel() < n:
         t = make(max(2 * n, 2 * (0 if t is None else t.numel()), 1024), key[1], dtype)
