@@ -191,6 +191,32 @@ def test_loaders_over_the_stores_give_the_in_memory_graphs_batches(cache):
     assert n == 3
 
 
+def test_the_feature_store_gathers_rows_as_the_data_path_does(cache):
+    """The store's rows for a batch's node ids come from one ``index_select``, the ``Data``
+    path's gather, not PyG's advanced indexing (``tensor[index]``: 12% slower per
+    synthetic-medium batch, BENCHMARKS.md); other requests are PyG's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    fs, _ = UnifewsDataModule(TINY).load().stores()
+    x = fs.get_tensor(group_name=None, attr_name="x", index=None)
+    idx = torch.tensor([5, 0, 5, 17])
+    with Ops() as seen:
+        rows = fs.get_tensor(group_name=None, attr_name="x", index=idx)
+    assert torch.equal(rows, x[idx])
+    assert "aten.index_select.default" in seen.ops and "aten.index.Tensor" not in seen.ops, seen.ops
+    assert torch.equal(fs.get_tensor(group_name=None, attr_name="y", index=slice(2, 4)),
+                       fs.get_tensor(group_name=None, attr_name="y", index=None)[2:4])
+
+
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("torch_sparse"), reason="needs torch-sparse")
 def test_torch_sparse_samples_the_prepared_graph(cache):
     dm = UnifewsDataModule(TINY, num_neighbors=[4, 3], batch_size=100, sampler="torch_sparse")
