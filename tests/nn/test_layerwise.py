@@ -195,9 +195,16 @@ def _split_worker(rank, world, port, conv, lock, scope, thr_a, spread, out):
         m, x, ei = _model(conv, thr_a=thr_a, thr_w=0.5, lock=lock)
         ei = ei[:, torch.argsort(ei[1], stable=True)]  # in target order, as a prepared graph's CSC (not sorted again)
         mine = _outputs(rank, world, spread)
-        with _LargestEdgeIndex() as made:
-            res = m.inference(x, ei, batch_size=7, output_nodes=mine, distributed=True, lock_scope=scope)
-        out[rank] = (mine, res, [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats], made.most)
+        Conv, prepared = type(m.convs[0]), []  # the edge counts the conv prepares (weights for)
+        real = Conv.prepare_edges
+        Conv.prepare_edges = staticmethod(lambda e, *a, **k: prepared.append(e.size(1)) or real(e, *a, **k))
+        try:
+            with _LargestEdgeIndex() as made:
+                res = m.inference(x, ei, batch_size=7, output_nodes=mine, distributed=True, lock_scope=scope)
+        finally:
+            Conv.prepare_edges = staticmethod(real)
+        out[rank] = (mine, res, [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats], made.most,
+                     max(prepared))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -211,8 +218,9 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, 
     to one process's for every rank's outputs at every layer (each rank did only its share: a
     rank doing all of it would double them; with ``each`` the locked outputs are each rank's
     own; ``first``: every output node in rank 0's share, rank 1 computes none of the last
-    layer). No rank makes an edge index of more than its share's in-edges (SAGE; GCN's
-    self-loops are added to the whole graph first): each holds the kept edges of its share only."""
+    layer). No rank makes an edge index, or SAGE's per-edge weights, for more than its share's
+    in-edges (SAGE; GCN's self-loops and weights are made for the whole graph first): each holds
+    the edges of its share only."""
     import torch.multiprocessing as mp
     from conftest import free_port
     from unifews_dist.nn.models.layerwise import _shares
@@ -226,7 +234,7 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, 
     one = [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats]
     whole = torch.zeros(N, whole.size(1)).index_copy_(0, union, whole)
     for r in (0, 1):
-        mine, res, _, _ = out[r]
+        mine, res = out[r][:2]
         torch.testing.assert_close(res, whole[mine], atol=1e-5, rtol=1e-4)
     if scope == "outputs":  # (GCN transforms each batch's distinct sources: its MACs follow the batches)
         summed = [tuple(a + b for a, b in zip(s0, s1)) for s0, s1 in zip(out[0][2], out[1][2])]
@@ -235,6 +243,8 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, 
     if conv == "sage":
         share_edges = [int(((ei[1] >= lo) & (ei[1] < hi)).sum()) for lo, hi in _shares(N, 2)]
         assert max(out[r][3] for r in (0, 1)) <= max(share_edges) < ei.size(1), (out[0][3], out[1][3], share_edges)
+        if scope == "outputs":  # SAGE's 1 / deg weights made for the share's edges only
+            assert [out[r][4] for r in (0, 1)] == share_edges
 
 
 @pytest.mark.parametrize("conv", ["sage", "gcn", "gin", "gcnii"])

@@ -300,6 +300,14 @@ class UnifewsConv(MessagePassing):
         need not be propagated. Default: all."""
         return None
 
+    @classmethod
+    def prepares_by_target(cls) -> bool:
+        """Whether :meth:`prepare_edges` keeps the edges as given and weighs each from its
+        target's in-edges alone (so the edges into some targets prepare alike on their own,
+        given those targets as ``num_dst``): the base's (no weights) and SAGE's (``1 / deg``), not
+        GCN's (self-loops added, both ends' degrees)."""
+        return cls.prepare_edges is UnifewsConv.prepare_edges
+
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
                       edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:

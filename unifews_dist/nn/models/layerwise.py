@@ -366,7 +366,13 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     device = device or next(model.parameters()).device
     n, L = x.size(0), model.num_layers
     Conv = type(model.convs[0])
-    ei, ew = Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
+    locked = model.lock_target_edges in ("always", "eval")
+    each = locked and lock_scope == "each"
+    world, rank = _world() if distributed else (1, 0)
+    # under DDP a conv whose edges prepare by target prepares its rank's share only (below)
+    share_first = world > 1 and not each and Conv.prepares_by_target()
+    ei, ew = (edge_index.to(device), None) if share_first else \
+        Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
     # by target: a batch of targets is a slice of edges. On CUDA also by source, as cuSPARSE's
     # rows must be (the fused aggregation then copies nothing but for repeated edges); on the CPU
     # a graph already in target order (a CSC, as prepared datasets give it) is not sorted at all
@@ -379,9 +385,6 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         ew = None if ew is None else ew.index_select(0, order)
     everyone = torch.arange(n, device=device)
     outputs = everyone if output_nodes is None else output_nodes.to(device)
-    locked = model.lock_target_edges in ("always", "eval")
-    each = locked and lock_scope == "each"
-    world, rank = _world() if distributed else (1, 0)
     wanted = None  # under DDP: [N] bool, every rank's output nodes
     if world > 1:
         import torch.distributed as dist
@@ -410,6 +413,8 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         lo, hi = shares[rank]
         a, b = torch.searchsorted(ei[1], torch.tensor([lo, hi], device=device)).tolist()  # (ei: by target)
         ei, ew = torch.stack([ei[0, a:b], ei[1, a:b] - lo]), None if ew is None else ew[a:b].clone()
+        if share_first:  # (the in-degrees above: of the edges as given, which these convs keep)
+            ei, ew = Conv.prepare_edges(ei, n, hi - lo)
     h = x.to(device)
     x0 = None
     if model.lin_in is not None:
