@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 _CACHE: Dict[Tuple[str, torch.device, torch.dtype], Tensor] = {}
-MAX_CACHED = 1 << 25  # elements (a products minibatch of 1024 seeds, fanout [15, 10, 5]: ~1M edges)
+# elements: a products minibatch of 1024 seeds, fanout [15, 10, 5], has ~1M edges (4096 seeds:
+# ~3.7M); a rank's share of a products-sized graph in layer-wise inference, 15-60M
+MAX_CACHED = 1 << 22
 
 
 def _cached(kind: str, n: int, device, dtype: torch.dtype, make) -> Tensor:
