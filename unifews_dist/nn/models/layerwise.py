@@ -160,8 +160,8 @@ class _Layer:
             locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int,
             norms: Optional[Tensor] = None, lock_into: Optional[Tensor] = None,
             start: Optional[int] = None, own_result: bool = False
-            ) -> Tuple[Tensor, Tensor, Tuple[Tensor, Optional[Tensor]]]:
-        """``(outputs of targets, kept mask of ei, (kept edges, their weights))``. ``ei``: the edges into ``targets`` (targets as
+            ) -> Tuple[Tensor, Tuple[Tensor, Optional[Tensor]]]:
+        """``(outputs of targets, (kept edges, their weights))``. ``ei``: the edges into ``targets`` (targets as
         positions, sorted by them); ``own``: the targets' own rows (their input and the source of
         their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
         neighbour. ``locked``: every edge is locked; ``lock_into``: ``[N]`` bool, the nodes whose
@@ -247,7 +247,7 @@ class _Layer:
             ei, ew = edges_given
             if self.kept < ei.size(1):
                 ei, ew = self._take(ei, ew, keep_all.nonzero().view(-1))
-        return result, keep_all, (ei, ew)
+        return result, (ei, ew)
 
     def _take(self, ei: Tensor, ew: Optional[Tensor], idx: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """The edges ``idx`` of ``(ei, ew)`` (the layer's kept ones, the next layer's input),
@@ -427,7 +427,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         last = i == L - 1
         layer = _Layer(model, i, n, batch_size, progress, space)
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
-            own, _, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
+            own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
                                   int(in_degree[outputs].sum()), own_result=True)
         if not last or not each:  # every node (the last layer: the outputs only), pruned by the rule
             norms = mean = None
@@ -447,7 +447,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             else:
                 tg, t_ei, t_ew = everyone, ei, ew
             if tg.numel() or world == 1:  # (one process given no output node: run says so)
-                pruned_next, _, kept = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
+                pruned_next, kept = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
                                                  int(in_degree[tg].sum()), norms, lock_into, start)
             else:  # (no output node in this rank's share)
                 pruned_next, kept = None, None
