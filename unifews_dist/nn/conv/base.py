@@ -93,6 +93,9 @@ class UnifewsConv(MessagePassing):
     needs_x0 = False
     #: whether a stack of these puts a linear map before and after its layers (all hidden x hidden)
     stack_in_out_linears = False
+    #: the stack's conv options (:class:`UnifewsGNN`'s ``heads``, ``gcnii_alpha``, ...) this conv
+    #: takes in :meth:`for_stack`; the stack refuses one set for a conv that does not take it
+    stack_options: tuple = ()
     #: whether :meth:`edge_weights` needs exactly this layer's edges (attention is normalised
     #: over them): a stack's validity mask is then applied first, with one device read
     needs_exact_edges = False
@@ -121,10 +124,9 @@ class UnifewsConv(MessagePassing):
 
     @classmethod
     def for_stack(cls, layer: int, num_layers: int, in_channels: int, out_channels: int, thr_a: float = 0.0,
-                  thr_w: float = 0.0, **options) -> "UnifewsConv":
-        """This conv as layer ``layer`` of ``num_layers`` in :class:`UnifewsGNN`. ``options`` are
-        the stack's conv options (``heads``, ``gcnii_alpha``, ``gcnii_theta``): each conv takes
-        the ones it has."""
+                  thr_w: float = 0.0) -> "UnifewsConv":
+        """This conv as layer ``layer`` of ``num_layers`` in :class:`UnifewsGNN`; a conv with
+        :attr:`stack_options` takes those as keyword arguments too."""
         return cls(in_channels, out_channels, thr_a=thr_a, thr_w=thr_w)
 
     @property

@@ -27,6 +27,7 @@ class UnifewsGATv2Conv(UnifewsConv):
     """
 
     source_side_weights = ("lin_l",)
+    stack_options = ("heads",)
     needs_exact_edges = True  # attention is normalised over the layer's edges
     keeps_edge_order = False  # self-loops added
 
@@ -45,7 +46,7 @@ class UnifewsGATv2Conv(UnifewsConv):
         self.reset_parameters()
 
     @classmethod
-    def for_stack(cls, layer, num_layers, in_channels, out_channels, thr_a=0.0, thr_w=0.0, heads=1, **options):
+    def for_stack(cls, layer, num_layers, in_channels, out_channels, thr_a=0.0, thr_w=0.0, heads=1):
         """Hidden layers concatenate ``heads`` heads of ``out_channels // heads``; the last has one."""
         h = 1 if layer == num_layers - 1 else heads
         if out_channels % h:

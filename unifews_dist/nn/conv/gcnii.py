@@ -26,6 +26,7 @@ class UnifewsGCNIIConv(UnifewsConv):
 
     needs_x0 = True
     stack_in_out_linears = True
+    stack_options = ("gcnii_alpha", "gcnii_theta")
     keeps_edge_order = False  # self-loops added
 
     def __init__(self, channels: int, alpha: float = 0.1, theta: Optional[float] = None,
@@ -42,7 +43,7 @@ class UnifewsGCNIIConv(UnifewsConv):
 
     @classmethod
     def for_stack(cls, layer, num_layers, in_channels, out_channels, thr_a=0.0, thr_w=0.0, gcnii_alpha=0.1,
-                  gcnii_theta=0.5, **options):
+                  gcnii_theta=0.5):
         return cls(in_channels, alpha=gcnii_alpha, theta=gcnii_theta, layer=layer + 1, thr_a=thr_a, thr_w=thr_w)
 
     def reset_parameters(self) -> None:

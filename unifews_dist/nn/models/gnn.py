@@ -19,6 +19,8 @@ Norm = Literal["batch", "layer", "none"]
 LockPolicy = Literal["always", "eval", "never"]
 Backend = Literal["auto", "dense", "sparse"]
 NORMS, LOCK_POLICIES = get_args(Norm), get_args(LockPolicy)
+#: the stack's conv options, each taken by the convs that name it in ``stack_options``
+STACK_OPTION_DEFAULTS = {"heads": 1, "gcnii_alpha": 0.1, "gcnii_theta": 0.5}
 
 
 def _per_layer(name: str, value: Union[float, Sequence[float]], num_layers: int) -> List[float]:
@@ -84,6 +86,13 @@ class UnifewsGNN(nn.Module):
         thr_a_l = _per_layer("thr_a", thr_a, num_layers)
         thr_w_l = _per_layer("thr_w", thr_w, num_layers)
         Conv = CONVS[conv]
+        options = {"heads": heads, "gcnii_alpha": gcnii_alpha, "gcnii_theta": gcnii_theta}
+        for name, value in options.items():
+            if name not in Conv.stack_options and value != STACK_OPTION_DEFAULTS[name]:
+                takers = [n for n, c in CONVS.items() if name in c.stack_options]
+                raise ValueError(f"{name}={value} does not apply to conv {conv!r} (only to {', '.join(takers)}); "
+                                 f"leave it at {STACK_OPTION_DEFAULTS[name]}")
+        options = {k: v for k, v in options.items() if k in Conv.stack_options}
         wrap = Conv.stack_in_out_linears  # hidden x hidden layers between two linear maps (GCNII)
         self.lin_in = nn.Linear(in_channels, hidden_channels) if wrap else None
         self.lin_out = nn.Linear(hidden_channels, out_channels) if wrap else None
@@ -92,7 +101,7 @@ class UnifewsGNN(nn.Module):
         for i in range(num_layers):
             c_out = hidden_channels if wrap or i < num_layers - 1 else out_channels
             self.convs.append(Conv.for_stack(i, num_layers, c_in, c_out, thr_a=thr_a_l[i], thr_w=thr_w_l[i],
-                                             heads=heads, gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta))
+                                             **options))
             dims.append(c_out)
             c_in = c_out
         self.norms = nn.ModuleList()
