@@ -1,3 +1,4 @@
+import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
@@ -17,13 +18,38 @@ def _fit(tmp_path, controller, epochs=6):
 
 
 def test_ranks_only_epochs_at_the_scheduled_target(tmp_path):
-    """Dense warm-up 2 epochs, ramp 2: the thresholds are final from epoch 4 on."""
+    """Dense warm-up 2 epochs, ramp 2: the thresholds are final from epoch 4 on; the masks are
+    refined until the end of training (``reference``), so only the last epoch is final."""
     sched = SparsitySchedule(thr_a=1.0, thr_w=0.5, kind="linear", warmup=2, ramp=2)
     ckpt, epochs = _fit(tmp_path, sched)
-    assert epochs == [4, 5]
+    assert epochs == [5]
     state = torch.load(ckpt.best_model_path, weights_only=False)["state_dict"]
     thr = [v for k, v in state.items() if k.endswith("_extra_state")]
     assert {"thr_a": 1.0} in thr and {"thr_w": 0.5} in thr  # the checkpoint holds the sparse model
+
+
+@pytest.mark.parametrize("kw,ranked", [
+    (dict(refine_fraction=4 / 6), [3, 4, 5]),  # masks kept from epoch 4 on: at target once epoch 3 refined them
+    (dict(refine_fraction=5 / 6), [4, 5]),
+    (dict(mask_update="keep"), [2, 3, 4, 5]),  # one mask, never changed: the thresholds decide
+    (dict(mask_update="epoch"), [5]),
+])
+def test_at_target_waits_for_the_last_mask_update(tmp_path, kw, ranked):
+    """A checkpoint ranks only once no later epoch changes a weight mask: the tested model is as
+    sparse as the schedule makes it (the refinement went on pruning after the thresholds were final)."""
+    sched = SparsitySchedule(thr_a=1.0, thr_w=0.5, kind="constant", warmup=2, **kw)
+    _, epochs = _fit(tmp_path, sched)
+    assert epochs == ranked
+
+
+@pytest.mark.parametrize("kw", [dict(thr_a=0.0, thr_w=0.0), dict(thr_a=0.0, thr_w=[0.0, 0.0]),
+                                dict(thr_a={3: 0.0}, thr_w={3: 0.0}, kind="table")])
+def test_a_dense_schedule_ranks_every_epoch(tmp_path, kw):
+    """Nothing to reach (every final threshold 0, the documented dense baseline): every epoch is
+    ranked, not only those after the warm-up and ramp."""
+    kw = {"kind": "cubic", "warmup": 2, "ramp": 2, **kw}
+    _, epochs = _fit(tmp_path, SparsitySchedule(**kw), epochs=5)
+    assert epochs == [0, 1, 2, 3, 4]
 
 
 def test_without_a_controller_it_is_model_checkpoint(tmp_path):

@@ -64,7 +64,13 @@ class SparsitySchedule(Callback):
     Weight masks (``mask_update``): ``step`` recomputes them on every training step; ``epoch``
     on the first batch of each epoch and keeps them otherwise; ``reference`` (the Unifews
     reference code) does ``epoch`` in the first ``recompute_fraction`` of training, then only
-    prunes further (the new mask is AND-ed with the kept one); ``keep`` computes a mask once.
+    prunes further (the new mask is AND-ed with the kept one) until ``refine_fraction`` of
+    training, and keeps the masks after that; ``keep`` computes a mask once.
+
+    ``at_target`` (read by :class:`AtTargetCheckpoint`) holds once the schedule is done: the
+    thresholds at their final values and no later epoch changing a weight mask, so the checkpoint
+    that is tested is as sparse as the schedule makes it. A threshold whose final value is 0 has
+    nothing to reach: with both at 0 (a dense run) every epoch is at target.
 
     The thresholds are a function of the trainer's epoch / step only, so every rank sets the
     same values and a resumed run continues the schedule exactly; ``state_dict`` carries the
@@ -82,12 +88,15 @@ class SparsitySchedule(Callback):
             training (``max_epochs`` / ``max_steps``).
         mask_update: ``reference``, ``epoch``, ``step`` or ``keep``.
         recompute_fraction: with ``reference``, the fraction of the epochs that recompute.
+        refine_fraction: with ``reference``, the fraction of the epochs that update the masks
+            (recompute, then refine); the masks are kept after it.
     """
 
     def __init__(self, thr_a: Union[None, Threshold, Dict[int, Threshold]] = None,
                  thr_w: Union[None, Threshold, Dict[int, Threshold]] = None, kind: Kind = "cubic",
                  interval: Interval = "epoch", warmup: int = 0, ramp: Optional[int] = None,
-                 mask_update: MaskUpdate = "reference", recompute_fraction: float = 0.5):
+                 mask_update: MaskUpdate = "reference", recompute_fraction: float = 0.5,
+                 refine_fraction: float = 1.0):
         check_choice("SparsitySchedule kind", kind, KINDS)
         check_choice("SparsitySchedule interval", interval, INTERVALS)
         check_choice("SparsitySchedule mask_update", mask_update, MASK_UPDATES)
@@ -107,10 +116,12 @@ class SparsitySchedule(Callback):
                 _check_value(name, value)
         if warmup < 0 or (ramp is not None and ramp < 0):
             raise ValueError(f"warmup and ramp must be >= 0, got warmup={warmup}, ramp={ramp}")
-        if not 0.0 <= recompute_fraction <= 1.0:
-            raise ValueError(f"recompute_fraction must be in [0, 1], got {recompute_fraction}")
+        if not 0.0 <= recompute_fraction <= refine_fraction <= 1.0:
+            raise ValueError(f"recompute_fraction and refine_fraction must satisfy 0 <= recompute_fraction <= "
+                             f"refine_fraction <= 1, got {recompute_fraction}, {refine_fraction}")
         self.thr_a, self.thr_w, self.kind, self.interval = thr_a, thr_w, kind, interval
         self.warmup, self.ramp, self.mask_update, self.recompute_fraction = warmup, ramp, mask_update, recompute_fraction
+        self.refine_fraction = refine_fraction
         self.follows_model = thr_a is None and thr_w is None
         self.current: Dict[str, Optional[Threshold]] = {"thr_a": None, "thr_w": None}
         #: whether the thresholds hold their final values (read by :class:`AtTargetCheckpoint`)
@@ -150,7 +161,28 @@ class SparsitySchedule(Callback):
             return "keep"
         if self.mask_update == "epoch" or not max_epochs or max_epochs < 0:
             return "recompute"
-        return "recompute" if epoch < self.recompute_fraction * max_epochs else "refine"
+        if epoch < self.recompute_fraction * max_epochs:
+            return "recompute"
+        return "refine" if epoch < self.refine_fraction * max_epochs else "keep"
+
+    def masks_final_at(self, epoch: int, max_epochs: Optional[int]) -> bool:
+        """Whether no epoch after ``epoch`` changes a weight mask."""
+        if self.mask_update == "keep":
+            return True
+        if not max_epochs or max_epochs < 0:
+            return False
+        if self.mask_update == "reference":
+            last = min(max_epochs, math.ceil(self.refine_fraction * max_epochs)) - 1
+            return epoch >= last
+        return epoch >= max_epochs - 1
+
+    def _final_zero(self, name: str) -> bool:
+        """Whether threshold ``name`` has nothing to reach: not scheduled, or 0 at the end."""
+        value = getattr(self, name)
+        if value is None:
+            return True
+        finals = [value[max(value)]] if self.kind == "table" else [value]
+        return all(v == 0 for f in finals for v in (f if isinstance(f, list) else [f]))
 
     # -- hooks ---------------------------------------------------------------------------------
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -172,7 +204,11 @@ class SparsitySchedule(Callback):
             final_t = self.warmup
         else:
             final_t = self.warmup + (self.ramp if self.ramp is not None else length)
-        self.at_target = self._now(trainer) >= final_t
+        ramped = self._now(trainer) >= final_t
+        edges_done = self._final_zero("thr_a") or ramped
+        weights_done = self._final_zero("thr_w") or (
+            ramped and self.masks_final_at(trainer.current_epoch, trainer.max_epochs))
+        self.at_target = edges_done and weights_done
         pl_module.model.set_thresholds(thr_a=self.current["thr_a"], thr_w=self.current["thr_w"])
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -191,7 +227,8 @@ class SparsitySchedule(Callback):
 
     def state_dict(self) -> dict:
         return {"config": {k: getattr(self, k) for k in ("thr_a", "thr_w", "kind", "interval", "warmup", "ramp",
-                                                          "mask_update", "recompute_fraction", "follows_model")},
+                                                          "mask_update", "recompute_fraction", "refine_fraction",
+                                                          "follows_model")},
                 "current": dict(self.current)}
 
     def load_state_dict(self, state_dict: dict) -> None:
