@@ -32,11 +32,12 @@ from .callbacks import (AtTargetCheckpoint, EvaluationThresholds, PredictionWrit
                         SparsityMonitor, ThroughputMonitor)
 from .checkpoint import AtomicCheckpointIO, check_compatible, load_checkpoint_file, newest_readable
 from .run_dir import (RunCSVLogger, RunFinished, add_test_result, build_summary, check_writable, finished,
-                      holds_results, keep_temporaries_in, logged_steps, remove_if_unused, resolve_run_dir,
-                      run_config_of, wandb_run_id, write_atomic)
+                      holds_results, keep_temporaries_in, logged_steps, predictions_path, remove_if_unused,
+                      resolve_run_dir, run_config_of, wandb_run_id, write_atomic)
 from .setup_guard import say_once, setup_begins, setup_done
 from .wandb_history import RunWandbLogger
 from .wandb_options import WandbOptions, default_wandb_mode, wandb_settings
+from .trainer import Trainer
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
 
@@ -134,6 +135,9 @@ class UnifewsCLI(LightningCLI):
             raise ValueError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
         self.run_dir = resolve_run_dir(cfg.get("run_dir") or cfg["trainer"].get("default_root_dir"))
         cfg["run_dir"] = self.run_dir
+        # ranks that Lightning starts itself (strategy ddp, no launcher) run this command again:
+        # they find the same run directory here
+        os.environ["UNIFEWS_RUN_DIR"] = self.run_dir
         if not holds_results(self.run_dir):
             _NEW_RUN_DIR[0] = self.run_dir  # removed again if the run fails before it trains
         check_writable(self.run_dir)
@@ -157,7 +161,10 @@ class UnifewsCLI(LightningCLI):
 
     def _loggers(self) -> list:
         cfg = self._cfg()
-        csv_logger = RunCSVLogger(self.run_dir, self.resume_step)  # metrics.csv, history kept on resume
+        # metrics.csv: a new fit starts it, a resumed one keeps the rows before its checkpoint,
+        # test / validate / predict add to it
+        keep_before = (self.resume_step or 0) if self.subcommand == "fit" else None
+        csv_logger = RunCSVLogger(self.run_dir, keep_before)
         loggers = [csv_logger]
         opts = cfg.get("wandb")
         if opts is not False and opts is not None:
@@ -227,7 +234,7 @@ class UnifewsCLI(LightningCLI):
         setup_done()
         self._check_ckpt()
         self._evaluate_at_given_thresholds()
-        self.predictions_path = os.path.abspath(os.path.join(self.run_dir, "predictions.pt"))
+        self.predictions_path = os.path.abspath(predictions_path(self.run_dir, self._cfg()["data"]["predict_nodes"]))
         self.trainer.callbacks.append(PredictionWriter(self.predictions_path))
 
     def after_predict(self) -> None:
@@ -256,6 +263,7 @@ class UnifewsCLI(LightningCLI):
                                 module.model.num_layers, time.perf_counter() - _T0)
         summary["tested_checkpoint"] = os.path.abspath(best) if best else None
         summary["eval_mode"] = self.datamodule.eval_mode
+        summary["test_seed_edges_kept"] = module.model.lock_target_edges != "never"
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.abspath(os.path.join(self.run_dir, "summary.json"))
         write_atomic(path, json.dumps(summary, indent=2))
@@ -273,6 +281,7 @@ class UnifewsCLI(LightningCLI):
         result["checkpoint"] = os.path.abspath(self._cfg()["ckpt_path"]) if self._cfg().get("ckpt_path") else None
         result["thr_a"], result["thr_w"] = self.model.model.thr_a, self.model.model.thr_w
         result["eval_mode"] = self.datamodule.eval_mode
+        result["test_seed_edges_kept"] = self.model.model.lock_target_edges != "never"
         path = add_test_result(self.run_dir, result)
         self._report(result, path)
 
@@ -282,22 +291,29 @@ class UnifewsCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
-        parts = [f"test acc {s['test_acc']:.4f}"] + ([f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []) + [
-            f"edges pruned {s['edge_sparsity']:.1%}", f"weights pruned {s['weight_sparsity']:.1%}",
-            f"MACs {s['macs_sparse'] / max(s['macs_dense'], 1):.2f}x of dense"]
+        def figures(f: dict) -> str:
+            return (f"edges pruned {f['edge_sparsity']:.1%}, weights pruned {f['weight_sparsity']:.1%}, "
+                    f"MACs {f['macs_sparse'] / max(f['macs_dense'], 1):.2f}x of dense")
+
+        parts = [f"test acc {s['test_acc']:.4f}"] + ([f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else [])
+        if "last_train_epoch" in s:  # what the trained model prunes, on the training batches
+            parts.append(f"training: {figures(s['last_train_epoch'])}")
+        # evaluation keeps the seeds' in-edges (lock_target_edges), so it prunes fewer edges
+        parts.append(f"test{' (seed in-edges kept)' if s.get('test_seed_edges_kept') else ''}: {figures(s)}")
         if "train_seeds_per_s" in s:
             parts.append(f"{s['train_seeds_per_s']:.0f} seeds/s")
         print(" | ".join(parts + [f"{time.perf_counter() - _T0:.0f} s"]))
         print(path, flush=True)
 
 
+USAGE = "unifews-dist [-h] [-c CONFIG] {fit,validate,test,predict,prepare,report,sweep-table} ..."
 DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test,
 predict (Lightning's), `unifews-dist prepare` (a dataset's memory-mapped arrays, ahead of
 training), `unifews-dist report RUN_DIR` (a run's curves as PNG files) and
 `unifews-dist sweep-table SWEEP_DIR` (a threshold sweep's runs in one table).
 `unifews-dist test --ckpt_path RUN_DIR/checkpoints/F.ckpt` reads RUN_DIR/config.yaml and adds
 the result to RUN_DIR/summary.json; `unifews-dist predict --ckpt_path F` writes
-RUN_DIR/predictions.pt (layer-wise, `--data.predict_nodes all|train|val|test|FILE`)."""
+RUN_DIR/predictions-NODES.pt (layer-wise, `--data.predict_nodes all|train|val|test|FILE`)."""
 
 
 _NEW_RUN_DIR: List[Optional[str]] = [None]  # a run directory this process made
@@ -308,11 +324,14 @@ def _with_run_config(argv: List[str]) -> List[str]:
     """``test`` / ``validate`` / ``predict`` given a checkpoint: the config of the run the checkpoint belongs to
     comes first, so it is evaluated on that run's data and reports into that run; the user's own
     ``--config`` files and arguments apply on top of it."""
-    if not argv or argv[0] not in ("test", "validate", "predict"):
+    if not argv or argv[0] not in ("fit", "test", "validate", "predict"):
         return argv
     ckpt = next((v for a, v in zip(argv, argv[1:] + [""]) if a == "--ckpt_path"), None)
     ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    config = run_config_of(ckpt) if ckpt else None
+    if ckpt and ckpt not in ("best", "last", "hpc", "registry") and not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist (--ckpt_path takes a checkpoint file, "
+                                f"RUN_DIR/checkpoints/*.ckpt)")
+    config = run_config_of(ckpt) if ckpt and argv[0] != "fit" else None
     if config is None:
         return argv
     _RUN_CONFIG_ADDED[0] = config
@@ -339,7 +358,7 @@ def main(args=None) -> None:
     # what this call sets for its run (the run directory it made, the temporary and W&B cache
     # folders inside it) is put back when it returns: main() may run again in the same process
     _NEW_RUN_DIR[0] = _RUN_CONFIG_ADDED[0] = None
-    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "WANDB_CACHE_DIR")}
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "WANDB_CACHE_DIR", "UNIFEWS_RUN_DIR")}
     saved_tempdir = tempfile.tempdir
     setup_begins()  # a set-up stopped by SIGTERM cleans up too (below)
     try:
@@ -348,7 +367,8 @@ def main(args=None) -> None:
             sys.argv[1:], cli_args = cli_args, None
         UnifewsCLI(UnifewsModule, UnifewsDataModule, args=cli_args, parser_class=_OneLineParser,
                    save_config_callback=_SaveConfig,
-                   save_config_kwargs={"overwrite": True}, parser_kwargs={"description": DESCRIPTION},
+                   save_config_kwargs={"overwrite": True}, trainer_class=Trainer,
+                   parser_kwargs={"description": DESCRIPTION, "usage": USAGE},
                    trainer_defaults={"use_distributed_sampler": False})
     except RunFinished as done:  # started again after it finished: nothing to do, nothing changed
         summary = os.path.abspath(os.path.join(done.run_dir, "summary.json"))

@@ -1,8 +1,9 @@
-"""``unifews-dist report RUN_DIR``: a run's sparsity and throughput curves as PNG files.
+"""``unifews-dist report RUN_DIR [--baseline DENSE_RUN]``: a run's curves as PNG files.
 
-For people without W&B: reads the run's ``metrics.csv`` (Lightning's CSVLogger, which every run
-writes) and ``summary.json`` if it is there, and draws one PNG per panel into
-``RUN_DIR/report/``.
+For people without W&B: reads the run's ``metrics.csv`` (which every run writes) and
+``summary.json`` if it is there, and draws one PNG per panel into ``RUN_DIR/report/``:
+accuracy with sparsity over training (``accuracy.png``; the baseline run's accuracy beside it
+when given), sparsity per layer, throughput and the step-time split.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import math
 import os
 import re
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 Series = Dict[str, Tuple[List[float], List[float]]]
 
@@ -53,21 +54,75 @@ PANELS = {
 }
 
 
-def draw(run_dir: str) -> List[str]:
+def _summary(run_dir: str):
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _metrics(run_dir: str) -> Tuple[str, Series]:
+    path = os.path.join(run_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir!r} has no metrics.csv: give the directory a run wrote "
+                                "(the folder that holds summary.json)")
+    return path, read_metrics(path)
+
+
+def draw_accuracy(plt, series: Series, summary, baseline, path: str) -> bool:
+    """Train and validation accuracy per epoch, the run's edge and weight sparsity over training
+    on a second axis, and the baseline run's (``(series, summary)``) accuracy when given."""
+    keys = [k for k in ("train/acc", "val/acc") if k in series]
+    if not keys:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, color in zip(keys, ("tab:blue", "tab:orange")):
+        ax.plot(*series[k], label=k, color=color, lw=1.4, marker=".", ms=3)
+    if summary and math.isfinite(summary.get("test_acc", float("nan"))):
+        ax.axhline(summary["test_acc"], color="tab:red", lw=1.0, label=f"test acc {summary['test_acc']:.3f}")
+    if baseline is not None:
+        b_series, b_summary = baseline
+        if "val/acc" in b_series:
+            ax.plot(*b_series["val/acc"], label="baseline val/acc", color="grey", ls=":", lw=1.4)
+        if b_summary and math.isfinite(b_summary.get("test_acc", float("nan"))):
+            ax.axhline(b_summary["test_acc"], color="black", ls="--", lw=1.0,
+                       label=f"baseline test acc {b_summary['test_acc']:.3f}")
+    ax.set_xlabel("trainer/global_step")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    sparsity = [k for k in ("sparsity/edge/all", "sparsity/weight/all") if k in series]
+    lines, labels = ax.get_legend_handles_labels()
+    if sparsity:
+        ax2 = ax.twinx()
+        for k, color in zip(sparsity, ("tab:green", "tab:purple")):
+            ax2.plot(*series[k], label=k, color=color, lw=1.0, alpha=0.8)
+        ax2.set_ylabel("fraction pruned")
+        ax2.set_ylim(0, 1)
+        more, more_labels = ax2.get_legend_handles_labels()
+        lines, labels = lines + more, labels + more_labels
+    ax.legend(lines, labels, fontsize=7, loc="lower right")
+    ax.set_title("Accuracy and sparsity over training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def draw(run_dir: str, baseline_dir: Optional[str] = None) -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = os.path.join(run_dir, "metrics.csv")
-    if not os.path.isfile(metrics):
-        raise FileNotFoundError(f"{run_dir!r} has no metrics.csv: give the directory a run wrote "
-                                "(the folder that holds summary.json)")
-    series = read_metrics(metrics)
-    summary_path = os.path.join(run_dir, "summary.json")
-    summary = json.load(open(summary_path)) if os.path.isfile(summary_path) else None
+    metrics, series = _metrics(run_dir)
+    summary = _summary(run_dir)
+    baseline = (_metrics(baseline_dir)[1], _summary(baseline_dir)) if baseline_dir else None
     out_dir = os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     written = []
+    path = os.path.join(out_dir, "accuracy.png")
+    if draw_accuracy(plt, series, summary, baseline, path):
+        written.append(path)
     for name, (title, ylabel, keys_of) in PANELS.items():
         keys = keys_of(series)
         if not keys:
@@ -103,9 +158,11 @@ def draw(run_dir: str) -> List[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="unifews-dist report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory (holds metrics.csv and summary.json)")
+    parser.add_argument("--baseline", metavar="DENSE_RUN", default=None,
+                        help="another run directory (the dense run, say) whose accuracy is drawn beside this one's")
     args = parser.parse_args(argv)
     try:
-        paths = draw(args.run_dir)
+        paths = draw(args.run_dir, args.baseline)
     except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"unifews-dist report: error: {e}\n")
         return 2

@@ -68,6 +68,18 @@ def run_config_of(ckpt_path: str) -> Optional[str]:
     return config if os.path.isfile(config) else None
 
 
+def predictions_path(run_dir: str, nodes: str) -> str:
+    """Where ``predict`` of ``nodes`` (``all``, a split, or a file of node ids) writes:
+    ``RUN_DIR/predictions-<nodes>.pt``, numbered ``-2``, ``-3``, ... when that file exists, so
+    an earlier prediction is never overwritten."""
+    name = os.path.splitext(os.path.basename(str(nodes)))[0] or "nodes"
+    base = os.path.join(run_dir, f"predictions-{name}")
+    path, n = base + ".pt", 2
+    while os.path.exists(path):
+        path, n = f"{base}-{n}.pt", n + 1
+    return path
+
+
 def holds_results(run_dir: str) -> bool:
     """Whether a run directory holds anything a run made worth keeping: a checkpoint or metrics."""
     return any(os.path.exists(os.path.join(run_dir, f)) for f in ("checkpoints", METRICS))
@@ -213,16 +225,20 @@ class RunCSVLogger(Logger):
     logging step ``resume_step`` keeps the rows before it (the ones after were logged by the
     killed run after its checkpoint, and are logged again).
 
+    ``test``, ``validate`` and ``predict`` of a run's checkpoint add their rows to the file and
+    drop none (``keep_before=None``).
+
     Args:
         run_dir: the run directory.
-        resume_step: the resumed run's first logging step (``None``: a new run, no rows kept).
+        keep_before: rows logged at steps before this one are kept, the rest dropped: a resumed
+            ``fit``'s first logging step, 0 for a new ``fit``; ``None`` keeps every row.
     """
 
-    def __init__(self, run_dir: str, resume_step: Optional[int] = None):
+    def __init__(self, run_dir: str, keep_before: Optional[int] = 0):
         super().__init__()
         self._dir, self._path = run_dir, os.path.join(run_dir, METRICS)
         self._keys: List[str] = []
-        self._truncate(resume_step or 0)
+        self._truncate(keep_before)
 
     @property
     def name(self) -> str:
@@ -250,9 +266,12 @@ class RunCSVLogger(Logger):
         return self._path
 
     @rank_zero_only
-    def _truncate(self, resume_step: int) -> None:
+    def _truncate(self, keep_before: Optional[int]) -> None:
         rows = self._read()
-        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < resume_step]
+        if keep_before is None:
+            self._keys = sorted(set().union(*rows)) if rows else []
+            return
+        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < keep_before]
         if not kept:
             if os.path.isfile(self._path):
                 os.remove(self._path)

@@ -31,13 +31,33 @@ class UnifewsModule(pl.LightningModule):
     and ``multilabel`` come from the data module when run through the CLI.
 
     Args:
-        conv, hidden_channels, num_layers, dropout, norm, thr_a, thr_w, heads, gcnii_alpha,
-            gcnii_theta, lock_target_edges, weight_backend: see :class:`UnifewsGNN`.
+        in_channels: input features per node (the CLI takes it from the data).
+        out_channels: classes (the CLI takes it from the data).
+        conv: the layer type: ``gcn``, ``sage``, ``gat`` (GATv2), ``gin`` or ``gcnii``.
+        hidden_channels: features of each hidden layer.
+        num_layers: message-passing layers; ``data.num_neighbors`` gives one fanout per layer.
+        dropout: dropout between layers.
+        norm: normalisation between layers: ``batch``, ``layer`` or ``none``.
+        thr_a: edge threshold (one, or one per layer): an edge's message is not computed when its
+            norm ``|w_e| * ||h_src||`` is below ``thr_a`` times the layer's mean message norm;
+            an edge dropped at layer ``l`` is gone from every later layer. 0: no edge pruning.
+        thr_w: weight threshold (one, or one per layer): a weight entry ``W[i, j]`` is not
+            computed when ``|W[i, j]| * ||X[:, j]||`` is below ``thr_w`` times the mean input
+            column norm. 0: no weight pruning. A sparsity schedule callback ramps both up to
+            these values.
+        heads: attention heads of ``gat``'s hidden layers (an error for other convs).
+        gcnii_alpha: GCNII's initial-residual strength (``gcnii`` only).
+        gcnii_theta: GCNII's identity-map strength (``gcnii`` only).
+        lock_target_edges: when the edges into a batch's seed nodes are kept at every layer, so
+            the seeds always receive their sampled neighbourhood: ``always``, ``eval``
+            (evaluation only, as the reference code) or ``never``.
+        weight_backend: how a pruned weight is applied: ``auto`` (a sparse kernel where it beats
+            dense), ``dense`` (masked dense matmul) or ``sparse``.
         layerwise_lock: with seed locking, whose in-edges layer-wise evaluation and prediction
             keep: ``outputs`` (every node evaluated or predicted, at once, as the seeds of one
             sampled batch) or ``each`` (each node as if evaluated alone; twice the layer work).
-            See :func:`~unifews_dist.nn.models.layerwise.layerwise_inference`.
-        lr, weight_decay: optimizer settings.
+        lr: learning rate.
+        weight_decay: weight decay.
         optimizer: ``adam`` or ``adamw``.
         lr_scheduler: ``none``, ``cosine`` (over ``max_epochs``) or ``step`` (x0.5 every 50 epochs).
         multilabel: targets are multi-hot ``[nodes, out_channels]`` (set from the data by the CLI).
