@@ -68,10 +68,27 @@ def run(name: str, ranks: int, steps: int, cache: str, run_dir: str, torchrun: b
         cmd = [sys.executable, "-m", "unifews_dist", "fit", *args]
     else:
         launch = ["unifews_dist.launch"] if launcher == "fork" else ["torch.distributed.run"]
-        cmd = [sys.executable, "-m", *launch, "--standalone", f"--nproc_per_node={ranks}",
-               *([] if launcher == "fork" else ["-m", "unifews_dist"]), "fit", *args, "--trainer.devices", str(ranks), "--trainer.strategy", "ddp"]
-    env = {**os.environ, "UNIFEWS_CACHE": cache, "OMP_NUM_THREADS": "1", "BENCH_T0": repr(time.time()),
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])}
+        cmd = [
+            sys.executable,
+            "-m",
+            *launch,
+            "--standalone",
+            f"--nproc_per_node={ranks}",
+            *([] if launcher == "fork" else ["-m", "unifews_dist"]),
+            "fit",
+            *args,
+            "--trainer.devices",
+            str(ranks),
+            "--trainer.strategy",
+            "ddp",
+        ]
+    env = {
+        **os.environ,
+        "UNIFEWS_CACHE": cache,
+        "OMP_NUM_THREADS": "1",
+        "BENCH_T0": repr(time.time()),
+        "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
 
@@ -87,9 +104,13 @@ def run(name: str, ranks: int, steps: int, cache: str, run_dir: str, torchrun: b
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({' '.join(cmd)}):\n{out[-3000:]}")
     first = [float(line.split()[-2]) for line in out.splitlines() if line.startswith("[bench] first step at")]
-    return {"ranks": ranks, "torchrun": ranks > 1 or torchrun,
-            "launcher": launcher if ranks > 1 or torchrun else None, "peak_pss_gib": peak[0] / 2**30,
-            "first_step_s": min(first) if first else None}
+    return {
+        "ranks": ranks,
+        "torchrun": ranks > 1 or torchrun,
+        "launcher": launcher if ranks > 1 or torchrun else None,
+        "peak_pss_gib": peak[0] / 2**30,
+        "first_step_s": min(first) if first else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -98,45 +119,79 @@ def main(argv=None) -> int:
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--torchrun-one", action="store_true", help="also 1 rank under torchrun (its agent's share)")
-    p.add_argument("--sampler", choices=["torch", "torch_sparse", "pyg_lib"], default="torch",
-                   help="the sampler (pyg-lib and torch-sparse read an int64 row: mapped, shared)")
-    p.add_argument("--eval", choices=["none", "sampled", "layerwise"], default="none",
-                   help="a validation after training and a test (none: the test only, sampled)")
-    p.add_argument("--launchers", nargs="+", choices=["torchrun", "fork"], default=["torchrun", "fork"],
-                   help="how several ranks start: torchrun (each rank a new interpreter) or "
-                        "`python -m unifews_dist.launch` (torchrun forking its ranks after the imports)")
+    p.add_argument(
+        "--sampler",
+        choices=["torch", "torch_sparse", "pyg_lib"],
+        default="torch",
+        help="the sampler (pyg-lib and torch-sparse read an int64 row: mapped, shared)",
+    )
+    p.add_argument(
+        "--eval",
+        choices=["none", "sampled", "layerwise"],
+        default="none",
+        help="a validation after training and a test (none: the test only, sampled)",
+    )
+    p.add_argument(
+        "--launchers",
+        nargs="+",
+        choices=["torchrun", "fork"],
+        default=["torchrun", "fork"],
+        help="how several ranks start: torchrun (each rank a new interpreter) or "
+        "`python -m unifews_dist.launch` (torchrun forking its ranks after the imports)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
     name = SCALES[args.scale]
     tmp = tempfile.mkdtemp(prefix="graph_memory_")
     try:
         cache = os.path.join(tmp, "cache")
-        first = run(name, 1, args.steps, cache, os.path.join(tmp, "run-first"), sampler=args.sampler,
-                    evaluate=args.eval)
-        print(f"first run (prepares): first step at {first['first_step_s']:.1f} s, peak PSS {first['peak_pss_gib']:.2f} GiB",
-              flush=True)
+        first = run(
+            name, 1, args.steps, cache, os.path.join(tmp, "run-first"), sampler=args.sampler, evaluate=args.eval
+        )
+        print(
+            f"first run (prepares): first step at {first['first_step_s']:.1f} s, "
+            f"peak PSS {first['peak_pss_gib']:.2f} GiB",
+            flush=True,
+        )
         rows = []
         plan = [(r, False, "torchrun") for r in args.ranks if r == 1]
         plan += [(1, True, la) for la in args.launchers] if args.torchrun_one else []
         plan += [(r, False, la) for la in args.launchers for r in args.ranks if r > 1]
         for r, tr, la in plan:
-            res = run(name, r, args.steps, cache, os.path.join(tmp, f"run-{r}-{tr}-{la}"), tr, la, args.sampler,
-                      args.eval)
+            res = run(
+                name, r, args.steps, cache, os.path.join(tmp, f"run-{r}-{tr}-{la}"), tr, la, args.sampler, args.eval
+            )
             rows.append(res)
-            print(f"{r} rank(s){' (' + res['launcher'] + ')' if res['launcher'] else ''}, prepared: first step at "
-                  f"{res['first_step_s']:.1f} s, peak PSS {res['peak_pss_gib']:.2f} GiB", flush=True)
+            print(
+                f"{r} rank(s){' (' + res['launcher'] + ')' if res['launcher'] else ''}, prepared: first step at "
+                f"{res['first_step_s']:.1f} s, peak PSS {res['peak_pss_gib']:.2f} GiB",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     one = next((r for r in rows if r["ranks"] == 1 and not r["torchrun"]), None)
-    result = {"scale": args.scale, "dataset": name, "steps": args.steps, "sampler": args.sampler,
-              "eval": args.eval, "first_run": first, "runs": rows}
+    result = {
+        "scale": args.scale,
+        "dataset": name,
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "eval": args.eval,
+        "first_run": first,
+        "runs": rows,
+    }
     if one is not None:
         for r in rows:
             r["pss_vs_one_process"] = r["peak_pss_gib"] / one["peak_pss_gib"]
         result["startup_ratio"] = one["first_step_s"] / first["first_step_s"]
-        print("pss vs 1 process: " + ", ".join(f"{r['ranks']} ranks{' (' + r['launcher'] + ')' if r['launcher'] else ''} "
-                                                f"{r['pss_vs_one_process']:.2f}x" for r in rows)
-              + f"; start-up prepared / preparing {result['startup_ratio']:.2f}")
+        print(
+            "pss vs 1 process: "
+            + ", ".join(
+                f"{r['ranks']} ranks{' (' + r['launcher'] + ')' if r['launcher'] else ''} "
+                f"{r['pss_vs_one_process']:.2f}x"
+                for r in rows
+            )
+            + f"; start-up prepared / preparing {result['startup_ratio']:.2f}"
+        )
     write_json(args.out, "graph_memory.json", result)
     return 0
 

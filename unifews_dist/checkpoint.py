@@ -33,13 +33,19 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:[Uu]nsupported global:?|unsupported) GLOBAL ([\w.]+)", str(e))
         if found:
-            raise UnsafeCheckpoint(f"checkpoint {path!r} holds an object other than tensors and plain values "
-                                   f"({found.group(1)}): refused, nothing in a checkpoint is run") from None
+            raise UnsafeCheckpoint(
+                f"checkpoint {path!r} holds an object other than tensors and plain values "
+                f"({found.group(1)}): refused, nothing in a checkpoint is run"
+            ) from None
         why = str(e).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
-        raise ValueError(f"checkpoint {path!r} cannot be read as tensors and plain values "
-                         f"({' '.join(why.split())[:120]}); nothing in it was run") from None
+        raise ValueError(
+            f"checkpoint {path!r} cannot be read as tensors and plain values "
+            f"({' '.join(why.split())[:120]}); nothing in it was run"
+        ) from None
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path!r} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise ValueError(
+            f"checkpoint {path!r} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -122,10 +128,12 @@ def rng_state() -> Dict[str, Any]:
     plain values (a ``weights_only`` checkpoint holds them). The sampler and the data order draw
     from generators seeded per batch and per epoch, so they need no state."""
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:

@@ -354,7 +354,8 @@ def main(args=None) -> None:
     # run's checkpoint folder is not empty by design, and the monitors log values they already
     # summed over ranks
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(test/)?(sparsity|macs|throughput|time|schedule)/")
+    monitored = r"(test/)?(sparsity|macs|throughput|time|schedule)/"
+    warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(." + monitored)
     # what this call sets for its run (the run directory it made, the temporary and W&B cache
     # folders inside it) is put back when it returns: main() may run again in the same process
     _NEW_RUN_DIR[0] = _RUN_CONFIG_ADDED[0] = None
@@ -365,21 +366,32 @@ def main(args=None) -> None:
         cli_args = _with_run_config(argv)
         if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)
             sys.argv[1:], cli_args = cli_args, None
-        UnifewsCLI(UnifewsModule, UnifewsDataModule, args=cli_args, parser_class=_OneLineParser,
-                   save_config_callback=_SaveConfig,
-                   save_config_kwargs={"overwrite": True}, trainer_class=Trainer,
-                   parser_kwargs={"description": DESCRIPTION, "usage": USAGE},
-                   trainer_defaults={"use_distributed_sampler": False})
+        UnifewsCLI(
+            UnifewsModule,
+            UnifewsDataModule,
+            args=cli_args,
+            parser_class=_OneLineParser,
+            save_config_callback=_SaveConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_class=Trainer,
+            parser_kwargs={"description": DESCRIPTION, "usage": USAGE},
+            trainer_defaults={"use_distributed_sampler": False},
+        )
     except RunFinished as done:  # started again after it finished: nothing to do, nothing changed
         summary = os.path.abspath(os.path.join(done.run_dir, "summary.json"))
-        print(f"run {done.run_dir} is finished ({done.epochs} epochs, {done.steps} steps): nothing to do; "
-              f"raise trainer.max_epochs or trainer.max_steps to train on")
+        print(
+            f"run {done.run_dir} is finished ({done.epochs} epochs, {done.steps} steps): nothing to do; "
+            f"raise trainer.max_epochs or trainer.max_steps to train on"
+        )
         if os.path.isfile(summary):
             print(summary, flush=True)
     except Requeued as r:  # every rank: the checkpoint is written and SLURM runs the job again
         if rank_zero_only.rank == 0:
-            print(f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
-                  "it resumes from there", flush=True)
+            print(
+                f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
+                "it resumes from there",
+                flush=True,
+            )
     except SystemExit:  # a parser error, or SIGTERM during set-up (also when a library wrapped it)
         remove_if_unused(_NEW_RUN_DIR[0])  # the run directory this rank made, if nothing was trained into it
         raise

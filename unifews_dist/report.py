@@ -47,10 +47,28 @@ def _layer_keys(series: Series, prefix: str) -> List[str]:
 
 
 PANELS = {
-    "edge_sparsity": ("Edge sparsity per layer", "fraction of sampled edges pruned", lambda s: _layer_keys(s, "sparsity/edge/") + [k for k in ("sparsity/edge/all",) if k in s]),
-    "weight_sparsity": ("Weight sparsity per layer", "fraction of weight entries pruned", lambda s: _layer_keys(s, "sparsity/weight/") + [k for k in ("sparsity/weight/all",) if k in s]),
-    "throughput": ("Throughput (all ranks)", "per second", lambda s: [k for k in ("throughput/seeds_per_s", "throughput/kept_edges_per_s", "throughput/edges_per_s") if k in s]),
-    "step_time": ("Step time split (mean over ranks)", "seconds", lambda s: [k for k in ("time/data_s", "time/transfer_s", "time/forward_s", "time/backward_s") if k in s]),
+    "edge_sparsity": (
+        "Edge sparsity per layer",
+        "fraction of sampled edges pruned",
+        lambda s: _layer_keys(s, "sparsity/edge/") + [k for k in ("sparsity/edge/all",) if k in s],
+    ),
+    "weight_sparsity": (
+        "Weight sparsity per layer",
+        "fraction of weight entries pruned",
+        lambda s: _layer_keys(s, "sparsity/weight/") + [k for k in ("sparsity/weight/all",) if k in s],
+    ),
+    "throughput": (
+        "Throughput (all ranks)",
+        "per second",
+        lambda s: [
+            k for k in ("throughput/seeds_per_s", "throughput/kept_edges_per_s", "throughput/edges_per_s") if k in s
+        ],
+    ),
+    "step_time": (
+        "Step time split (mean over ranks)",
+        "seconds",
+        lambda s: [k for k in ("time/data_s", "time/transfer_s", "time/forward_s", "time/backward_s") if k in s],
+    ),
 }
 
 
@@ -65,8 +83,9 @@ def _summary(run_dir: str):
 def _metrics(run_dir: str) -> Tuple[str, Series]:
     path = os.path.join(run_dir, "metrics.csv")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir!r} has no metrics.csv: give the directory a run wrote "
-                                "(the folder that holds summary.json)")
+        raise FileNotFoundError(
+            f"{run_dir!r} has no metrics.csv: give the directory a run wrote (the folder that holds summary.json)"
+        )
     return path, read_metrics(path)
 
 
@@ -86,8 +105,13 @@ def draw_accuracy(plt, series: Series, summary, baseline, path: str) -> bool:
         if "val/acc" in b_series:
             ax.plot(*b_series["val/acc"], label="baseline val/acc", color="grey", ls=":", lw=1.4)
         if b_summary and math.isfinite(b_summary.get("test_acc", float("nan"))):
-            ax.axhline(b_summary["test_acc"], color="black", ls="--", lw=1.0,
-                       label=f"baseline test acc {b_summary['test_acc']:.3f}")
+            ax.axhline(
+                b_summary["test_acc"],
+                color="black",
+                ls="--",
+                lw=1.0,
+                label=f"baseline test acc {b_summary['test_acc']:.3f}",
+            )
     ax.set_xlabel("trainer/global_step")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
@@ -111,6 +135,7 @@ def draw_accuracy(plt, series: Series, summary, baseline, path: str) -> bool:
 
 def draw(run_dir: str, baseline_dir: Optional[str] = None) -> List[str]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -142,24 +167,35 @@ def draw(run_dir: str, baseline_dir: Optional[str] = None) -> List[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         if summary and name == "edge_sparsity":
-            ax.text(0.01, 0.01, f"test acc {summary['test_acc']:.3f}, MACs {summary['macs_sparse'] / max(summary['macs_dense'], 1):.2f}x",
-                    transform=ax.transAxes, fontsize=8)
+            ax.text(
+                0.01,
+                0.01,
+                f"test acc {summary['test_acc']:.3f}, "
+                f"MACs {summary['macs_sparse'] / max(summary['macs_dense'], 1):.2f}x",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
         fig.tight_layout()
         path = os.path.join(out_dir, f"{name}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
     if not written:
-        raise ValueError(f"{metrics} holds no sparsity/ or throughput/ columns (was the run trained with "
-                         "unifews-dist fit?)")
+        raise ValueError(
+            f"{metrics} holds no sparsity/ or throughput/ columns (was the run trained with unifews-dist fit?)"
+        )
     return written
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="unifews-dist report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory (holds metrics.csv and summary.json)")
-    parser.add_argument("--baseline", metavar="DENSE_RUN", default=None,
-                        help="another run directory (the dense run, say) whose accuracy is drawn beside this one's")
+    parser.add_argument(
+        "--baseline",
+        metavar="DENSE_RUN",
+        default=None,
+        help="another run directory (the dense run, say) whose accuracy is drawn beside this one's",
+    )
     args = parser.parse_args(argv)
     try:
         paths = draw(args.run_dir, args.baseline)

@@ -148,7 +148,6 @@ def test_gpu_sampling_refuses_what_it_cannot_do():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_sampling_trains_on_gpu_resident_batches():
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback

@@ -24,7 +24,9 @@ def test_non_finite_features_are_refused():
     ds = _ds()
     ds.data.x[7, 2] = float("inf")
     ds.data.x[9, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"2 non-finite feature values \(of 80\), the first at node 7, feature 2 \(inf\)"):
+    with pytest.raises(
+        ValueError, match=r"2 non-finite feature values \(of 80\), the first at node 7, feature 2 \(inf\)"
+    ):
         check_graph(ds)
 
 
@@ -58,6 +60,7 @@ def test_a_diverged_model_is_not_checkpointed(tmp_path):
     import sys
 
     import pytorch_lightning as pl
+
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "callbacks"))
     from cb_helpers import make
 
@@ -70,13 +73,24 @@ def test_a_diverged_model_is_not_checkpointed(tmp_path):
                     next(pl_module.parameters()).fill_(float("nan"))
 
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=0, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Diverge(), ckpt])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Diverge(), ckpt],
+    )
     with pytest.raises(ValueError, match="training diverged: non-finite weights .* the last good one is kept"):
         trainer.fit(model, dm)
     good = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert good["epoch"] == 0 and all(torch.isfinite(v).all() for v in good["state_dict"].values()
-                                      if isinstance(v, torch.Tensor) and v.is_floating_point())
+    assert good["epoch"] == 0 and all(
+        torch.isfinite(v).all()
+        for v in good["state_dict"].values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
 
 
 def test_a_failed_download_leaves_no_folders(tmp_path, monkeypatch):
@@ -84,6 +98,7 @@ def test_a_failed_download_leaves_no_folders(tmp_path, monkeypatch):
 
     def half_download(name, root):  # makes the folders a download makes, then the network fails
         import os
+
         os.makedirs(os.path.join(root, "Cora", "raw"))
         raise ConnectionError("Cannot connect to host")
 
@@ -98,6 +113,7 @@ def test_a_failed_download_leaves_no_folders(tmp_path, monkeypatch):
 
 def test_garbage_dataset_files_are_reported_as_unreadable_not_missing(tmp_path):
     from unifews_dist.data.datasets import load_dataset
+
     raw = tmp_path / "Cora" / "raw"
     raw.mkdir(parents=True)
     for name in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index"):
@@ -110,6 +126,7 @@ def test_garbage_dataset_files_are_reported_as_unreadable_not_missing(tmp_path):
 @pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
 def test_a_bad_batch_size_names_its_key(key):
     from unifews_dist.data import UnifewsDataModule
+
     with pytest.raises(ValueError, match=rf"^data.{key} must be >= 1, got 0$"):
         UnifewsDataModule(name="synthetic-tiny", **{key: 0})
 
@@ -117,6 +134,7 @@ def test_a_bad_batch_size_names_its_key(key):
 def test_fewer_training_nodes_than_ranks_is_one_clear_error():
     from types import SimpleNamespace
     from unifews_dist.data import UnifewsDataModule
+
     dm = UnifewsDataModule(name="synthetic-tiny", num_neighbors=[2], batch_size=4)
     dm.setup("fit")
     dm.load().train_idx = dm.load().train_idx[:1]

@@ -1,5 +1,4 @@
 """OGB datasets read from OGB's on-disk layout (no download here), through the ogb package."""
-import numpy as np
 import pytest
 import torch
 

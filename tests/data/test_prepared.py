@@ -84,8 +84,12 @@ def test_a_partial_or_corrupt_folder_is_rebuilt_never_read(cache, capsys, damage
     ds = load_prepared(TINY)
     out = capsys.readouterr().out
     assert "preparing synthetic-tiny" in out
-    assert {"truncated": "row.npy has", "byte": "x.npy does not match its digest", "no_manifest": "no complete manifest",
-            "killed": "not prepared yet"}[damage] in out
+    assert {
+        "truncated": "row.npy has",
+        "byte": "x.npy does not match its digest",
+        "no_manifest": "no complete manifest",
+        "killed": "not prepared yet",
+    }[damage] in out
     assert torch.equal(ds.data.x, x0)
     assert sorted(os.listdir(os.path.dirname(folder))) == [os.path.basename(folder)]  # nothing left behind
 
@@ -111,7 +115,7 @@ def _custom_graph(n=60, seed=0, masks=True):
         perm = torch.randperm(n, generator=g)
         for i, s in enumerate(("train", "val", "test")):
             m = torch.zeros(n, dtype=torch.bool)
-            m[perm[i * n // 3:(i + 1) * n // 3]] = True
+            m[perm[i * n // 3 : (i + 1) * n // 3]] = True
             d[f"{s}_mask"] = m
     return d
 
@@ -147,11 +151,14 @@ def test_a_custom_folder_of_arrays_without_masks_gets_a_random_split(cache, tmp_
     assert torch.equal(again.data.x, ds.data.x)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("missing.pt", "does not exist"),
-    ("nox", "needs x.npy, y.npy and edge_index.npy (missing: x.npy"),
-    ("code.pt", "weights_only: no code is run from it"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("missing.pt", "does not exist"),
+        ("nox", "needs x.npy, y.npy and edge_index.npy (missing: x.npy"),
+        ("code.pt", "weights_only: no code is run from it"),
+    ],
+)
 def test_bad_custom_graphs_are_refused_in_one_line(cache, tmp_path, bad, message):
     path = tmp_path / bad
     if bad == "nox":
@@ -204,8 +211,10 @@ def test_the_feature_store_gathers_rows_as_the_data_path_does(cache):
         rows = fs.get_tensor(group_name=None, attr_name="x", index=idx)
     assert torch.equal(rows, x[idx])
     assert "all:index_select" in seen.op_names and "all:index" not in seen.op_names, seen.op_names
-    assert torch.equal(fs.get_tensor(group_name=None, attr_name="y", index=slice(2, 4)),
-                       fs.get_tensor(group_name=None, attr_name="y", index=None)[2:4])
+    assert torch.equal(
+        fs.get_tensor(group_name=None, attr_name="y", index=slice(2, 4)),
+        fs.get_tensor(group_name=None, attr_name="y", index=None)[2:4],
+    )
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("torch_sparse"), reason="needs torch-sparse")
@@ -221,6 +230,7 @@ def _prepare_in(q, barrier, cache):
     os.environ["UNIFEWS_CACHE"] = cache
     import io
     from contextlib import redirect_stdout
+
     buf = io.StringIO()
     barrier.wait(120)  # both at once
     with redirect_stdout(buf):
@@ -242,8 +252,9 @@ def test_two_processes_at_once_prepare_once(cache):
 
 
 def _cli(args, env):
-    return subprocess.run([sys.executable, "-m", "unifews_dist.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "unifews_dist.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def test_prepare_command(cache, capsys):
@@ -266,8 +277,24 @@ def test_fit_on_your_own_graph(cache, tmp_path):
     torch.save(Data(**_custom_graph(n=90)), path)
     env = {**os.environ, "UNIFEWS_CACHE": str(cache)}
     run = tmp_path / "run"
-    proc = _cli(["fit", "--config", "configs/debug.yaml", "--data.name", str(path), "--trainer.max_epochs", "1",
-                 "--run_dir", str(run), "--wandb", "false", "--trainer.enable_progress_bar", "false"], env)
+    proc = _cli(
+        [
+            "fit",
+            "--config",
+            "configs/debug.yaml",
+            "--data.name",
+            str(path),
+            "--trainer.max_epochs",
+            "1",
+            "--run_dir",
+            str(run),
+            "--wandb",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.load(open(run / "summary.json"))
     assert 0 <= s["test_acc"] <= 1 and os.path.isdir(str(path) + ".prepared")
@@ -312,8 +339,7 @@ def test_int64_edge_index_is_one_mapped_file_per_node(cache, monkeypatch):
     from unifews_dist.data import prepared
 
     def sampler_row():
-        dm = UnifewsDataModule(TINY, num_neighbors=[3, 2], batch_size=32, sampler="torch_sparse",
-                               eval_mode="layerwise")
+        dm = UnifewsDataModule(TINY, num_neighbors=[3, 2], batch_size=32, sampler="torch_sparse", eval_mode="layerwise")
         return dm, dm._sampler([3, 2]).row
 
     dm, row = sampler_row()

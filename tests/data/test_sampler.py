@@ -97,7 +97,6 @@ def test_bad_arguments():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sampling_matches_cpu_rules():
     data = _graph()
     s = TorchNeighborSampler(Data(edge_index=data.edge_index.cuda(), num_nodes=200), [4, 3])

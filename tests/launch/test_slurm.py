@@ -36,8 +36,14 @@ def _log(path):
 def _sbatch(slurm, tmp_path, script, *args, env=None, sbatch_args=()):
     slurm.env.update(env or {})
     try:
-        return slurm.sbatch("--output", str(tmp_path / "%x-%j.out"), *sbatch_args, os.path.join("launch", "slurm", script),
-                            *args, cwd=ROOT)
+        return slurm.sbatch(
+            "--output",
+            str(tmp_path / "%x-%j.out"),
+            *sbatch_args,
+            os.path.join("launch", "slurm", script),
+            *args,
+            cwd=ROOT,
+        )
     finally:
         for k in env or {}:
             slurm.env.pop(k, None)
@@ -54,9 +60,17 @@ def test_train_two_tasks_completes(slurm, tmp_path, launcher):
     gc.freeze), with LAUNCHER=srun each is its own srun task (a fresh interpreter); both train
     identical models to the same end."""
     run, out = tmp_path / "run", tmp_path / "ranks.json"
-    job = _sbatch(slurm, tmp_path, "train.sbatch", "--trainer.devices", "2",
-                  "--trainer.callbacks+=rank_check.RankCheck", f"--trainer.callbacks.out={out}",
-                  env={"RUN_DIR": str(run), "LAUNCHER": launcher}, sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
+    job = _sbatch(
+        slurm,
+        tmp_path,
+        "train.sbatch",
+        "--trainer.devices",
+        "2",
+        "--trainer.callbacks+=rank_check.RankCheck",
+        f"--trainer.callbacks.out={out}",
+        env={"RUN_DIR": str(run), "LAUNCHER": launcher},
+        sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"),
+    )
     state = slurm.wait(job, timeout=300)
     log = _log(tmp_path / f"unifews-{job}.out")
     assert state == "COMPLETED", log[-3000:] + slurm.logs()
@@ -72,8 +86,13 @@ def test_train_two_tasks_completes(slurm, tmp_path, launcher):
 
 
 def test_mismatched_tasks_fail_with_a_clear_error(slurm, tmp_path):
-    job = _sbatch(slurm, tmp_path, "train.sbatch", env={"RUN_DIR": str(tmp_path / "run")},
-                  sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
+    job = _sbatch(
+        slurm,
+        tmp_path,
+        "train.sbatch",
+        env={"RUN_DIR": str(tmp_path / "run")},
+        sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"),
+    )
     assert slurm.wait(job, timeout=120) == "FAILED"
     log = _log(tmp_path / f"unifews-{job}.out")
     assert "trainer.num_nodes=1 x trainer.devices=1 processes, but this job has 1 node(s) x 2 task(s)" in log
@@ -99,8 +118,9 @@ def test_requeue_resumes_with_the_same_steps_and_wandb_run(slurm, tmp_path):
     run_id = (run / "wandb_id").read_text().strip()
     assert len(runs) == 2 and all(p.endswith(f"run-{run_id}.wandb") for p in runs)  # one W&B run, continued
     assert run_info(runs[-1])["id"] == run_id
-    first, second = ([r["trainer/global_step"] for r in history(p) if "throughput/seeds_per_s" in r]
-                     for p in sorted(runs))
+    first, second = (
+        [r["trainer/global_step"] for r in history(p) if "throughput/seeds_per_s" in r] for p in sorted(runs)
+    )
     assert second and max(second) == 23
     # every step's row once in the run's history: the resumed run logs what W&B had not written
     # of the rows before its checkpoint and skips the rows the killed attempt's file holds
@@ -108,9 +128,19 @@ def test_requeue_resumes_with_the_same_steps_and_wandb_run(slurm, tmp_path):
 
 
 def _start_slow_job(slurm, tmp_path, run, seconds="0.4"):
-    job = _sbatch(slurm, tmp_path, "train.sbatch", "--trainer.devices", "2", "--trainer.max_epochs", "6",
-                  "--trainer.callbacks+=rank_check.SlowSteps", f"--trainer.callbacks.seconds={seconds}",
-                  env={"RUN_DIR": str(run)}, sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"))
+    job = _sbatch(
+        slurm,
+        tmp_path,
+        "train.sbatch",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "6",
+        "--trainer.callbacks+=rank_check.SlowSteps",
+        f"--trainer.callbacks.seconds={seconds}",
+        env={"RUN_DIR": str(run)},
+        sbatch_args=("--ntasks-per-node=2", "--cpus-per-task=1"),
+    )
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline:
@@ -149,8 +179,11 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert "(restart 1)" in log and slurm.job(job).get("Restarts") == "1", log[-4000:]
     hpc = list(run.glob("hpc_ckpt_*.ckpt"))
     assert len(hpc) == 1, log[-4000:]
-    assert f"Resuming from {hpc[0]}" in log or f"Restoring states from the checkpoint path at {hpc[0]}" in log, log[-4000:]
+    assert f"Resuming from {hpc[0]}" in log or f"Restoring states from the checkpoint path at {hpc[0]}" in log, log[
+        -4000:
+    ]
     import torch
+
     at_signal = torch.load(hpc[0], map_location="cpu", weights_only=False)["global_step"]
     assert 0 < at_signal < 24
     s = _summary(run)
@@ -160,15 +193,21 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
 
 def test_sweep_array_gathers_one_table(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    job = _sbatch(slurm, tmp_path, "sweep.sbatch", env={"THR_A": "0 1.0", "THR_W": "0.5", "SWEEP_DIR": str(sweep)},
-                  sbatch_args=("--array=0-1", "--output", str(tmp_path / "%x-%A_%a.out")))
+    job = _sbatch(
+        slurm,
+        tmp_path,
+        "sweep.sbatch",
+        env={"THR_A": "0 1.0", "THR_W": "0.5", "SWEEP_DIR": str(sweep)},
+        sbatch_args=("--array=0-1", "--output", str(tmp_path / "%x-%A_%a.out")),
+    )
     state = slurm.wait(job, timeout=400)
     assert state == "COMPLETED", "\n".join(_log(p) for p in tmp_path.glob("*.out"))[-4000:]
-    proc = subprocess.run([sys.executable, "-m", "unifews_dist", "sweep-table", str(sweep)], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unifews_dist", "sweep-table", str(sweep)], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr
     lines = (sweep / "table.csv").read_text().strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("run,thr_a,thr_w,test_acc")
-    rows = [l.split(",") for l in lines[1:]]
+    rows = [line.split(",") for line in lines[1:]]
     assert [(float(r[1]), float(r[2])) for r in rows] == [(0.0, 0.5), (1.0, 0.5)]
     assert float(rows[0][5]) == 0.0 and float(rows[1][5]) > 0  # edge sparsity follows thr_a

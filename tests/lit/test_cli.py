@@ -104,7 +104,7 @@ def test_checkpoint_from_another_model_exit_2(tmp_path):
     proc = _run(["fit", "--config", DEBUG, "--run_dir", str(tmp_path / "other"), "--model.hidden_channels", "16",
                  "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    err = [l for l in proc.stderr.splitlines() if l.startswith("unifews-dist: error:")]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("unifews-dist: error:")]
     assert len(err) == 1 and "is from another model: hidden_channels=32 in the checkpoint but 16 now" in err[0]
     assert "Traceback" not in proc.stderr
 
@@ -146,7 +146,7 @@ def bad_input_results(tmp_path_factory):
 def test_bad_input_one_line_exit_2(bad_input_results, case):
     res, pattern = bad_input_results[case], BAD_INPUT[case][1]
     assert res["code"] == 2, res
-    err = [l for l in res["stderr"].strip().splitlines() if l.startswith("unifews-dist: error:")]
+    err = [line for line in res["stderr"].strip().splitlines() if line.startswith("unifews-dist: error:")]
     assert len(err) == 1 and pattern in err[0], res["stderr"][-2000:]
     assert "Traceback" not in res["stderr"]
 
@@ -211,8 +211,18 @@ def test_test_uses_checkpoint_thresholds_unless_typed(tmp_path):
               "--trainer.callbacks+=rank_check.RankCheck"]
     out = {}
     for name, extra in (("stored", ["--model.hidden_channels", "32"]), ("typed", ["--model.thr_a", "3.0"])):
-        proc = _run(common + [f"--trainer.callbacks.out={tmp_path / name}.json", "--trainer.callbacks.stage=test", "--run_dir",
-                              str(tmp_path / name)] + extra, tmp_path, timeout=120)
+        proc = _run(
+            common
+            + [
+                f"--trainer.callbacks.out={tmp_path / name}.json",
+                "--trainer.callbacks.stage=test",
+                "--run_dir",
+                str(tmp_path / name),
+            ]
+            + extra,
+            tmp_path,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         with open(tmp_path / f"{name}.json") as f:
             out[name] = json.load(f)

@@ -3,7 +3,6 @@ tiny on-disk OGB dataset, and multi-label data trains with binary cross-entropy.
 import contextlib
 import glob
 import io
-import json
 import os
 import sys
 

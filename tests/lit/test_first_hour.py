@@ -86,46 +86,91 @@ def test_thresholds_set_in_a_config_file_count_like_typed_ones(tmp_path):
     ckpt = str(run / "checkpoints" / "last.ckpt")
     out = {}
     for name, extra in (("own", []), ("file", ["--config", str(mine)]), ("typed", ["--model.thr_a", "2.0"])):
-        proc = _cli(["test", "--ckpt_path", ckpt, *extra, "--wandb", "false", "--trainer.callbacks+=rank_check.RankCheck",
-                     f"--trainer.callbacks.out={tmp_path / name}.json", "--trainer.callbacks.stage=test"], tmp_path)
+        proc = _cli(
+            [
+                "test",
+                "--ckpt_path",
+                ckpt,
+                *extra,
+                "--wandb",
+                "false",
+                "--trainer.callbacks+=rank_check.RankCheck",
+                f"--trainer.callbacks.out={tmp_path / name}.json",
+                "--trainer.callbacks.stage=test",
+            ],
+            tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())["thr"][:2]
     assert out == {"own": [0.7, 0.7], "file": [3.0, 3.0], "typed": [2.0, 2.0]}
 
 
-@pytest.mark.parametrize("args,said", [
-    (["--data.batch_size", "0"], "data.batch_size must be >= 1, got 0"),
-    (["--model.optimizer", "sgd"], r"model.optimizer.*'adam', 'adamw'.*sgd"),
-])
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (["--data.batch_size", "0"], "data.batch_size must be >= 1, got 0"),
+        (["--model.optimizer", "sgd"], r"model.optimizer.*'adam', 'adamw'.*sgd"),
+    ],
+)
 def test_a_bad_value_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, capsys, args, said):
     from unifews_dist.cli import main
+
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false", *args])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     import re
+
     assert len(err) == 1 and re.search(said, err[0]), err
     assert not run.exists()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,said,launcher", [
-    (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1", "torchrun"),  # found while parsing
-    (["--data.name", "cora", "--data.root", "{tmp}/no/root"], "could not be downloaded", "torchrun"),  # loading data
-    (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1", "fork"),  # ranks forked by the launcher
-])
+@pytest.mark.parametrize(
+    "args,said,launcher",
+    [
+        (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1", "torchrun"),  # found while parsing
+        (
+            ["--data.name", "cora", "--data.root", "{tmp}/no/root"],
+            "could not be downloaded",
+            "torchrun",
+        ),  # loading data
+        (["--model.thr_a", "-1"], "thr_a must be a finite number >= 0, got -1", "fork"),  # ranks forked by the launcher
+    ],
+)
 def test_a_setup_error_under_torchrun_is_said_once_and_leaves_nothing(tmp_path, args, said, launcher):
     """Every rank fails alike; the one line is said by rank 0 only (the others wait for it
     before they exit, or torchrun would stop rank 0 first); the run and data folders the ranks
     made are removed. Forked ranks know their rank before the Trainer exists too."""
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    run = (["-m", "unifews_dist.launch", "--standalone", "--nproc_per_node=2"] if launcher == "fork" else
-           ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unifews_dist"])
-    proc = subprocess.run([sys.executable, *run, "fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"),
-                           "--trainer.devices", "2", "--trainer.strategy", "ddp", *args],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    lines = [l for l in proc.stderr.splitlines() if "unifews-dist: error:" in l]
+    run = (
+        ["-m", "unifews_dist.launch", "--standalone", "--nproc_per_node=2"]
+        if launcher == "fork"
+        else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unifews_dist"]
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *run,
+            "fit",
+            "--config",
+            DEBUG,
+            "--run_dir",
+            str(tmp_path / "run"),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in proc.stderr.splitlines() if "unifews-dist: error:" in line]
     assert proc.returncode != 0 and len(lines) == 1 and said in lines[0], proc.stderr[-3000:]
     assert "exitcode  : 2" in proc.stderr  # the rank that ended first ended with the bad-input code
     left = [os.path.join(d, f) for d, ds, fs in os.walk(tmp_path) for f in fs + ds]
@@ -136,6 +181,7 @@ def test_ranks_on_a_node_take_a_dataset_folder_one_at_a_time(tmp_path):
     """dataset_lock: every rank reads the dataset while the config is resolved, before
     Lightning's prepare_data; a second process waits while one downloads or processes."""
     import multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     log = tmp_path / "log"
     procs = [ctx.Process(target=_hold_lock, args=(str(tmp_path / "Cora"), str(log), name)) for name in "ab"]
@@ -150,6 +196,7 @@ def test_ranks_on_a_node_take_a_dataset_folder_one_at_a_time(tmp_path):
 def _hold_lock(folder, log, name):
     import time
     from unifews_dist.data.datasets import dataset_lock
+
     with dataset_lock(folder):
         with open(log, "a") as f:
             f.write(f"{name}+\n")
@@ -162,9 +209,23 @@ def _hold_lock(folder, log, name):
 def test_a_setup_error_in_ranks_lightning_started_is_said_once(tmp_path):
     """Item 7's command shape: ``--trainer.devices 3 --trainer.strategy ddp`` from a plain
     process (Lightning starts the other ranks); an error every rank meets after the launch."""
-    proc = _cli(["fit", "--config", DEBUG, "--run_dir", str(tmp_path / "run"), "--trainer.devices", "3",
-                 "--trainer.strategy", "ddp", "--data.random_split", "[0.001, 0.1]"], tmp_path)
-    lines = [l for l in proc.stderr.splitlines() if "unifews-dist: error:" in l]
+    proc = _cli(
+        [
+            "fit",
+            "--config",
+            DEBUG,
+            "--run_dir",
+            str(tmp_path / "run"),
+            "--trainer.devices",
+            "3",
+            "--trainer.strategy",
+            "ddp",
+            "--data.random_split",
+            "[0.001, 0.1]",
+        ],
+        tmp_path,
+    )
+    lines = [line for line in proc.stderr.splitlines() if "unifews-dist: error:" in line]
     assert proc.returncode == 2 and len(lines) == 1 and "fewer than the 3 ranks" in lines[0], proc.stderr[-3000:]
     assert os.listdir(tmp_path) == []
 
@@ -178,6 +239,7 @@ def _immutable(path, on):
 def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, kind):
     """Issue 'Nothing lost' item 8: was a traceback (rc 1), with W&B writing to /tmp/wandb."""
     from unifews_dist.cli import main
+
     if kind == "under_a_file":
         (tmp_path / "file").write_text("x")
         run = tmp_path / "file" / "run"

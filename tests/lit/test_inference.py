@@ -101,7 +101,7 @@ def test_layerwise_test_scores_the_predictions(trained):
 def test_bad_inference_input_is_one_line_exit_2(tmp_path, args, message):
     proc = _run(args + ["--run_dir", str(tmp_path / "run")], tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    err = [l for l in proc.stderr.splitlines() if l.startswith("unifews-dist: error:")]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("unifews-dist: error:")]
     assert len(err) == 1 and message in err[0], proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 

@@ -2,7 +2,6 @@
 again ends with the same weights and the same metrics history as an uninterrupted run, with
 dropout on, on one process and on two ranks; a finished run started again changes nothing."""
 import csv
-import os
 from collections import Counter
 
 import pytest

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from test_cli import DEBUG, ROOT, _run, _summary
+from test_cli import DEBUG, _run, _summary
 
 
 def _main(args):

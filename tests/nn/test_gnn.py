@@ -20,7 +20,17 @@ def _block(seed=0):
 def test_kept_edges_never_increase_with_depth(conv):
     torch.manual_seed(0)
     thr_a = 0.08 if conv == "gat" else 0.7  # attention ~ 1/degree: GAT thresholds live in [0, 1)
-    model = UnifewsGNN(conv, 16, 16, 3, num_layers=3, thr_a=thr_a, thr_w=0.5, heads=2, lock_target_edges="never")
+    model = UnifewsGNN(
+        conv,
+        16,
+        16,
+        3,
+        num_layers=3,
+        thr_a=thr_a,
+        thr_w=0.5,
+        heads=2 if conv == "gat" else 1,
+        lock_target_edges="never",
+    )
     x, ei = torch.randn(40, 16), random_graph(40, 300)
     out = model(x, ei)
     assert out.shape == (40, 3)
@@ -50,7 +60,8 @@ def test_dense_stack_equals_pyg_layers():
     model = UnifewsGNN("sage", 16, 8, 3, num_layers=2, dropout=0.0, norm="none").eval()
     ref = [SAGEConv(16, 8), SAGEConv(8, 3)]
     for r, m in zip(ref, model.convs):
-        r.lin_l.weight.data.copy_(m.lin_l.weight); r.lin_l.bias.data.copy_(m.lin_l.bias)
+        r.lin_l.weight.data.copy_(m.lin_l.weight)
+        r.lin_l.bias.data.copy_(m.lin_l.bias)
         r.lin_r.weight.data.copy_(m.lin_r.weight)
     x, ei = torch.randn(30, 16), random_graph(30, 100)
     expect = ref[1](ref[0](x, ei).relu(), ei)
@@ -106,8 +117,9 @@ def _block3(seed=0):
     parts = []
     for k, (lo, hi) in enumerate(zip([0] + ends[:2], ends[:3])):
         n = (hi - lo) * 6
-        parts.append(torch.stack([torch.randint(0, ends[k + 1], (n,), generator=g),
-                                  torch.randint(lo, hi, (n,), generator=g)]))
+        parts.append(
+            torch.stack([torch.randint(0, ends[k + 1], (n,), generator=g), torch.randint(lo, hi, (n,), generator=g)])
+        )
         sampled = torch.arange(hi, ends[k + 1])
         parts.append(torch.stack([sampled, torch.randint(lo, hi, (sampled.numel(),), generator=g)]))
     return torch.cat(parts, 1), [8, 32, 160, 400]
@@ -123,8 +135,18 @@ def test_rows_no_later_layer_reads_are_skipped_without_changing_the_result(conv)
 
     def run(skip):
         torch.manual_seed(0)
-        model = UnifewsGNN(conv, 16, 16, 3, num_layers=3, dropout=0.0, norm="layer", thr_a=thr_a, heads=2,
-                           lock_target_edges="never")
+        model = UnifewsGNN(
+            conv,
+            16,
+            16,
+            3,
+            num_layers=3,
+            dropout=0.0,
+            norm="layer",
+            thr_a=thr_a,
+            heads=2 if conv == "gat" else 1,
+            lock_target_edges="never",
+        )
         model.skip_unread_rows = skip
         out = model(x, ei, num_sampled_nodes=hops, batch_size=8)
         out.square().sum().backward()
@@ -147,22 +169,36 @@ def test_rows_no_later_layer_reads_are_skipped_without_changing_the_result(conv)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("conv", ["gcn", "sage", "gat", "gin", "gcnii"])
 def test_cuda_stack_prunes_and_computes_as_on_cpu(conv):
     """The same block and weights on CUDA: the same kept edges, outputs and gradients as on CPU."""
     ei, hops = _block3()
     x = torch.randn(600, 16)
     torch.manual_seed(0)
-    model = UnifewsGNN(conv, 16, 16, 3, num_layers=3, dropout=0.0, norm="layer", heads=2,
-                       thr_a=0.3 if conv == "gat" else 1.2, thr_w=0.5)
+    model = UnifewsGNN(
+        conv,
+        16,
+        16,
+        3,
+        num_layers=3,
+        dropout=0.0,
+        norm="layer",
+        heads=2 if conv == "gat" else 1,
+        thr_a=0.3 if conv == "gat" else 1.2,
+        thr_w=0.5,
+    )
     runs = []
     for dev in ("cpu", "cuda"):
         model.to(dev).zero_grad()
         out = model(x.to(dev), ei.to(dev), num_sampled_nodes=hops, batch_size=8)
         out.square().sum().backward()
-        runs.append((out.cpu(), {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None},
-                     [(s.edges_kept, s.weight_nnz, s.macs_sparse) for s in model.layer_stats]))
+        runs.append(
+            (
+                out.cpu(),
+                {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None},
+                [(s.edges_kept, s.weight_nnz, s.macs_sparse) for s in model.layer_stats],
+            )
+        )
     (o_cpu, g_cpu, s_cpu), (o_gpu, g_gpu, s_gpu) = runs
     assert s_cpu == s_gpu and s_cpu[-1][0] < s_cpu[0][0]
     torch.testing.assert_close(o_gpu, o_cpu, atol=1e-4, rtol=1e-3)

@@ -13,8 +13,19 @@ CONVS = ["gcn", "sage", "gat", "gin", "gcnii"]
 
 def _model(conv, thr_a=0.0, thr_w=0.0, lock="never"):
     torch.manual_seed(0)
-    m = UnifewsGNN(conv, F_IN, 16, 4, num_layers=3, thr_a=thr_a, thr_w=thr_w, heads=2, norm="batch",
-                   lock_target_edges=lock, weight_backend="dense")
+    m = UnifewsGNN(
+        conv,
+        F_IN,
+        16,
+        4,
+        num_layers=3,
+        thr_a=thr_a,
+        thr_w=thr_w,
+        heads=2 if conv == "gat" else 1,
+        norm="batch",
+        lock_target_edges=lock,
+        weight_backend="dense",
+    )
     x, ei = torch.randn(N, F_IN), random_graph(N, 400)
     m.train()
     m(x, ei)  # weight masks from a training forward, BatchNorm statistics moved
@@ -48,8 +59,18 @@ def test_locked_each_output_is_a_sampled_evaluation_of_the_node_alone(conv):
     0 pruned over the whole graph, S = layer 0 with every edge locked; layer 1 reads S for a
     target's own row and P for its neighbours."""
     torch.manual_seed(0)
-    m = UnifewsGNN(conv, F_IN, 16, 4, num_layers=2, thr_a=1.0, thr_w=0.5, norm="batch", lock_target_edges="eval",
-                   weight_backend="dense")
+    m = UnifewsGNN(
+        conv,
+        F_IN,
+        16,
+        4,
+        num_layers=2,
+        thr_a=1.0,
+        thr_w=0.5,
+        norm="batch",
+        lock_target_edges="eval",
+        weight_backend="dense",
+    )
     x, ei = torch.randn(N, F_IN), random_graph(N, 400)
     m.train()
     m(x, ei)
@@ -63,8 +84,9 @@ def test_locked_each_output_is_a_sampled_evaluation_of_the_node_alone(conv):
         pruned, keep = c0(x, pei, pew, prepared=True, return_kept=True)
         pruned, locked = between(pruned), between(c0(x, pei, pew, prepared=True, locked=all_locked))
         src = torch.where(pei[0] == pei[1], pei[0], pei[0] + N)  # a self-loop reads the own row
-        expect = c1((torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, prepared=True,
-                    locked=all_locked)
+        expect = c1(
+            (torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, prepared=True, locked=all_locked
+        )
     assert not keep.all()  # layer 0 prunes the neighbours' representations
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
     st = m.layer_stats  # each layer: the outputs locked, and (layer 0) every node pruned
@@ -83,7 +105,7 @@ def test_locked_outputs_are_one_sampled_batch_of_them(conv):
     new_id = torch.empty(N, dtype=torch.long)
     new_id[perm] = torch.arange(N)
     with torch.no_grad():
-        expect = m(x[perm], new_id[ei], batch_size=nodes.numel())[:nodes.numel()]
+        expect = m(x[perm], new_id[ei], batch_size=nodes.numel())[: nodes.numel()]
         kept_whole = [int(s.edges_kept) for s in m.layer_stats]
     out = m.inference(x, ei, batch_size=7, output_nodes=nodes)
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
@@ -115,6 +137,7 @@ def test_needs_evaluation_mode_and_a_positive_batch():
 def test_dense_layerwise_equals_pyg_layers(lock):
     """Thresholds 0: PyG's SAGEConv layers over the whole graph, whatever the locking."""
     from torch_geometric.nn import SAGEConv
+
     torch.manual_seed(0)
     model = UnifewsGNN("sage", 16, 8, 3, num_layers=2, dropout=0.0, norm="none", lock_target_edges=lock).eval()
     ref = [SAGEConv(16, 8), SAGEConv(8, 3)]
@@ -133,6 +156,7 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
     rows are gathered: the same outputs and kept edges, and a source whose every edge into the
     batch is pruned is not transformed (GCN's weight is on the source side) nor aggregated."""
     from unifews_dist.nn.conv.base import UnifewsConv
+
     m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5)
     assert m.convs[0].scores_from_sources
     fast = m.inference(x, ei, batch_size=7)
@@ -155,6 +179,7 @@ def test_edges_kept_before_the_gather_are_not_scored_again(monkeypatch):
     (``rule_applied``) and scores nothing again; a conv whose scores do not come from its
     sources (GATv2) refuses to be told so."""
     from unifews_dist.nn.conv.base import UnifewsConv
+
     m, x, ei = _model("sage", thr_a=1.0, thr_w=0.5)
     calls = []
     real = UnifewsConv.prune_edges
@@ -188,6 +213,7 @@ def _outputs(rank, world, spread):
 
 def _split_worker(rank, world, port, conv, lock, scope, thr_a, spread, out):
     import os
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -203,15 +229,26 @@ def _split_worker(rank, world, port, conv, lock, scope, thr_a, spread, out):
                 res = m.inference(x, ei, batch_size=7, output_nodes=mine, distributed=True, lock_scope=scope)
         finally:
             Conv.prepare_edges = staticmethod(real)
-        out[rank] = (mine, res, [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats], made.most,
-                     max(prepared))
+        out[rank] = (
+            mine,
+            res,
+            [(s.edges_in, s.edges_kept, s.macs_sparse) for s in m.layer_stats],
+            made.most,
+            max(prepared),
+        )
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("conv, lock, scope, thr_a, spread", [
-    ("sage", "never", "outputs", 1.0, "strided"), ("sage", "never", "outputs", 0.0, "first"),
-    ("gcn", "eval", "outputs", 1.0, "strided"), ("sage", "eval", "each", 1.0, "strided")])
+@pytest.mark.parametrize(
+    "conv, lock, scope, thr_a, spread",
+    [
+        ("sage", "never", "outputs", 1.0, "strided"),
+        ("sage", "never", "outputs", 0.0, "first"),
+        ("gcn", "eval", "outputs", 1.0, "strided"),
+        ("sage", "eval", "each", 1.0, "strided"),
+    ],
+)
 def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, scope, thr_a, spread):
     """Under DDP each rank computes a share of every layer and all-gathers the rows: each rank's
     outputs equal one process's for its nodes, and the ranks' edge counts (and SAGE's MACs) sum
@@ -253,6 +290,7 @@ def test_fused_aggregation_equals_messages_summed(conv):
     gives the messages summed edge by edge (on the CPU the matrix keeps the edges as given, in
     target order: torch's CPU kernel sums a row's entries in any order)."""
     from unifews_dist.nn.conv.base import UnifewsConv
+
     m, _, _ = _model(conv, thr_a=1.0, thr_w=0.5)
     c = m.convs[0]
     torch.manual_seed(1)
@@ -275,11 +313,11 @@ def test_fused_aggregation_equals_messages_summed(conv):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_adjacency_is_canonical_csr():
     """On CUDA each row's columns are sorted and distinct, as cuSPARSE requires (repeated
     edges merged into one entry of the summed weights); torch's invariant check passes."""
     from unifews_dist.nn.conv.base import UnifewsConv
+
     torch.manual_seed(1)
     ei = torch.randint(0, N, (2, 300))
     ei = torch.cat([ei, ei[:, :40]], 1)[:, torch.randperm(340)].cuda()
@@ -323,6 +361,7 @@ def test_a_workspace_is_reused_and_never_returned(lock):
     without one; the result returned is never a workspace buffer, so a later call leaves it as
     it was."""
     from unifews_dist.nn import InferenceWorkspace
+
     m, x, ei = _model("sage", thr_a=1.0, thr_w=1.0, lock=lock)
     ws = InferenceWorkspace()
     expect = m.inference(x, ei, batch_size=7)
@@ -350,9 +389,20 @@ def test_layers_sharing_workspace_buffers_by_lifetime_compute_the_same():
     """Four layers: the third writes its outputs and kept edges into the first's buffers and every
     layer its channels into one; the outputs equal those of a call with fresh buffers."""
     from unifews_dist.nn import InferenceWorkspace
+
     torch.manual_seed(0)
-    m = UnifewsGNN("sage", F_IN, 16, 4, num_layers=4, thr_a=1.0, thr_w=1.0, norm="batch",
-                   lock_target_edges="never", weight_backend="dense")
+    m = UnifewsGNN(
+        "sage",
+        F_IN,
+        16,
+        4,
+        num_layers=4,
+        thr_a=1.0,
+        thr_w=1.0,
+        norm="batch",
+        lock_target_edges="never",
+        weight_backend="dense",
+    )
     x, ei = torch.randn(N, F_IN), random_graph(N, 400)
     m.train()
     m(x, ei)

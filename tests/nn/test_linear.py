@@ -62,7 +62,6 @@ def test_sparse_kernel_adds_bias_and_a_term_as_it_writes():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sparse_transform_equals_masked_dense_with_gradients():
     torch.manual_seed(0)
     x = torch.randn(150, 33, device="cuda", requires_grad=True)

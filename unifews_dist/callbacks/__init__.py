@@ -8,4 +8,15 @@ from .sparsity_schedule import SparsitySchedule
 from .target_sparsity import TargetSparsity
 from .throughput_monitor import ThroughputMonitor
 
-__all__ = ["AtTargetCheckpoint", "EvaluationThresholds", "PredictionWriter", "Requeued", "SlurmRequeue", "SparsityMonitor", "SparsitySchedule", "TargetSparsity", "ThroughputMonitor", "sparsity_metrics"]
+__all__ = [
+    "AtTargetCheckpoint",
+    "EvaluationThresholds",
+    "PredictionWriter",
+    "Requeued",
+    "SlurmRequeue",
+    "SparsityMonitor",
+    "SparsitySchedule",
+    "TargetSparsity",
+    "ThroughputMonitor",
+    "sparsity_metrics",
+]

@@ -120,8 +120,8 @@ class SparsitySchedule(Callback):
             raise ValueError(f"recompute_fraction and refine_fraction must satisfy 0 <= recompute_fraction <= "
                              f"refine_fraction <= 1, got {recompute_fraction}, {refine_fraction}")
         self.thr_a, self.thr_w, self.kind, self.interval = thr_a, thr_w, kind, interval
-        self.warmup, self.ramp, self.mask_update, self.recompute_fraction = warmup, ramp, mask_update, recompute_fraction
-        self.refine_fraction = refine_fraction
+        self.warmup, self.ramp, self.mask_update = warmup, ramp, mask_update
+        self.recompute_fraction, self.refine_fraction = recompute_fraction, refine_fraction
         self.follows_model = thr_a is None and thr_w is None
         self.current: Dict[str, Optional[Threshold]] = {"thr_a": None, "thr_w": None}
         #: whether the thresholds hold their final values (read by :class:`AtTargetCheckpoint`)
@@ -207,7 +207,8 @@ class SparsitySchedule(Callback):
         ramped = self._now(trainer) >= final_t
         edges_done = self._final_zero("thr_a") or ramped
         weights_done = self._final_zero("thr_w") or (
-            ramped and self.masks_final_at(trainer.current_epoch, trainer.max_epochs))
+            ramped and self.masks_final_at(trainer.current_epoch, trainer.max_epochs)
+        )
         self.at_target = edges_done and weights_done
         pl_module.model.set_thresholds(thr_a=self.current["thr_a"], thr_w=self.current["thr_w"])
 
@@ -226,10 +227,24 @@ class SparsitySchedule(Callback):
         pl_module.model.set_mask_mode("keep")  # evaluation after fit uses the last masks
 
     def state_dict(self) -> dict:
-        return {"config": {k: getattr(self, k) for k in ("thr_a", "thr_w", "kind", "interval", "warmup", "ramp",
-                                                          "mask_update", "recompute_fraction", "refine_fraction",
-                                                          "follows_model")},
-                "current": dict(self.current)}
+        return {
+            "config": {
+                k: getattr(self, k)
+                for k in (
+                    "thr_a",
+                    "thr_w",
+                    "kind",
+                    "interval",
+                    "warmup",
+                    "ramp",
+                    "mask_update",
+                    "recompute_fraction",
+                    "refine_fraction",
+                    "follows_model",
+                )
+            },
+            "current": dict(self.current),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         config = state_dict.get("config", {})
@@ -237,6 +252,9 @@ class SparsitySchedule(Callback):
         changed = {k: (v, mine.get(k)) for k, v in config.items() if mine.get(k) != v}
         if changed:
             from pytorch_lightning.utilities import rank_zero_warn
-            rank_zero_warn(f"SparsitySchedule differs from the checkpoint's (checkpoint, now): {changed}; "
-                           "continuing with the new one")
+
+            rank_zero_warn(
+                f"SparsitySchedule differs from the checkpoint's (checkpoint, now): {changed}; "
+                "continuing with the new one"
+            )
         self.current = dict(state_dict.get("current", self.current))

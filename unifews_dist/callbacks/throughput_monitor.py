@@ -151,8 +151,15 @@ class ThroughputMonitor(Callback):
         wall = s[-1] / max(trainer.world_size, 1)
         self.epoch_totals = {"seeds": s[1], "edges": s[2], "kept_edges": s[0], "seconds": wall}
         if wall > 0:
-            pl_module.log_dict({"throughput/seeds_per_s_epoch": s[1] / wall, "throughput/edges_per_s_epoch": s[2] / wall,
-                                "throughput/kept_edges_per_s_epoch": s[0] / wall}, on_step=False, on_epoch=True)
+            pl_module.log_dict(
+                {
+                    "throughput/seeds_per_s_epoch": s[1] / wall,
+                    "throughput/edges_per_s_epoch": s[2] / wall,
+                    "throughput/kept_edges_per_s_epoch": s[0] / wall,
+                },
+                on_step=False,
+                on_epoch=True,
+            )
 
     def state_dict(self) -> dict:
         return {"epoch_totals": self.epoch_totals}

@@ -250,7 +250,8 @@ class UnifewsDataModule(pl.LightningDataModule):
             if self.random_split is not None:
                 ds = self.dataset
                 ds.train_idx, ds.val_idx, ds.test_idx = random_split(ds.data.y, self.random_split, self.seed)
-                ds.source += f" (random split {self.random_split[0]:g} / {self.random_split[1]:g} / rest, seed {self.seed})"
+                train, val = self.random_split
+                ds.source += f" (random split {train:g} / {val:g} / rest, seed {self.seed})"
         return self.dataset
 
     def prepare_data(self) -> None:  # rank 0 of each node: download and prepare if needed
@@ -263,8 +264,10 @@ class UnifewsDataModule(pl.LightningDataModule):
         if trainer is not None and world > 1:
             conn = getattr(trainer, "_accelerator_connector", None)
             if conn is not None and getattr(conn, "use_distributed_sampler", False):
-                raise ValueError("set trainer.use_distributed_sampler=false: the data module shards seeds itself "
-                                 "(Lightning's sampler injection has broken NeighborLoader before)")
+                raise ValueError(
+                    "set trainer.use_distributed_sampler=false: the data module shards seeds itself "
+                    "(Lightning's sampler injection has broken NeighborLoader before)"
+                )
         if self.num_hops < 1:
             raise ValueError("num_neighbors needs at least one hop")
         if self.gpu_sampling:
@@ -273,11 +276,18 @@ class UnifewsDataModule(pl.LightningDataModule):
 
     def _place_graph(self, trainer) -> None:
         """Copy the graph to the trainer's GPU (once per device) for ``gpu_sampling``."""
-        device = trainer.strategy.root_device if trainer is not None else (
-            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+        device = (
+            trainer.strategy.root_device
+            if trainer is not None
+            else (
+                torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            )
+        )
         if device.type != "cuda":
-            raise ValueError(f"gpu_sampling needs the trainer on a CUDA device, got {device} "
-                             f"(set trainer.accelerator=gpu, or data.gpu_sampling=false)")
+            raise ValueError(
+                f"gpu_sampling needs the trainer on a CUDA device, got {device} "
+                f"(set trainer.accelerator=gpu, or data.gpu_sampling=false)"
+            )
         if self._graph is None or self._graph[0].get_tensor(group_name=None, attr_name="x").device != device:
             # the mapped host arrays stay in the page cache, not copied into this process
             ds = copy.copy(self.load())
@@ -289,8 +299,11 @@ class UnifewsDataModule(pl.LightningDataModule):
     def print_source(self, ds: GraphDataset) -> None:
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.is_global_zero:
-            print(f"[unifews_dist] dataset {ds.name}: {ds.data.num_nodes} nodes, {ds.num_edges} edges, "
-                  f"read from {ds.source}", flush=True)
+            print(
+                f"[unifews_dist] dataset {ds.name}: {ds.data.num_nodes} nodes, {ds.num_edges} edges, "
+                f"read from {ds.source}",
+                flush=True,
+            )
 
     @property
     def graph(self):
@@ -316,15 +329,24 @@ class UnifewsDataModule(pl.LightningDataModule):
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
         world, rank = _dist_info(getattr(self, "trainer", None))
         if train and seeds.numel() < world:
-            raise ValueError(f"dataset {self.name!r} has {seeds.numel()} training nodes, fewer than the {world} ranks: "
-                             f"every rank needs at least one (train on fewer devices)")
+            raise ValueError(
+                f"dataset {self.name!r} has {seeds.numel()} training nodes, fewer than the {world} ranks: "
+                f"every rank needs at least one (train on fewer devices)"
+            )
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
         # the loader's own generator: making an iterator then draws nothing from torch's global
         # one, which dropout reads (a resumed run draws what an uninterrupted one does)
         return (ResumableNodeLoader if train else NodeLoader)(
-            self.graph, self._sampler(fanout), input_nodes=seeds, batch_size=batch_size, sampler=shard,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
-            generator=torch.Generator().manual_seed(self.seed))
+            self.graph,
+            self._sampler(fanout),
+            input_nodes=seeds,
+            batch_size=batch_size,
+            sampler=shard,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self) -> NodeLoader:
         return self._loader(self.load().train_idx, self.num_neighbors, self.batch_size, True)
@@ -340,8 +362,14 @@ class UnifewsDataModule(pl.LightningDataModule):
         mine = nodes[rank::world].to(ds.data.x.device)
 
         def batch() -> Data:
-            b = Data(x=ds.data.x, edge_index=ds.edge_index(), y=ds.data.y, nodes=mine, layerwise=True,
-                     infer_batch_size=self.eval_batch_size)
+            b = Data(
+                x=ds.data.x,
+                edge_index=ds.edge_index(),
+                y=ds.data.y,
+                nodes=mine,
+                layerwise=True,
+                infer_batch_size=self.eval_batch_size,
+            )
             b.batch_size = int(mine.numel())
             return b
 
@@ -384,17 +412,24 @@ class UnifewsDataModule(pl.LightningDataModule):
         if not os.path.isfile(name):
             raise FileNotFoundError(f"predict_nodes file {name} does not exist")
         try:
-            ids = torch.load(name, weights_only=True) if name.endswith(".pt") else torch.from_numpy(
-                np.load(name, allow_pickle=False))
+            ids = (
+                torch.load(name, weights_only=True)
+                if name.endswith(".pt")
+                else torch.from_numpy(np.load(name, allow_pickle=False))
+            )
         except Exception as e:
             raise ValueError(f"predict_nodes file {name} could not be read as node ids: {e}") from None
         ids = torch.as_tensor(ids)
         if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"predict_nodes file {name} must hold a 1-D integer tensor of node ids, "
-                             f"got {tuple(ids.shape)} {ids.dtype}")
+            raise ValueError(
+                f"predict_nodes file {name} must hold a 1-D integer tensor of node ids, "
+                f"got {tuple(ids.shape)} {ids.dtype}"
+            )
         ids = ids.long()
         bad = (ids < 0) | (ids >= ds.data.num_nodes)
         if bool(bad.any()):
-            raise ValueError(f"predict_nodes file {name}: {int(bad.sum())} node ids outside 0..{ds.data.num_nodes - 1}, "
-                             f"the first {int(ids[bad][0])}")
+            raise ValueError(
+                f"predict_nodes file {name}: {int(bad.sum())} node ids outside 0..{ds.data.num_nodes - 1}, "
+                f"the first {int(ids[bad][0])}"
+            )
         return ids

@@ -492,16 +492,21 @@ def check_graph(ds: GraphDataset) -> None:
     out = (ei < 0) | (ei >= n)
     if out.any():
         col = int(out.any(0).nonzero()[0])
-        raise ValueError(f"dataset {name!r}: {int(out.any(0).sum())} edges refer to nodes outside 0..{n - 1}, the first "
-                         f"is edge {col}: {int(ei[0, col])} -> {int(ei[1, col])}")
+        raise ValueError(
+            f"dataset {name!r}: {int(out.any(0).sum())} edges refer to nodes outside 0..{n - 1}, the first "
+            f"is edge {col}: {int(ei[0, col])} -> {int(ei[1, col])}"
+        )
     split = torch.cat([ds.train_idx, ds.val_idx, ds.test_idx])
     if split.numel() and (split.min() < 0 or split.max() >= n):
-        raise ValueError(f"dataset {name!r}: split node ids must lie in 0..{n - 1}, got {int(split.min())}.."
-                         f"{int(split.max())}")
+        raise ValueError(
+            f"dataset {name!r}: split node ids must lie in 0..{n - 1}, got {int(split.min())}..{int(split.max())}"
+        )
     y = data.y[split]
     wrong = (y != 0) & (y != 1) if ds.multilabel else (y < 0) | (y >= ds.num_classes)
     if wrong.any():
         i = int(wrong.reshape(len(split), -1).any(1).nonzero()[0])
-        raise ValueError(f"dataset {name!r}: {int(wrong.reshape(len(split), -1).any(1).sum())} labelled nodes have "
-                         f"labels outside {'0 / 1' if ds.multilabel else f'0..{ds.num_classes - 1}'}, the first is node "
-                         f"{int(split[i])} (label {data.y[split[i]].tolist()})")
+        raise ValueError(
+            f"dataset {name!r}: {int(wrong.reshape(len(split), -1).any(1).sum())} labelled nodes have "
+            f"labels outside {'0 / 1' if ds.multilabel else f'0..{ds.num_classes - 1}'}, the first is node "
+            f"{int(split[i])} (label {data.y[split[i]].tolist()})"
+        )

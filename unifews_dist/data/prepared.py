@@ -313,7 +313,9 @@ def load_prepared(name: str, root: str = "data_root", seed: int = 0, feature_dty
         if build is None:  # a prepared folder given as is
             reason = check_prepared(folder, None, full=verify)
             if reason is not None:
-                raise DatasetError(f"prepared graph {folder} cannot be read: {reason}; prepare it again from its source")
+                raise DatasetError(
+                    f"prepared graph {folder} cannot be read: {reason}; prepare it again from its source"
+                )
         else:
             reason = "a rebuild was asked for" if rebuild else check_prepared(folder, fingerprint(), full=verify)
             if reason is not None:
@@ -321,15 +323,31 @@ def load_prepared(name: str, root: str = "data_root", seed: int = 0, feature_dty
                     say(f"[unifews_dist] preparing {name} in {folder} ({reason})", flush=True)
                 ds = build()
                 check_graph(ds)
-                meta = {"name": ds.name, "source": ds.source, "fingerprint": fingerprint(),  # (after a download)
-                        "num_nodes": int(ds.data.num_nodes), "num_edges": ds.num_edges,
-                        "num_classes": int(ds.num_classes), "feature_dtype": feature_dtype,
-                        "evaluator": OGB.get(str(name).lower())}
+                meta = {
+                    "name": ds.name,
+                    "source": ds.source,
+                    "fingerprint": fingerprint(),  # (after a download)
+                    "num_nodes": int(ds.data.num_nodes),
+                    "num_edges": ds.num_edges,
+                    "num_classes": int(ds.num_classes),
+                    "feature_dtype": feature_dtype,
+                    "evaluator": OGB.get(str(name).lower()),
+                }
                 write_prepared(folder, _arrays(ds, feature_dtype), meta)
                 del ds
         m = read_manifest(folder)
         t = {k: map_array(folder, m["arrays"][k]) for k in ARRAYS}
     data = Data(x=t["x"], y=t["y"], num_nodes=int(m["num_nodes"]))
-    return GraphDataset(m["name"], data, t["train_idx"], t["val_idx"], t["test_idx"], int(m["num_classes"]),
-                        f"{m['source']}, prepared in {folder}", ogb_evaluator(m["evaluator"]) if m.get("evaluator") else None,
-                        colptr=t["colptr"], row=t["row"], folder=folder)
+    return GraphDataset(
+        m["name"],
+        data,
+        t["train_idx"],
+        t["val_idx"],
+        t["test_idx"],
+        int(m["num_classes"]),
+        f"{m['source']}, prepared in {folder}",
+        ogb_evaluator(m["evaluator"]) if m.get("evaluator") else None,
+        colptr=t["colptr"],
+        row=t["row"],
+        folder=folder,
+    )

@@ -209,7 +209,8 @@ class UnifewsModule(pl.LightningModule):
         if bad:
             raise ValueError(f"training diverged: non-finite weights in {bad[0]}"
                              f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''} at step "
-                             f"{self.trainer.global_step}; stopped before writing a checkpoint, the last good one is kept")
+                             f"{self.trainer.global_step}; stopped before writing a checkpoint, "
+                             "the last good one is kept")
         state = rng_state()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             states = [None] * torch.distributed.get_world_size()
@@ -232,8 +233,9 @@ class UnifewsModule(pl.LightningModule):
         opt_cls = torch.optim.Adam if self.hparams.optimizer == "adam" else torch.optim.AdamW
         # fused: one kernel for the whole update (and no host read of the step count) on CUDA and CPU
         fused = all(p.device.type in ("cuda", "cpu") and p.dtype.is_floating_point for p in self.parameters())
-        opt = opt_cls(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                      fused=fused or None)
+        opt = opt_cls(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused or None
+        )
         if self.hparams.lr_scheduler == "none":
             return opt
         if self.hparams.lr_scheduler == "cosine":

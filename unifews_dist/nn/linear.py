@@ -135,7 +135,8 @@ class UnifewsLinear(nn.Module):
         """Kept entries, counted once per mask version (a device sync on GPU): the tensor's
         version counter moves on every in-place change (update, load_state_dict, copy_)."""
         version = self.weight_mask._version
-        if self._nnz_cache is None or self._nnz_cache[0] != version or self._nnz_cache[1] != self.weight_mask.data_ptr():
+        key = (version, self.weight_mask.data_ptr())
+        if self._nnz_cache is None or self._nnz_cache[:2] != key:
             self._nnz_cache = (version, self.weight_mask.data_ptr(), int(self.weight_mask.sum()))
         return self._nnz_cache[2]
 
@@ -152,8 +153,10 @@ class UnifewsLinear(nn.Module):
 
     def macs(self) -> tuple[int, int]:
         """(dense, sparse) MACs of the last forward."""
-        return (transform_macs(self.last_rows, self.in_features, self.out_features),
-                transform_macs(self.last_rows, self.in_features, self.out_features, self.weight_nnz()))
+        return (
+            transform_macs(self.last_rows, self.in_features, self.out_features),
+            transform_macs(self.last_rows, self.in_features, self.out_features, self.weight_nnz()),
+        )
 
     def _choose_backend(self, x: Tensor) -> str:
         if self.backend != "auto":
@@ -202,9 +205,15 @@ class UnifewsLinear(nn.Module):
         if backend == "sparse":
             shape = (*x.shape[:-1], self.out_features)
             fused = add is not None and add.shape == shape  # (else broadcast after)
-            out = sparse_linear(x.reshape(-1, width), self.weight, self.weight_mask, self.bias,
-                                add.reshape(-1, self.out_features) if fused else None, columns,
-                                self._weight_csr(columns)).reshape(shape)
+            out = sparse_linear(
+                x.reshape(-1, width),
+                self.weight,
+                self.weight_mask,
+                self.bias,
+                add.reshape(-1, self.out_features) if fused else None,
+                columns,
+                self._weight_csr(columns),
+            ).reshape(shape)
             return out if add is None or fused else out + add
         weight = self._masked_weight()
         return self._affine(x, weight if columns is None else weight.index_select(1, columns), add)
@@ -233,8 +242,12 @@ class UnifewsLinear(nn.Module):
         """Whether the next forward multiplies the weight by the mask it has now: pruning, a
         mask ready and not recomputed, and the dense backend (as ``auto`` picks for the
         weight's device and dtype)."""
-        return self.pruning and self._ready and not self._recomputes_mask() and \
-            self._choose_backend(self.weight) == "dense"
+        return (
+            self.pruning
+            and self._ready
+            and not self._recomputes_mask()
+            and self._choose_backend(self.weight) == "dense"
+        )
 
     def _recomputes_mask(self) -> bool:
         """Whether a forward (of a pruning map) computes its mask from its input first."""
@@ -247,8 +260,10 @@ class UnifewsLinear(nn.Module):
         return out if add is None else out + add
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, thr_w={self.thr_w}, mask_mode={self.mask_mode}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, thr_w={self.thr_w}, mask_mode={self.mask_mode}"
+        )
 
 
 def _mask_loaded(module: UnifewsLinear, incompatible_keys) -> None:

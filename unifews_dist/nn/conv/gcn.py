@@ -78,7 +78,10 @@ class UnifewsGCNConv(UnifewsConv):
         ei, w = gcn_norm(ei, w, num_src, add_self_loops=False)  # the loops are in ei already
         parts, e0, n0 = [], 0, 0
         for h in range(num_layers):  # hop h: its edges (into hop-h nodes), then those nodes' loops
-            parts += [torch.arange(e0, cum_e[h], device=dev), torch.arange(n_edges + n0, n_edges + cum_n[h], device=dev)]
+            parts += [
+                torch.arange(e0, cum_e[h], device=dev),
+                torch.arange(n_edges + n0, n_edges + cum_n[h], device=dev),
+            ]
             e0, n0 = cum_e[h], cum_n[h]
         order = torch.cat(parts)
         counts = [cum_e[num_layers - 1 - i] + cum_n[num_layers - 1 - i] for i in range(num_layers)]
@@ -86,7 +89,7 @@ class UnifewsGCNConv(UnifewsConv):
 
     def transform(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.lin(x_src)
-        return h, h[:x_dst.size(0)]
+        return h, h[: x_dst.size(0)]
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
         return agg if self.bias is None else agg + self.bias

@@ -46,7 +46,9 @@ class UnifewsGINConv(UnifewsConv):
     def aggregated_channels(self) -> Optional[Tensor]:
         return self.mlp[0].used_inputs()
 
-    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor], agg_channels: Optional[Tensor] = None) -> Tensor:
+    def combine(
+        self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor], agg_channels: Optional[Tensor] = None
+    ) -> Tensor:
         if agg_channels is None:
             return self.mlp(agg + (1 + self.eps) * h_dst)
         first, *rest = self.mlp  # the first map reads only agg_channels of its input

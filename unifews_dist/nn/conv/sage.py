@@ -55,5 +55,7 @@ class UnifewsSAGEConv(UnifewsConv):
     def aggregated_channels(self) -> Optional[Tensor]:
         return self.lin_l.used_inputs()
 
-    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor], agg_channels: Optional[Tensor] = None) -> Tensor:
+    def combine(
+        self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor], agg_channels: Optional[Tensor] = None
+    ) -> Tensor:
         return self.lin_r(h_dst, add=self.lin_l(agg, columns=agg_channels))  # (the sum fused into lin_r's matmul)

@@ -453,15 +453,15 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
                 pruned_next, kept = None, None
             if world > 1:  # every rank: every node's rows (the last layer: every rank's outputs')
                 if last and wanted is not None:
-                    sizes = torch.stack([wanted[l:r].sum() for l, r in shares]).tolist()
+                    sizes = torch.stack([wanted[lo:r].sum() for lo, r in shares]).tolist()
                     pruned_next = _rows_or_none(pruned_next, pruned.dtype, device)
                     rows = _all_gather_rows(pruned_next, sizes)
                     pruned_next = rows.index_select(0, (wanted.cumsum(0) - 1).index_select(0, outputs))
                 else:
-                    m = max(r - l for l, r in shares)
+                    m = max(r - lo for lo, r in shares)
                     into = None if last else space.get(("gathered", i % 2), (world * m, *pruned_next.shape[1:]),
                                                        pruned_next)
-                    pruned_next = _all_gather_rows(pruned_next, [r - l for l, r in shares], into)
+                    pruned_next = _all_gather_rows(pruned_next, [r - lo for lo, r in shares], into)
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 ei, ew = kept
             pruned = pruned_next
