@@ -52,7 +52,8 @@ def test_help_names_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "report RUN_DIR" in out and "sweep-table" in out and "{fit,validate,test,predict}" in out
+    assert "report RUN_DIR" in out and "sweep-table" in out
+    assert "{fit,validate,test,predict,prepare,report,sweep-table}" in out
     assert "predict --ckpt_path F" in out
 
 
@@ -259,3 +260,17 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, ki
     finally:
         if kind == "read_only":
             _immutable(run, False)
+
+
+def test_readme_layers_section_runs_as_written():
+    """README's "Layers" code block, run as a user pastes it."""
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("## Layers"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md#Layers", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert re.fullmatch(r"\d+ of \d+ edges aggregated", lines[0]), lines
+    assert len(lines) == 4 and lines[2].startswith("0 edges") and lines[3].startswith("1 edges")

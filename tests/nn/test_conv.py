@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch_geometric.nn import GATv2Conv, GCN2Conv, GCNConv, GINConv, SAGEConv
 
-from unifews_dist.nn import (UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv, UnifewsGINConv,
+from unifews_dist.nn import (LayerPlan, UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv, UnifewsGINConv,
                              UnifewsSAGEConv)
 from conftest import random_graph
 
@@ -93,9 +93,10 @@ def test_gcn_kept_edges_match_brute_force(thr_a):
     h = x @ conv.lin.weight.t()
     messages = ew.view(-1, 1) * h[ei_p[0]]
     expect = _brute_force_keep(messages, thr_a, ei_p[0] == ei_p[1])
-    out, keep = conv(x, ei_p, ew, prepared=True, return_kept=True)
-    assert torch.equal(keep, expect)
-    assert conv.last_edges_kept == int(expect.sum())
+    out, sel = conv(x, ei_p, ew, plan=LayerPlan(return_kept=True))
+    assert torch.equal(sel.kept, expect)
+    assert int(sel.edges_kept) == int(expect.sum()) and sel.edges_in == ei_p.size(1)
+    assert sel.edges_computed == int(expect.sum()) and sel.channels == sel.channels_computed == F_OUT
     ref = torch.zeros(N, F_OUT).index_add_(0, ei_p[1][expect], messages[expect]) + conv.bias
     assert torch.allclose(out, ref, atol=1e-5)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from unifews_dist.nn import UnifewsGNN
+from unifews_dist.nn import LayerPlan, UnifewsGNN
+from unifews_dist.sparsify.spmm import csr_adjacency
 from conftest import random_graph
 
 N, F_IN = 60, 12
@@ -81,12 +82,13 @@ def test_locked_each_output_is_a_sampled_evaluation_of_the_node_alone(conv):
     with torch.no_grad():
         c0, c1 = m.convs
         between = lambda h: torch.relu(m.norms[0](h))  # noqa: E731
-        pruned, keep = c0(x, pei, pew, prepared=True, return_kept=True)
-        pruned, locked = between(pruned), between(c0(x, pei, pew, prepared=True, locked=all_locked))
+        pruned, sel = c0(x, pei, pew, plan=LayerPlan(return_kept=True))
+        keep = sel.kept
+        pruned, locked = between(pruned), between(c0(x, pei, pew, plan=LayerPlan(locked=all_locked))[0])
         src = torch.where(pei[0] == pei[1], pei[0], pei[0] + N)  # a self-loop reads the own row
         expect = c1(
-            (torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, prepared=True, locked=all_locked
-        )
+            (torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, plan=LayerPlan(locked=all_locked)
+        )[0]
     assert not keep.all()  # layer 0 prunes the neighbours' representations
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
     st = m.layer_stats  # each layer: the outputs locked, and (layer 0) every node pruned
@@ -161,7 +163,7 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
     assert m.convs[0].scores_from_sources
     fast = m.inference(x, ei, batch_size=7)
     st_fast = m.layer_stats
-    monkeypatch.setattr(UnifewsConv, "scores_from_sources", property(lambda self: False))
+    monkeypatch.setattr(UnifewsConv, "scores_from_sources", False)
     slow = m.inference(x, ei, batch_size=7)
     st_slow = m.layer_stats
     torch.testing.assert_close(fast, slow)
@@ -188,7 +190,7 @@ def test_edges_kept_before_the_gather_are_not_scored_again(monkeypatch):
     assert calls == []
     gat = UnifewsGNN("gat", F_IN, 16, 4, num_layers=1, thr_a=0.3).eval().convs[0]
     with pytest.raises(ValueError, match="rule_applied"):
-        gat(x, ei, rule_applied=True)
+        gat(x, ei, plan=LayerPlan(prepared=False, rule_applied=True))
 
 
 class _LargestEdgeIndex(TorchDispatchMode):
@@ -289,8 +291,6 @@ def test_fused_aggregation_equals_messages_summed(conv):
     """``fused``: one sparse-dense product over the edges in any order, repeated ones included,
     gives the messages summed edge by edge (on the CPU the matrix keeps the edges as given, in
     target order: torch's CPU kernel sums a row's entries in any order)."""
-    from unifews_dist.nn.conv.base import UnifewsConv
-
     m, _, _ = _model(conv, thr_a=1.0, thr_w=0.5)
     c = m.convs[0]
     torch.manual_seed(1)
@@ -300,34 +300,36 @@ def test_fused_aggregation_equals_messages_summed(conv):
     args = (x, x, ei) if c.needs_x0 else (x, ei)
     with torch.no_grad():
         expect, kept = c(*args, return_kept=True)
-        out, kept_fused = c(*args, return_kept=True, fused=True)
+        out, sel = c(*args, plan=LayerPlan(prepared=False, return_kept=True, fused=True))
+        kept_fused = sel.kept
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
     assert torch.equal(kept, kept_fused) and not kept.all()
     w = torch.rand(ei.size(1))
     dense = torch.zeros(N, N).index_put_((ei[1], ei[0]), w, accumulate=True)
-    adj = UnifewsConv.adjacency(ei, w, N, N, torch.float32)  # CPU: in target order, columns as given
+    adj = csr_adjacency(ei, w, N, N, torch.float32)  # CPU: in target order, columns as given
     assert adj.values().numel() == ei.size(1)
     torch.testing.assert_close(adj.to_dense(), dense)
     h = torch.randn(N, 5)
     torch.testing.assert_close(adj @ h, dense @ h, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.gpu
-def test_cuda_adjacency_is_canonical_csr():
-    """On CUDA each row's columns are sorted and distinct, as cuSPARSE requires (repeated
-    edges merged into one entry of the summed weights); torch's invariant check passes."""
-    from unifews_dist.nn.conv.base import UnifewsConv
-
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_canonical_adjacency_is_a_valid_csr(device):
+    """The canonical CSR (CUDA's default, for cuSPARSE; asked for on the CPU here): each row's
+    columns sorted and distinct, repeated edges merged into one entry of the summed weights;
+    torch's invariant check passes and the product equals the messages summed."""
     torch.manual_seed(1)
     ei = torch.randint(0, N, (2, 300))
-    ei = torch.cat([ei, ei[:, :40]], 1)[:, torch.randperm(340)].cuda()
-    w = torch.rand(ei.size(1), device="cuda")
-    adj = UnifewsConv.adjacency(ei, w, N, N, torch.float32)
-    dense = torch.zeros(N, N, device="cuda").index_put_((ei[1], ei[0]), w, accumulate=True)
+    ei = torch.cat([ei, ei[:, :40]], 1)[:, torch.randperm(340)].to(device)
+    w = torch.rand(ei.size(1), device=device)
+    adj = csr_adjacency(ei, w, N, N, torch.float32, canonical=True)
+    dense = torch.zeros(N, N, device=device).index_put_((ei[1], ei[0]), w, accumulate=True)
     torch.testing.assert_close(adj.to_dense(), dense)
     assert adj.values().numel() == torch.unique(ei[1] * N + ei[0]).numel()
     with torch.sparse.check_sparse_tensor_invariants(enable=True):
         torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values(), adj.shape)
+    h = torch.randn(N, 5, device=device)
+    torch.testing.assert_close(adj @ h, dense @ h, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("conv", ["sage", "gin"])

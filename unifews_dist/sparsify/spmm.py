@@ -16,6 +16,7 @@ arithmetic. On CUDA, torch's CSR matmul (cuSPARSE) is used when asked for
 from __future__ import annotations
 
 import os
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -240,3 +241,34 @@ def sparse_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor
     if add is not None and add.shape != (x.size(0), weight.size(0)):
         raise ValueError(f"add must have shape {(x.size(0), weight.size(0))}, got {tuple(add.shape)}")
     return _SparseLinearFn.apply(x, weight, mask, bias, add, columns, csr)
+
+
+def csr_adjacency(edge_index: Tensor, edge_weight: Optional[Tensor], num_src: int, num_dst: int,
+                  dtype: torch.dtype, canonical: Optional[bool] = None) -> Tensor:
+    """The edges as a sparse ``[num_dst, num_src]`` CSR matrix of their weights (``None``: 1), for
+    a sparse-dense product that sums each target's messages.
+
+    ``canonical`` (default: on CUDA), as cuSPARSE requires it: in each row the columns sorted and
+    distinct (edges out of that order are sorted, and a repeated edge becomes one entry of the
+    summed weights: the same sum of messages; in order, nothing is copied but the row pointers).
+    Otherwise (torch's CPU kernel, MKL's or its own loop, sums a row's entries in any order,
+    repeated ones too) only edges out of target order are sorted (stably, by target alone)."""
+    dst, src = edge_index[1], edge_index[0]
+    w = edge_weight.to(dtype) if edge_weight is not None else torch.ones(src.numel(), dtype=dtype,
+                                                                        device=src.device)
+    if src.is_cuda if canonical is None else canonical:
+        key = dst * num_src + src
+        step = key[1:] - key[:-1]
+        unsorted, repeated = torch.stack([(step < 0).any(), (step == 0).any()]).tolist()  # (one device read)
+        if unsorted or repeated:  # (in order, a repeated edge follows its first: merged without a sort)
+            key, inv = (torch.unique if unsorted else torch.unique_consecutive)(key, return_inverse=True)
+            w = w.new_zeros(key.numel()).index_add_(0, inv, w)
+            dst = torch.div(key, num_src, rounding_mode="floor")
+            src = key - dst * num_src
+    elif bool((dst[1:] < dst[:-1]).any()):
+        order = torch.argsort(dst, stable=True)
+        dst, src, w = dst.index_select(0, order), src.index_select(0, order), w.index_select(0, order)
+    crow = torch.searchsorted(dst, torch.arange(num_dst + 1, device=dst.device))
+    with warnings.catch_warnings():  # (torch says once that its CSR tensors are in beta)
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, src, w, (num_dst, num_src), check_invariants=False)

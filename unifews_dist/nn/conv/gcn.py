@@ -8,46 +8,16 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..linear import UnifewsLinear
-from .base import UnifewsConv, hop_sums
+from ..selection import hop_sums
+from .base import UnifewsConv
 
 
-class UnifewsGCNConv(UnifewsConv):
-    r"""Graph convolution (Kipf & Welling) with entry-wise pruning.
+class GCNNormConv(UnifewsConv):
+    """A conv whose edges are GCN's: a self-loop for every node and the symmetric normalisation
+    ``1 / sqrt(d_i d_j)`` of :func:`gcn_norm` (GCN, GCNII)."""
 
-    .. math::
-        h = x W_m^\top, \qquad
-        x'_i = \sum_{j \in \mathcal{N}(i) \cup \{i\},\; s_{ji} \ge \theta_a \bar s}
-               \frac{1}{\sqrt{\hat d_i \hat d_j}} h_j + b,
-        \qquad s_{ji} = \frac{\lVert h_j \rVert_2}{\sqrt{\hat d_i \hat d_j}}
-
-    where :math:`\bar s` is the mean message norm of the layer and :math:`W_m` the weight
-    pruned by :class:`UnifewsLinear`. Self-loops are never pruned. Equal to
-    :class:`torch_geometric.nn.GCNConv` when ``thr_a = thr_w = 0``.
-
-    Args:
-        in_channels, out_channels: feature sizes.
-        thr_a: edge threshold (``0`` keeps every edge).
-        thr_w: weight threshold (``0`` keeps every entry).
-        bias: add a learnable bias.
-    """
-
-    source_side_weights = ("lin",)
     keeps_edge_order = False  # self-loops added
-
-    def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
-                 bias: bool = True, **kwargs):
-        super().__init__(thr_a=thr_a, **kwargs)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.lin = UnifewsLinear(in_channels, out_channels, bias=False, thr_w=thr_w)
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self.lin.reset_parameters()
-        nn.init.xavier_uniform_(self.lin.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+    prepares_by_target = False  # both ends' degrees
 
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
@@ -86,6 +56,44 @@ class UnifewsGCNConv(UnifewsConv):
         order = torch.cat(parts)
         counts = [cum_e[num_layers - 1 - i] + cum_n[num_layers - 1 - i] for i in range(num_layers)]
         return ei.index_select(1, order), w.index_select(0, order), counts
+
+
+class UnifewsGCNConv(GCNNormConv):
+    r"""Graph convolution (Kipf & Welling) with entry-wise pruning.
+
+    .. math::
+        h = x W_m^\top, \qquad
+        x'_i = \sum_{j \in \mathcal{N}(i) \cup \{i\},\; s_{ji} \ge \theta_a \bar s}
+               \frac{1}{\sqrt{\hat d_i \hat d_j}} h_j + b,
+        \qquad s_{ji} = \frac{\lVert h_j \rVert_2}{\sqrt{\hat d_i \hat d_j}}
+
+    where :math:`\bar s` is the mean message norm of the layer and :math:`W_m` the weight
+    pruned by :class:`UnifewsLinear`. Self-loops are never pruned. Equal to
+    :class:`torch_geometric.nn.GCNConv` when ``thr_a = thr_w = 0``.
+
+    Args:
+        in_channels, out_channels: feature sizes.
+        thr_a: edge threshold (``0`` keeps every edge).
+        thr_w: weight threshold (``0`` keeps every entry).
+        bias: add a learnable bias.
+    """
+
+    source_side_weights = ("lin",)
+
+    def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
+                 bias: bool = True, **kwargs):
+        super().__init__(thr_a=thr_a, **kwargs)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.lin = UnifewsLinear(in_channels, out_channels, bias=False, thr_w=thr_w)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.lin.reset_parameters()
+        nn.init.xavier_uniform_(self.lin.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def transform(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.lin(x_src)

@@ -8,11 +8,11 @@ import torch
 from torch import Tensor
 
 from ..linear import UnifewsLinear
-from .base import UnifewsConv
-from .gcn import UnifewsGCNConv
+from ..selection import LayerPlan
+from .gcn import GCNNormConv
 
 
-class UnifewsGCNIIConv(UnifewsConv):
+class UnifewsGCNIIConv(GCNNormConv):
     r"""GCNII layer (Chen et al. 2020) with entry-wise pruning.
 
     .. math::
@@ -27,7 +27,6 @@ class UnifewsGCNIIConv(UnifewsConv):
     needs_x0 = True
     stack_in_out_linears = True
     stack_options = ("gcnii_alpha", "gcnii_theta")
-    keeps_edge_order = False  # self-loops added
 
     def __init__(self, channels: int, alpha: float = 0.1, theta: Optional[float] = None,
                  layer: Optional[int] = None, thr_a: float = 0.0, thr_w: float = 0.0, **kwargs):
@@ -50,13 +49,10 @@ class UnifewsGCNIIConv(UnifewsConv):
         super().reset_parameters()
         torch.nn.init.xavier_uniform_(self.lin.weight)
 
-    prepare_edges = staticmethod(UnifewsGCNConv.prepare_edges)
-    prepare_block = classmethod(UnifewsGCNConv.prepare_block.__func__)
-
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], x_0: Tensor, edge_index: Tensor,
-                edge_weight: Optional[Tensor] = None, **kwargs):
+                edge_weight: Optional[Tensor] = None, plan: Optional[LayerPlan] = None, return_kept: bool = False):
         """``(x, x_0, edge_index)``, as PyG's ``GCN2Conv``; the rest as :meth:`UnifewsConv.forward`."""
-        return super().forward(x, edge_index, edge_weight, x0=x_0, **kwargs)
+        return self.run(x, edge_index, edge_weight, plan, return_kept, x0=x_0)
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
         p = (1 - self.alpha) * agg + self.alpha * x0

@@ -38,10 +38,6 @@ class UnifewsSAGEConv(UnifewsConv):
         self.lin_l.reset_parameters()
         self.lin_r.reset_parameters()
 
-    @classmethod
-    def prepares_by_target(cls) -> bool:
-        return True  # 1 / in-degree of the target
-
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,
                       edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:

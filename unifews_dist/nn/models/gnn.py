@@ -12,6 +12,7 @@ from ...sparsify import check_threshold, transform_macs
 from ...checks import check_choice
 from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
+from ..selection import LayerPlan, Selection
 from ..stats import LayerStats, stats_tensor
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
@@ -81,7 +82,7 @@ class UnifewsGNN(nn.Module):
                         ("out_channels", out_channels)):
             if v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
-        self.conv_name, self.num_layers, self.dropout = conv, num_layers, dropout
+        self.num_layers, self.dropout = num_layers, dropout
         self.lock_target_edges = lock_target_edges
         thr_a_l = _per_layer("thr_a", thr_a, num_layers)
         thr_w_l = _per_layer("thr_w", thr_w, num_layers)
@@ -162,17 +163,17 @@ class UnifewsGNN(nn.Module):
         return num_src, num_dst
 
     @staticmethod
-    def _layer_stats(conv, edges_dense, num_src: int, num_dst: int) -> LayerStats:
-        """What the layer ran, and what a dense layer would run on the whole block."""
+    def _layer_stats(conv, sel: Selection, edges_dense, num_src: int, num_dst: int) -> LayerStats:
+        """What the layer ran (its selection, its linear maps' last calls), and what a dense
+        layer would run on the whole block."""
         lins = [(name, m) for name, m in conv.named_modules() if isinstance(m, UnifewsLinear)]
         t_dense = sum(transform_macs(num_src if name in conv.source_side_weights else num_dst,
                                      lin.in_features, lin.out_features) for name, lin in lins)
         return LayerStats(
-            edges_dense=edges_dense, edges_in=conv.last_edges_in, edges_kept=conv.last_edges_kept,
+            edges_dense=edges_dense, edges_in=sel.edges_in, edges_kept=sel.edges_kept,
             weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
-            transform_macs_dense=t_dense, prop_channels=conv.last_prop_channels,
-            prop_channels_computed=conv.last_prop_channels_computed,
-            edges_computed=conv.last_edges_computed,
+            transform_macs_dense=t_dense, prop_channels=sel.channels,
+            prop_channels_computed=sel.channels_computed, edges_computed=sel.edges_computed,
             transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
 
     def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes) -> List:
@@ -240,8 +241,8 @@ class UnifewsGNN(nn.Module):
                 locked = bounds[-1] if bounds is not None and seeds_first else ei[1] < batch_size
             xs = (x[:ns], x[:nd])
             args = (xs, x0, ei, ew) if conv.needs_x0 else (xs, ei, ew)
-            out = conv(*args, locked=locked, prepared=True, num_next=num_next, valid=valid, bounds=bounds)
-            sel = conv.last_selection
+            out, sel = conv(*args, plan=LayerPlan(locked=locked, num_next=num_next, valid=valid, bounds=bounds))
+            stats.append(self._layer_stats(conv, sel, edges_dense_l[i], num_src[i], nd))
             ei, ew = sel.edge_index, sel.edge_weight
             bounds = sel.bounds
             last_nd, ns = nd, nd
@@ -252,15 +253,31 @@ class UnifewsGNN(nn.Module):
                     x0 = x0.index_select(0, sel.rows)
             elif bounds is None and not last:  # edges not into the next targets may come from further out
                 ei = torch.stack([ei[0].clamp(max=nd - 1), ei[1]])
-            stats.append(self._layer_stats(conv, edges_dense_l[i], num_src[i], nd))
-            x = out
-            if not last or self.lin_out is not None:  # (GCNII: the output map comes after the stack)
-                x = F.relu(self.norms[i](x))
-                x = F.dropout(x, self.dropout, self.training)
+            x = self.between_layers(i, out)
         if self.lin_out is not None:
             x = self.lin_out(x)
-        self.layer_stats, self._stats_tensor = stats, None
+        self.set_layer_stats(stats)
         return x
+
+    def between_layers(self, i: int, out: Tensor, into: Optional[Tensor] = None) -> Tensor:
+        """What follows layer ``i``: norm, ReLU and dropout, except after the last layer (unless a
+        linear map follows the stack, GCNII). ``into``: where the result is written (layer-wise
+        inference's output rows). The one per-layer step of :meth:`forward` and :meth:`inference`."""
+        if i == self.num_layers - 1 and self.lin_out is None:
+            if into is None:
+                return out
+            into.copy_(out)
+            return into
+        h = self.norms[i](out)
+        if into is not None:
+            h = torch.clamp(h, min=0, out=into)
+        else:
+            h = F.relu(h)
+        return F.dropout(h, self.dropout, self.training)
+
+    def set_layer_stats(self, stats: List[LayerStats]) -> None:
+        """The statistics of the last forward or inference (what the monitors read)."""
+        self.layer_stats, self._stats_tensor = stats, None
 
     def inference(self, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
                   output_nodes: Optional[Tensor] = None, device=None, progress=None,

@@ -15,6 +15,7 @@ channels of one, the graph's edges, and one batch's sparse adjacency. Under DDP
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, List, Literal, Optional, Tuple, get_args
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 from ...checks import check_choice
 from ...sparsify import edge_keep_mask, edge_scores
 from ..linear import UnifewsLinear
+from ..selection import LayerPlan
 from ..stats import LayerStats
 
 
@@ -145,6 +147,34 @@ def _rows_or_none(rows: Optional[Tensor], dtype: torch.dtype, device: torch.devi
     return torch.empty((0, int(width)), dtype=dtype, device=device) if rows is None else rows
 
 
+@dataclass
+class _Targets:
+    """What one :meth:`_Layer.run` computes: the outputs of ``nodes`` over ``edges``.
+
+    ``edges``: ``(edge_index, edge_weight)`` of the edges into ``nodes`` (targets as positions in
+    ``nodes``, sorted by them); ``edges_dense``: their count with no pruning anywhere. ``start``:
+    the targets are the nodes ``start, start + 1, ...`` (their rows are then a slice, not a
+    gather). ``own``: the targets' own rows (their input and the source of their self-loops;
+    ``None``: their rows as neighbours). ``lock_all``: every edge is locked; ``lock_into``: ``[N]``
+    bool, the nodes whose in-edges are locked. ``loops_only``: only a self-loop's source is a
+    target's own row (else a target's own row is also its row as a neighbour of the others).
+    ``norms`` (with ``mean``, for a conv whose scores come from its sources): every node's score
+    norm, so the rule is applied to all the edges at once, before any batch. ``own_result``: the
+    outputs are not written into the workspace (they outlive the call)."""
+
+    nodes: Tensor
+    edges: Tuple[Tensor, Optional[Tensor]]
+    edges_dense: int
+    start: Optional[int] = None
+    own: Optional[Tensor] = None
+    lock_all: bool = False
+    lock_into: Optional[Tensor] = None
+    loops_only: bool = False
+    mean: Optional[Tensor] = None
+    norms: Optional[Tensor] = None
+    own_result: bool = False
+
+
 class _Layer:
     """One layer of a stack run over batches of targets; sums what it computed into statistics."""
 
@@ -153,34 +183,24 @@ class _Layer:
         self.n, self.batch_size, self.progress = n, batch_size, progress
         self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
         self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = 0
+        self.channels = self.channels_computed = 0
         self.rows = [0] * len(self.lins)
 
-    def run(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], own: Optional[Tensor], nbr: Tensor,
-            x0: Optional[Tensor],
-            locked: bool, mean: Optional[Tensor], loops_only: bool, edges_dense: int,
-            norms: Optional[Tensor] = None, lock_into: Optional[Tensor] = None,
-            start: Optional[int] = None, own_result: bool = False
+    def run(self, task: _Targets, nbr: Tensor, x0: Optional[Tensor]
             ) -> Tuple[Tensor, Tuple[Tensor, Optional[Tensor]]]:
-        """``(outputs of targets, (kept edges, their weights))``. ``ei``: the edges into ``targets`` (targets as
-        positions, sorted by them); ``own``: the targets' own rows (their input and the source of
-        their self-loops; ``None``: their rows in ``nbr``), ``nbr``: every node's row as a
-        neighbour. ``locked``: every edge is locked; ``lock_into``: ``[N]`` bool, the nodes whose
-        in-edges are locked. ``loops_only``: only a self-loop's source is a target's own row (else a
-        target's own row is also its row as a neighbour of the other targets). ``norms``: every
-        node's score norm (with ``mean``, for a conv whose scores come from its sources): the rule
-        is applied to all the edges given at once, before any batch, and the batches get the kept
-        edges only (the conv is told so and scores nothing again). ``start``: the targets are the
-        nodes ``start, start + 1, ...`` (their rows are then a slice of ``nbr``, not a gather).
-        ``own_result``: the outputs are not written into the workspace (they outlive the call).
+        """``(outputs of the task's nodes, (kept edges, their weights))``; ``nbr``: every node's row
+        as a neighbour. With ``task.norms`` the batches get the kept edges only (the conv is told
+        so and scores nothing again).
 
         A conv that propagates its sources' rows as they are (no source-side weights: SAGE, GIN,
         GCNII) reads them from ``nbr`` by node id, one gather of the messages; a conv that
         transforms them first (GCN, GATv2) gets each batch's distinct sources gathered, so each is
         transformed once per batch."""
+        targets, (ei, ew), own, norms, start = task.nodes, task.edges, task.own, task.norms, task.start
         conv, device, bs = self.conv, ei.device, self.batch_size
         edges_given = ei, ew
         if norms is not None:
-            keep_all = self._rule(targets, ei, ew, norms, mean, lock_into, start)
+            keep_all = self._rule(task)
             idx = keep_all.nonzero().view(-1)
             ei, ew = self._take(ei, ew, idx)
             self.kept += idx.numel()
@@ -210,39 +230,38 @@ class _Layer:
                 xs = (sources, nbr[start + a:start + b] if start is not None else nbr.index_select(0, tgt))
                 local = torch.stack([src, dst])
             else:
-                xs, local = self._gathered(tgt, src, dst, own, nbr, loops_only, a, b, lookup, mark)
+                xs, local = self._gathered(tgt, (src, dst), own, nbr, task.loops_only, (a, b), (lookup, mark))
             args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
             if norms is None:
                 lock = None
-                if locked:
+                if task.lock_all:
                     lock = torch.ones(src.numel(), dtype=torch.bool, device=device)
-                elif lock_into is not None:
-                    lock = lock_into.index_select(0, tgt).index_select(0, dst)
-                out, keep = conv(*args, w, locked=lock, prepared=True, return_kept=True, score_mean=mean,
-                                 fused=True, source_channels=channels)
-                keep_all[e0:e1] = keep
-                self.kept += int(keep.sum())
+                elif task.lock_into is not None:
+                    lock = task.lock_into.index_select(0, tgt).index_select(0, dst)
+                plan = LayerPlan(locked=lock, return_kept=True, score_mean=task.mean, fused=True,
+                                 source_channels=channels)
+                out, sel = conv(*args, w, plan=plan)
+                keep_all[e0:e1] = sel.kept
+                self.kept += int(sel.kept.sum())
             else:  # the edges given are the rule's kept ones: the conv does not score them again
-                out = conv(*args, w, prepared=True, rule_applied=True, fused=True, source_channels=channels)
-            self.computed += int(conv.last_edges_computed)
+                out, sel = conv(*args, w, plan=LayerPlan(rule_applied=True, fused=True, source_channels=channels))
+            self.computed += int(sel.edges_computed)
+            self.channels, self.channels_computed = sel.channels, sel.channels_computed
             for j, lin in enumerate(self.lins):
                 self.rows[j] += lin.last_rows
                 self.t_dense += lin.last_rows * lin.in_features * lin.out_features
             if result is None:
                 shape = (targets.numel(), *out.shape[1:])
-                hidden = self.i < self.model.num_layers - 1 and not own_result  # (never what the call returns)
+                hidden = self.i < self.model.num_layers - 1 and not task.own_result  # (never what the call returns)
                 result = self.workspace.get(_next_input_role("output", self.i), shape, out) if hidden \
                     else out.new_empty(shape)
-            if self.i < self.model.num_layers - 1 or self.model.lin_out is not None:  # relu, into the result
-                torch.clamp(self.model.norms[self.i](out), min=0, out=result[a:b])
-            else:
-                result[a:b] = out
+            self.model.between_layers(self.i, out, into=result[a:b])
             if self.progress is not None:
                 self.progress(b - a)
         if result is None:  # (as torch.cat of no batches raised before)
             raise ValueError("layer-wise inference got no target nodes (output_nodes is empty)")
         self.edges_in += keep_all.numel()
-        self.edges_dense += edges_dense
+        self.edges_dense += task.edges_dense
         if norms is None:  # the kept edges, unless every edge was
             ei, ew = edges_given
             if self.kept < ei.size(1):
@@ -257,12 +276,12 @@ class _Layer:
         return ei, None if ew is None else torch.index_select(
             ew, 0, idx, out=ws.get(_next_input_role("weights", self.i), (k,), ew))
 
-    def _rule(self, targets: Tensor, ei: Tensor, ew: Optional[Tensor], norms: Tensor, mean: Tensor,
-              lock_into: Optional[Tensor], start: Optional[int], chunk: int = 1 << 22) -> Tensor:
-        """The layer's edge rule over all the edges given, in chunks of edges (memory bounded by
+    def _rule(self, task: _Targets, chunk: int = 1 << 22) -> Tensor:
+        """The layer's edge rule over all the task's edges, in chunks of edges (memory bounded by
         the chunk): bool mask of the kept ones. Locked: self-loops (when the conv locks them) and
-        the edges into ``lock_into``'s nodes."""
-        conv = self.conv
+        the edges into ``task.lock_into``'s nodes."""
+        conv, targets, (ei, ew), start = self.conv, task.nodes, task.edges, task.start
+        norms, mean, lock_into = task.norms, task.mean, task.lock_into
         keep = torch.empty(ei.size(1), dtype=torch.bool, device=ei.device)
         for e in range(0, ei.size(1), chunk):
             src, pos = ei[0, e:e + chunk], ei[1, e:e + chunk]
@@ -279,10 +298,12 @@ class _Layer:
         return keep
 
     @staticmethod
-    def _gathered(tgt, src, dst, own, nbr, loops_only, a, b, lookup, mark):
-        """``((x_src, x_dst), edges)`` of a batch with its distinct sources' rows gathered: the
-        targets' own rows first (a sampled block's layout), then the others' rows; the edges'
-        sources renumbered to those rows."""
+    def _gathered(tgt, edges, own, nbr, loops_only, span, scratch):
+        """``((x_src, x_dst), edges)`` of a batch (targets ``span = (a, b)``) with its distinct
+        sources' rows gathered: the targets' own rows first (a sampled block's layout), then the
+        others' rows; the edges' sources renumbered to those rows (``scratch``: ``[N]`` lookup and
+        mark buffers)."""
+        (src, dst), (a, b), (lookup, mark) = edges, span, scratch
         device = src.device
         if loops_only:
             own_src = src == tgt.index_select(0, dst)
@@ -306,8 +327,8 @@ class _Layer:
     def stats(self) -> LayerStats:
         return LayerStats(edges_dense=self.edges_dense, edges_in=self.edges_in, edges_kept=self.kept,
                           weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
-                          transform_macs_dense=self.t_dense, prop_channels=self.conv.last_prop_channels,
-                          prop_channels_computed=self.conv.last_prop_channels_computed,
+                          transform_macs_dense=self.t_dense, prop_channels=self.channels,
+                          prop_channels_computed=self.channels_computed,
                           edges_computed=self.computed,
                           transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
 
@@ -370,7 +391,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     each = locked and lock_scope == "each"
     world, rank = _world() if distributed else (1, 0)
     # under DDP a conv whose edges prepare by target prepares its rank's share only (below)
-    share_first = world > 1 and not each and Conv.prepares_by_target()
+    share_first = world > 1 and not each and Conv.prepares_by_target
     ei, ew = (edge_index.to(device), None) if share_first else \
         Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
     # by target: a batch of targets is a slice of edges. On CUDA also by source, as cuSPARSE's
@@ -427,8 +448,9 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         last = i == L - 1
         layer = _Layer(model, i, n, batch_size, progress, space)
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
-            own, _ = layer.run(outputs, out_ei, out_ew, own, pruned, x0, True, None, True,
-                                  int(in_degree[outputs].sum()), own_result=True)
+            task = _Targets(outputs, (out_ei, out_ew), int(in_degree[outputs].sum()), own=own, lock_all=True,
+                            loops_only=True, own_result=True)
+            own, _ = layer.run(task, pruned, x0)
         if not last or not each:  # every node (the last layer: the outputs only), pruned by the rule
             norms = mean = None
             if conv.thr_a > 0:  # the rule's mean over all the layer's edges
@@ -447,21 +469,22 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             else:
                 tg, t_ei, t_ew = everyone, ei, ew
             if tg.numel() or world == 1:  # (one process given no output node: run says so)
-                pruned_next, kept = layer.run(tg, t_ei, t_ew, None, pruned, x0, False, mean, False,
-                                                 int(in_degree[tg].sum()), norms, lock_into, start)
+                task = _Targets(tg, (t_ei, t_ew), int(in_degree[tg].sum()), start=start, lock_into=lock_into,
+                                mean=mean, norms=norms)
+                pruned_next, kept = layer.run(task, pruned, x0)
             else:  # (no output node in this rank's share)
                 pruned_next, kept = None, None
             if world > 1:  # every rank: every node's rows (the last layer: every rank's outputs')
                 if last and wanted is not None:
-                    sizes = torch.stack([wanted[lo:r].sum() for lo, r in shares]).tolist()
+                    sizes = torch.stack([wanted[beg:end].sum() for beg, end in shares]).tolist()
                     pruned_next = _rows_or_none(pruned_next, pruned.dtype, device)
                     rows = _all_gather_rows(pruned_next, sizes)
                     pruned_next = rows.index_select(0, (wanted.cumsum(0) - 1).index_select(0, outputs))
                 else:
-                    m = max(r - lo for lo, r in shares)
+                    m = max(end - beg for beg, end in shares)
                     into = None if last else space.get(("gathered", i % 2), (world * m, *pruned_next.shape[1:]),
                                                        pruned_next)
-                    pruned_next = _all_gather_rows(pruned_next, [r - lo for lo, r in shares], into)
+                    pruned_next = _all_gather_rows(pruned_next, [end - beg for beg, end in shares], into)
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 ei, ew = kept
             pruned = pruned_next
@@ -469,5 +492,5 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
     h = own if each else pruned
     if model.lin_out is not None:
         h = torch.cat([model.lin_out(h[a:a + batch_size]) for a in range(0, h.size(0), batch_size)])
-    model.layer_stats, model._stats_tensor = stats, None  # what the monitors read, as after a forward
+    model.set_layer_stats(stats)  # what the monitors read, as after a forward
     return h
