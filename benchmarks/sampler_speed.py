@@ -22,7 +22,7 @@ from torch_geometric.sampler import NodeSamplerInput
 sys.path.insert(0, os.path.dirname(__file__))
 from common import DEFAULT_OUT, timeit, write_json  # noqa: E402
 
-from unifews_dist.data.datamodule import has_module, make_sampler  # noqa: E402
+from unifews_dist.data.samplers import has_module, make_sampler  # noqa: E402
 
 SCALES = {"full": (200_000, 4_000_000, 1024, 5), "tiny": (5_000, 50_000, 128, 3)}
 FANOUT = [15, 10, 5]
@@ -45,7 +45,7 @@ def main(argv=None):
             result[f"{key}_s_per_batch"] = None
             print(f"{key:13} not installed")
             continue
-        sampler = make_sampler(kind, data, FANOUT, 0, False)
+        sampler = make_sampler(kind, data, FANOUT, 0)
         it = iter(range(10**9))
 
         def one():

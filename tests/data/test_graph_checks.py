@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from unifews_dist.data.datasets import GraphDataset, check_graph
+from unifews_dist.data.graph import GraphDataset, check_graph
 
 
 def _ds(n=20, classes=3, multilabel=False):
@@ -94,7 +94,7 @@ def test_a_diverged_model_is_not_checkpointed(tmp_path):
 
 
 def test_a_failed_download_leaves_no_folders(tmp_path, monkeypatch):
-    from unifews_dist.data import datasets
+    from unifews_dist.data import sources as datasets
 
     def half_download(name, root):  # makes the folders a download makes, then the network fails
         import os
@@ -112,7 +112,7 @@ def test_a_failed_download_leaves_no_folders(tmp_path, monkeypatch):
 
 
 def test_garbage_dataset_files_are_reported_as_unreadable_not_missing(tmp_path):
-    from unifews_dist.data.datasets import load_dataset
+    from unifews_dist.data.sources import load_dataset
 
     raw = tmp_path / "Cora" / "raw"
     raw.mkdir(parents=True)

@@ -336,7 +336,7 @@ def test_int64_edge_index_is_one_mapped_file_per_node(cache, monkeypatch):
     disagree with the CSC is written again; a folder that cannot be written gives a private
     copy."""
     pytest.importorskip("torch_sparse")
-    from unifews_dist.data import prepared
+    from unifews_dist.data import storage as prepared
 
     def sampler_row():
         dm = UnifewsDataModule(TINY, num_neighbors=[3, 2], batch_size=32, sampler="torch_sparse", eval_mode="layerwise")

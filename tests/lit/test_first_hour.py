@@ -196,7 +196,7 @@ def test_ranks_on_a_node_take_a_dataset_folder_one_at_a_time(tmp_path):
 
 def _hold_lock(folder, log, name):
     import time
-    from unifews_dist.data.datasets import dataset_lock
+    from unifews_dist.data.storage import dataset_lock
 
     with dataset_lock(folder):
         with open(log, "a") as f:

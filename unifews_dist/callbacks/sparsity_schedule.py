@@ -6,6 +6,7 @@ from typing import Dict, List, Literal, Optional, Union, get_args
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 
 from ..checks import check_choice
 from ..sparsify import check_threshold
@@ -251,7 +252,6 @@ class SparsitySchedule(Callback):
         mine = self.state_dict()["config"]
         changed = {k: (v, mine.get(k)) for k, v in config.items() if mine.get(k) != v}
         if changed:
-            from pytorch_lightning.utilities import rank_zero_warn
 
             rank_zero_warn(
                 f"SparsitySchedule differs from the checkpoint's (checkpoint, now): {changed}; "

@@ -8,6 +8,7 @@ from pytorch_lightning.callbacks import Callback
 
 from ._dist import reduce_sum
 from .sparsity_monitor import _layers, sparsity_metrics
+from .sparsity_schedule import SparsitySchedule
 
 Target = Union[None, float, List[float]]
 
@@ -79,7 +80,6 @@ class TargetSparsity(Callback):
         self._count = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from .sparsity_schedule import SparsitySchedule
         if any(isinstance(cb, SparsitySchedule) for cb in trainer.callbacks):
             raise ValueError("TargetSparsity and SparsitySchedule both set the thresholds; use one of them")
 

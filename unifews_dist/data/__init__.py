@@ -1,8 +1,14 @@
-"""Datasets, the neighbor sampler and the LightningDataModule."""
-from .datamodule import SAMPLERS, UnifewsDataModule, make_sampler
-from .datasets import KNOWN, SYNTHETIC, GraphDataset, load_dataset, synthetic_graph
+"""Graphs, their sources and storage, the neighbor samplers and the LightningDataModule.
+
+Modules import one way: ``storage`` <- ``graph`` <- ``sources`` <- ``prepared`` <- ``samplers`` <-
+``datamodule`` (``sampler``: the built-in sampler; ``shard``: the seed sharding).
+"""
+from .datamodule import UnifewsDataModule
+from .graph import GraphDataset
+from .samplers import SAMPLERS, make_sampler
 from .sampler import TorchNeighborSampler, sample_slots
 from .shard import ShardedSeedSampler
+from .sources import KNOWN, SYNTHETIC, load_dataset, synthetic_graph
 
-__all__ = ["SAMPLERS", "UnifewsDataModule", "make_sampler", "KNOWN", "SYNTHETIC", "GraphDataset",
-           "load_dataset", "synthetic_graph", "TorchNeighborSampler", "sample_slots", "ShardedSeedSampler"]
+__all__ = ["SAMPLERS", "UnifewsDataModule", "make_sampler", "KNOWN", "SYNTHETIC", "GraphDataset", "load_dataset",
+           "synthetic_graph", "TorchNeighborSampler", "sample_slots", "ShardedSeedSampler"]

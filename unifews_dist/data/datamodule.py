@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from typing import List, Literal, Optional, get_args
 
@@ -14,14 +13,11 @@ from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
 from ..checks import check_choice
-from .datasets import (KNOWN, GraphDataset, check_split_fractions, csc_graph_store, is_custom, random_split,
-                       unknown_dataset)
-from .prepared import FEATURE_DTYPES, load_prepared, shared_edge_index
-from .sampler import TorchNeighborSampler
+from .graph import GraphDataset
+from .prepared import FEATURE_DTYPES, load_prepared
+from .samplers import SAMPLERS, Sampler, make_sampler
 from .shard import ShardedSeedSampler
-
-Sampler = Literal["auto", "torch", "pyg_lib", "torch_sparse"]
-SAMPLERS = get_args(Sampler)
+from .sources import KNOWN, check_split_fractions, is_custom, random_split, unknown_dataset
 EvalMode = Literal["sampled", "layerwise"]
 FeatureDtype = Literal["float32", "float16", "bfloat16"]
 FeatureGather = Literal["loader", "device"]
@@ -48,59 +44,6 @@ class ResumableNodeLoader(NodeLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
-
-
-def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def _graph_on_cuda(graph) -> bool:
-    if isinstance(graph, Data):
-        return graph.edge_index.is_cuda
-    return graph[1].csc()[1].is_cuda
-
-
-def make_sampler(kind: str, data, num_neighbors: List[int], seed: int, share_memory: bool,
-                 folder: Optional[str] = None):
-    """The sampler backend: ``auto`` takes pyg-lib when it imports and the graph is on the host,
-    else the built-in one. ``data``: a ``Data`` or a ``(FeatureStore, GraphStore)`` pair (a
-    prepared graph: every sampler reads its CSC as stored; pyg-lib and torch-sparse need
-    ``row`` in int64: with the prepared ``folder`` given, the first row of the int64 edge index
-    kept there and mapped, shared by the ranks of a node
-    (:func:`~unifews_dist.data.prepared.shared_edge_index`); without it,
-    or on a GPU, a private copy when ``row`` is stored in int32).
-
-    ``torch_sparse`` gives no per-hop counts: the model then runs every layer on the whole
-    sampled subgraph (correct, but without trimming).
-    """
-    check_choice("sampler", kind, SAMPLERS)
-    if kind == "auto":  # pyg-lib samples on CPU only
-        kind = "pyg_lib" if has_module("pyg_lib") and not _graph_on_cuda(data) else "torch"
-    if kind == "torch":
-        return TorchNeighborSampler(data, num_neighbors, seed=seed, share_memory=share_memory)
-    if kind == "pyg_lib" and not has_module("pyg_lib"):
-        raise ValueError("sampler 'pyg_lib' needs pyg-lib, which is not installed (PyG wheel index only); "
-                         "use sampler 'torch' or 'auto'")
-    if kind == "torch_sparse" and not has_module("torch_sparse"):
-        raise ValueError("sampler 'torch_sparse' needs torch-sparse, which is not installed; use 'torch' or 'auto'")
-    from torch_geometric.sampler import NeighborSampler
-    import torch_geometric.typing as pyg_typing
-
-    if not isinstance(data, Data):
-        fs, gs = data
-        row, colptr, _ = gs.csc()
-        if row.dtype != torch.long:  # their kernels take int64 indices only
-            shared = folder is not None and row.device.type == "cpu"
-            data = (fs, csc_graph_store(colptr, shared_edge_index(folder, colptr, row)[0] if shared else row.long()))
-    if kind == "torch_sparse":  # PyG picks pyg-lib whenever it imports: force torch-sparse
-        saved = pyg_typing.WITH_PYG_LIB
-        pyg_typing.WITH_PYG_LIB = False
-        try:
-            s = NeighborSampler(data, num_neighbors, share_memory=share_memory)
-        finally:
-            pyg_typing.WITH_PYG_LIB = saved
-        return s
-    return NeighborSampler(data, num_neighbors, share_memory=share_memory)
 
 
 class _OneBatch(torch.utils.data.Dataset):
@@ -146,8 +89,6 @@ class UnifewsDataModule(pl.LightningDataModule):
         num_workers, pin_memory, persistent_workers: as :class:`torch.utils.data.DataLoader`.
         sampler: ``auto`` | ``torch`` | ``pyg_lib`` | ``torch_sparse``.
         seed: seeds the shuffling (per epoch) and the sampler.
-        share_memory: kept for configs that set it: the prepared graph is memory-mapped, so
-            workers and ranks share it whatever this says.
         feature_dtype: how the prepared features are stored: ``float32``, or ``float16`` /
             ``bfloat16`` (half the memory and the host-to-device bytes; a batch's features are
             made float32 on the device, after the transfer).
@@ -178,7 +119,7 @@ class UnifewsDataModule(pl.LightningDataModule):
     def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
                  eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0, share_memory: bool = True,
+                 persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0,
                  gpu_sampling: bool = False, random_split: Optional[List[float]] = None,
                  eval_mode: EvalMode = "sampled", predict_nodes: str = "all",
                  feature_dtype: FeatureDtype = "float32", feature_gather: FeatureGather = "loader"):
@@ -220,7 +161,7 @@ class UnifewsDataModule(pl.LightningDataModule):
                              f"got {self.eval_num_neighbors}")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
-        self.sampler_kind, self.seed, self.share_memory = sampler, seed, share_memory
+        self.sampler_kind, self.seed = sampler, seed
         self.gpu_sampling = gpu_sampling
         self.eval_mode, self.predict_nodes = eval_mode, str(predict_nodes)
         self.dataset: Optional[GraphDataset] = None
@@ -323,7 +264,7 @@ class UnifewsDataModule(pl.LightningDataModule):
         key = tuple(fanout)
         if key not in self._samplers:
             folder = None if self.gpu_sampling else self.load().folder
-            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, False, folder)
+            self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, folder)
         return self._samplers[key]
 
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:

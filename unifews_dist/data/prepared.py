@@ -27,13 +27,18 @@ import json
 import os
 import shutil
 from dataclasses import asdict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from torch_geometric.data import Data
+
 from ..checks import check_choice
+from .graph import DatasetError, GraphDataset, check_graph
+from .sources import OGB, PLANETOID, SYNTHETIC, is_custom, load_custom, load_dataset, ogb_evaluator, unknown_dataset
+from .storage import cache_dir, csc_arrays, dataset_lock, writable
 
 FORMAT = 1
 #: the synthetic generator's version: a change to :func:`synthetic_graph` must raise it
@@ -41,10 +46,6 @@ GENERATOR_VERSION = 1
 FEATURE_DTYPES = ("float32", "float16", "bfloat16")
 ARRAYS = ("colptr", "row", "x", "y", "train_idx", "val_idx", "test_idx")
 _CHUNK, _SAMPLES = 1 << 16, 64  # the load-time digest reads 64 chunks of 64 KiB of each file
-
-
-def cache_dir() -> str:
-    return os.environ.get("UNIFEWS_CACHE", os.path.expanduser("~/.cache/unifews_dist"))
 
 
 def _files_fingerprint(paths: List[str]) -> List[list]:
@@ -167,80 +168,6 @@ def map_array(folder: str, entry: dict) -> Tensor:
     return t.view(torch.bfloat16) if entry["dtype"] == "bfloat16" else t
 
 
-def shared_edge_index(folder: str, colptr: Tensor, row: Tensor) -> Tensor:
-    """A prepared graph's ``[2, E]`` int64 edge index (sources, targets ascending), for what needs
-    a COO graph in int64 (layer-wise inference; pyg-lib and torch-sparse, whose kernels take int64
-    indices only, read its first row): kept beside the prepared arrays (``edge_index_int64.npy``),
-    written once per node under the dataset's lock and memory-mapped by every rank, instead of a
-    private copy in each (16 bytes per edge: papers100M 26 GB a rank).
-
-    The file is derived, not listed in the manifest: a rebuilt folder starts without it, a file
-    of the wrong shape or whose sampled entries disagree with ``(colptr, row)`` is written again,
-    and a folder that cannot be written gives a private copy (:func:`edge_index_of`)."""
-    from .datasets import dataset_lock
-
-    path = os.path.join(folder, "edge_index_int64.npy")
-    n, e = colptr.numel() - 1, row.numel()
-    probe = torch.linspace(0, max(e - 1, 0), steps=min(e, 1024)).long()
-    expect = torch.stack([row[probe].long(), torch.searchsorted(colptr, probe, right=True) - 1])
-
-    def mapped() -> Optional[Tensor]:
-        try:
-            a = np.load(path, mmap_mode="c", allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        t = torch.from_numpy(a)
-        same = a.dtype == np.int64 and tuple(a.shape) == (2, e)
-        return t if same and torch.equal(t[:, probe], expect) else None
-
-    with dataset_lock(folder):
-        t = mapped()
-        if t is None:
-            for left in os.listdir(folder):  # what a killed writer left (none writes now: the lock)
-                if left.startswith("edge_index_int64.npy.tmp-"):
-                    os.remove(os.path.join(folder, left))
-            tmp = f"{path}.tmp-{os.getpid()}"
-            try:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(2, e))
-                src, ptr, step = row.numpy(), colptr.numpy(), 1 << 22
-                for a in range(0, n, step):  # in chunks of targets: nothing graph-sized in memory
-                    b = min(a + step, n)
-                    lo, hi = int(ptr[a]), int(ptr[b])
-                    out[0, lo:hi] = src[lo:hi]
-                    out[1, lo:hi] = np.repeat(np.arange(a, b, dtype=np.int64), np.diff(ptr[a:b + 1]))
-                out.flush()
-                del out
-                os.replace(tmp, path)
-            except OSError:  # a read-only folder
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                return edge_index_of(colptr, row)
-            t = mapped()
-    return t if t is not None else edge_index_of(colptr, row)
-
-
-def csc_arrays(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
-    """``(colptr, row)`` of a graph's in-edges, sorted by target (stable: a target's sources keep
-    their order), ``row`` int32 when the node count allows."""
-    from torch_geometric.utils import index_sort
-    from torch_geometric.utils.sparse import index2ptr
-
-    col, perm = index_sort(edge_index[1], max_value=num_nodes)
-    row = edge_index[0].index_select(0, perm)
-    if num_nodes <= torch.iinfo(torch.int32).max:
-        row = row.to(torch.int32)
-    return index2ptr(col, num_nodes), row
-
-
-def edge_index_of(colptr: Tensor, row: Tensor) -> Tensor:
-    """The ``[2, E]`` edge index (int64) of a CSC graph, targets ascending: a private copy, for
-    what needs a COO graph (layer-wise inference)."""
-    n = colptr.numel() - 1
-    deg = colptr[1:] - colptr[:-1]
-    col = torch.repeat_interleave(torch.arange(n, device=colptr.device), deg, output_size=row.numel())
-    return torch.stack([row.long(), col])
-
-
 def synthetic_fingerprint(spec, seed: int) -> dict:
     return {"kind": "synthetic", "spec": asdict(spec), "seed": int(seed), "generator": GENERATOR_VERSION}
 
@@ -255,8 +182,6 @@ def _prepared_home(source: str, key: str, suffix: str) -> str:
     """Next to the data: ``SOURCE/prepared`` for a dataset's folder, ``SOURCE.prepared`` for a
     graph file, where that can be written; else in the cache, named after the source's path."""
     home = os.path.join(source, f"prepared{suffix}") if not os.path.isfile(source) else f"{source}.prepared{suffix}"
-    from .datasets import writable
-
     if writable(home):
         return home
     tag = hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:12]
@@ -267,8 +192,6 @@ def locate(name: str, root: str, seed: int, feature_dtype: str):
     """``(folder, fingerprint, build)``: where ``name``'s prepared arrays live, a function giving
     its source's fingerprint now (``None``: a prepared folder given as is, nothing to build it
     from) and one loading the source (a :class:`GraphDataset` in memory)."""
-    from .datasets import OGB, PLANETOID, SYNTHETIC, is_custom, load_custom, load_dataset, unknown_dataset
-
     check_choice("feature_dtype", feature_dtype, FEATURE_DTYPES)
     suffix = "" if feature_dtype == "float32" else f"-{feature_dtype}"
     key = str(name).lower()
@@ -305,9 +228,6 @@ def load_prepared(name: str, root: str = "data_root", seed: int = 0, feature_dty
     One process per node prepares (the dataset's file lock); the others wait and map what it
     wrote. ``verify``: check every byte's digest, not a sample; ``rebuild``: prepare again
     whatever is there. ``say``: where the one line about a (re)build goes (called only then)."""
-    from .datasets import OGB, DatasetError, GraphDataset, check_graph, dataset_lock, ogb_evaluator
-    from torch_geometric.data import Data
-
     folder, fingerprint, build = locate(name, root, seed, feature_dtype)
     with dataset_lock(folder):
         if build is None:  # a prepared folder given as is

@@ -14,6 +14,7 @@ from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..selection import LayerPlan, Selection
 from ..stats import LayerStats, stats_tensor
+from .layerwise import layerwise_inference
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
 Norm = Literal["batch", "layer", "none"]
@@ -287,7 +288,6 @@ class UnifewsGNN(nn.Module):
         ``lock_scope``, whose in-edges the seed locking keeps, and ``workspace``, an
         :class:`~unifews_dist.nn.models.layerwise.InferenceWorkspace` whose buffers repeated calls
         reuse). Leaves its per-layer statistics in :attr:`layer_stats` (summed over its batches)."""
-        from .layerwise import layerwise_inference
         return layerwise_inference(self, x, edge_index, batch_size=batch_size, output_nodes=output_nodes,
                                    device=device, progress=progress, distributed=distributed,
                                    lock_scope=lock_scope, workspace=workspace)

@@ -1,28 +1,26 @@
-"""Datasets: Planetoid, OGB node property prediction, and a seeded synthetic generator."""
+"""Where graphs come from: Planetoid, OGB node property prediction, a seeded synthetic generator,
+and the user's own files; the registry of names and the random split."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
-from unittest import mock
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.distributed import LocalFeatureStore
+
+from .graph import DatasetError, GraphDataset, check_graph
+from .storage import cache_dir, dataset_lock, writable
+
 
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+
 OGB = {"ogbn-arxiv": "ogbn-arxiv", "ogbn-products": "ogbn-products", "ogbn-papers100m": "ogbn-papers100M"}
-
-
-class DatasetError(ValueError):
-    """A dataset problem already said in one line (the loaders' own checks)."""
-
 
 @dataclass(frozen=True)
 class SyntheticSpec:
@@ -37,7 +35,6 @@ class SyntheticSpec:
     num_train: int = 0  # training seeds (0: half the nodes)
     num_val: int = 0  # validation seeds (0: a quarter); the rest are test nodes
 
-
 SYNTHETIC: Dict[str, SyntheticSpec] = {
     "synthetic-tiny": SyntheticSpec(2_000, 20_000, 32, 5),
     "synthetic-tiny-multilabel": SyntheticSpec(2_000, 20_000, 32, 5, extra_labels=0.2),
@@ -50,102 +47,6 @@ SYNTHETIC: Dict[str, SyntheticSpec] = {
 
 KNOWN = sorted([*PLANETOID, *OGB, *SYNTHETIC])
 
-
-@dataclass
-class GraphDataset:
-    """One graph with its split: ``data`` has ``x``, ``y`` (and ``edge_index``, unless the graph
-    is given as a CSC in ``colptr`` / ``row``: a prepared, memory-mapped graph); the index
-    tensors hold node ids. ``source`` says where it was read from, ``folder`` the prepared
-    folder it is mapped from (``None``: in memory)."""
-    name: str
-    data: Data
-    train_idx: Tensor
-    val_idx: Tensor
-    test_idx: Tensor
-    num_classes: int
-    source: str
-    evaluator: Optional[Callable[[Tensor, Tensor], float]] = None
-    colptr: Optional[Tensor] = None
-    row: Optional[Tensor] = None
-    folder: Optional[str] = None
-
-    @property
-    def num_features(self) -> int:
-        return self.data.x.size(1)
-
-    @property
-    def multilabel(self) -> bool:
-        """Labels are multi-hot rows ``[N, num_classes]`` (a binary task per class)."""
-        return self.data.y.dim() == 2
-
-    @property
-    def num_edges(self) -> int:
-        return int(self.row.numel()) if self.row is not None else int(self.data.edge_index.size(1))
-
-    def edge_index(self) -> Tensor:
-        """The ``[2, E]`` edges (layer-wise inference needs them; sampling reads the CSC). Of a
-        prepared graph on the host: the int64 edge index mapped from its folder, shared by the
-        ranks of a node (:func:`~unifews_dist.data.prepared.shared_edge_index`); of a CSC graph
-        elsewhere (on a GPU): a new copy. Neither is kept here: a rank holds them only while it
-        uses them."""
-        if self.row is None:
-            return self.data.edge_index
-        from .prepared import edge_index_of, shared_edge_index
-        if self.folder is not None and self.row.device.type == "cpu":
-            return shared_edge_index(self.folder, self.colptr, self.row)
-        return edge_index_of(self.colptr, self.row)
-
-    def stores(self):
-        """``(feature_store, graph_store)``: the graph through PyG's remote-backend interfaces
-        (what :class:`~torch_geometric.loader.NodeLoader` and PyG's samplers accept as a pair),
-        over the same tensors (no copy). PyG's in-memory implementations serve them, the
-        features through :class:`GatherFeatureStore` (rows gathered by ``index_select``)."""
-        fs = GatherFeatureStore()
-        fs.put_tensor(self.data.x, group_name=None, attr_name="x", index=None)
-        fs.put_tensor(self.data.y, group_name=None, attr_name="y", index=None)
-        if self.row is not None:
-            return fs, csc_graph_store(self.colptr, self.row)
-        from .prepared import csc_arrays
-        return fs, csc_graph_store(*csc_arrays(self.data.edge_index, self.data.num_nodes))
-
-
-class GatherFeatureStore(LocalFeatureStore):
-    """PyG's in-memory ``FeatureStore`` (:class:`~torch_geometric.distributed.LocalFeatureStore`)
-    whose rows for a tensor of node ids are gathered by ``torch.index_select``. PyG's gathers
-    them by advanced indexing (``tensor[index]``), which took 32 ms of a 124 ms synthetic-medium
-    batch, against 20 ms for ``index_select``, the ``Data`` path's gather
-    (``python benchmarks/store_speed.py``, BENCHMARKS.md): the store's interface is kept, with
-    the ``Data`` path's gather."""
-
-    def _get_tensor(self, attr):
-        index = attr.index
-        tensor = self._feat.get(self.key(attr))
-        if tensor is None or not isinstance(index, Tensor) or index.dim() != 1:
-            return super()._get_tensor(attr)
-        return torch.index_select(tensor, 0, index.to(device=tensor.device, dtype=torch.long))
-
-
-def csc_graph_store(colptr: Tensor, row: Tensor):
-    """A :class:`~torch_geometric.data.GraphStore` holding one homogeneous graph as CSC."""
-    from torch_geometric.distributed import LocalGraphStore
-
-    gs = LocalGraphStore()
-    gs.meta = {"is_hetero": False}  # what a partition's metadata says; GraphStore.csc reads it
-    n = colptr.numel() - 1
-    gs.put_edge_index((row, colptr), edge_type=None, layout="csc", size=(n, n), is_sorted=True)
-    return gs
-
-
-def writable(path: str) -> bool:
-    """Whether ``path`` (or, if it does not exist, the nearest folder above it) may be written:
-    by permission *and* by its mode bits, so that a folder marked read-only (``r-x``) is left
-    alone also by root, whom ``os.access`` lets write anywhere."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
-
-
 def load_planetoid(name: str, root: str) -> GraphDataset:
     from torch_geometric.datasets import Planetoid
 
@@ -154,7 +55,6 @@ def load_planetoid(name: str, root: str) -> GraphDataset:
     source = os.path.abspath(raw)
     if os.path.isdir(raw) and not writable(os.path.join(root, pname)):
         # a read-only dataset mount: process a copy of the raw files in a cache we can write
-        from .prepared import cache_dir
         cache = os.path.join(cache_dir(), "planetoid")
         if not os.path.isdir(os.path.join(cache, pname, "raw")):
             shutil.copytree(raw, os.path.join(cache, pname, "raw"))
@@ -166,7 +66,6 @@ def load_planetoid(name: str, root: str) -> GraphDataset:
     idx = torch.arange(data.num_nodes)
     return GraphDataset(name, Data(x=data.x, y=data.y, edge_index=data.edge_index), idx[data.train_mask],
                         idx[data.val_mask], idx[data.test_mask], ds.num_classes, source)
-
 
 def load_ogb(name: str, root: str) -> GraphDataset:
     """An OGB node property prediction dataset through ``ogb``'s PyG loader, with its splits
@@ -195,8 +94,7 @@ def load_ogb(name: str, root: str) -> GraphDataset:
     # allow exactly those types.
     safe = [DataEdgeAttr, DataTensorAttr, GlobalStorage, np.dtype, type(np.dtype(np.int64)),
             (np._core if hasattr(np, "_core") else np.core).multiarray.scalar]
-    with torch.serialization.safe_globals(safe), \
-            mock.patch.object(dataset_pyg, "decide_download", lambda url: True):
+    with torch.serialization.safe_globals(safe), _no_download_prompt(dataset_pyg):
         ds = PygNodePropPredDataset(oname, root=root)
     split = ds.get_idx_split()
     data = ds[0]
@@ -209,6 +107,18 @@ def load_ogb(name: str, root: str) -> GraphDataset:
     return GraphDataset(name, Data(x=data.x, y=y, edge_index=edge_index), split["train"], split["valid"],
                         split["test"], int(ds.num_classes), source, evaluate)
 
+@contextlib.contextmanager
+def _no_download_prompt(dataset_pyg):
+    """ogb asks on stdin before a download over 1 GB (``decide_download``) and has no option to
+    skip the question; a job has no stdin. Its module's function is answered "yes" while the
+    dataset is made, and put back after."""
+    asked = dataset_pyg.decide_download
+    dataset_pyg.decide_download = lambda url: True
+    try:
+        yield
+    finally:
+        dataset_pyg.decide_download = asked
+
 
 def ogb_evaluator(oname: str) -> Callable[[Tensor, Tensor], float]:
     """OGB's official ``Evaluator`` for ``oname``, as ``(pred, target) -> accuracy``."""
@@ -220,7 +130,6 @@ def ogb_evaluator(oname: str) -> Callable[[Tensor, Tensor], float]:
         return float(evaluator.eval({"y_true": target.view(-1, 1).cpu(), "y_pred": pred.view(-1, 1).cpu()})["acc"])
 
     return evaluate
-
 
 def synthetic_graph(spec: SyntheticSpec, seed: int = 0) -> Data:
     """A contextual stochastic block model with power-law (Chung-Lu) expected degrees.
@@ -259,7 +168,6 @@ def synthetic_graph(spec: SyntheticSpec, seed: int = 0) -> Data:
         y = multi.float()
     return Data(x=x, y=y, edge_index=edge_index, num_nodes=n)
 
-
 def load_synthetic(name: str, seed: int = 0) -> GraphDataset:
     spec = SYNTHETIC[name]
     data = synthetic_graph(spec, seed)
@@ -268,20 +176,16 @@ def load_synthetic(name: str, seed: int = 0) -> GraphDataset:
     b = a + (spec.num_val or spec.num_nodes // 4)
     return GraphDataset(name, data, perm[:a], perm[a:b], perm[b:], spec.num_classes, f"generated ({spec}, seed {seed})")
 
-
 def unknown_dataset(name) -> str:
     return (f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}, or a path to your graph "
             f"(a torch.save'd PyG Data, a folder of .npy arrays, a prepared folder)")
-
 
 def is_custom(name: str) -> bool:
     """Whether ``--data.name`` names a graph of the user's (a path) rather than a built-in one."""
     return str(name).lower() not in KNOWN and (os.sep in str(name) or str(name).endswith(".pt") or os.path.exists(name))
 
-
 #: the split of a custom graph that brings none: the Unifews reference code's fractions
 CUSTOM_SPLIT = (0.5, 0.25)
-
 
 def load_custom(path: str, seed: int = 0) -> GraphDataset:
     """A graph of the user's: a PyG ``Data`` (or a dict of tensors) saved with ``torch.save``
@@ -356,7 +260,6 @@ def load_custom(path: str, seed: int = 0) -> GraphDataset:
     return GraphDataset(name, Data(x=x.float() if x.dtype == torch.float64 else x, y=y, edge_index=ei.long(),
                                    num_nodes=n), *split, num_classes, source)
 
-
 def check_split_fractions(fractions) -> list:
     """``[train, val]`` as floats, or ValueError naming the value."""
     try:
@@ -367,7 +270,6 @@ def check_split_fractions(fractions) -> list:
         raise ValueError(f"random_split needs [train, val] fractions > 0 with sum < 1 (the rest is test), "
                          f"got {fractions!r}")
     return fr
-
 
 def random_split(y: Tensor, fractions, seed: int = 0):
     """``(train, val, test)`` node ids: ``fractions = (train, val)`` of the nodes, the rest test,
@@ -387,7 +289,6 @@ def random_split(y: Tensor, fractions, seed: int = 0):
         for i, chunk in enumerate((nodes[:a], nodes[a:b], nodes[b:])):
             parts[i].append(chunk)
     return tuple(torch.cat(p).sort().values for p in parts)
-
 
 def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphDataset:
     """Load a dataset by name: one of :data:`KNOWN` (case-insensitive)."""
@@ -413,41 +314,6 @@ def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphData
     check_graph(ds)
     return ds
 
-
-@contextlib.contextmanager
-def dataset_lock(path: str):
-    """Hold an exclusive lock for a dataset folder while it is downloaded, processed or read:
-    every rank of a job reads the dataset when the config is resolved (its feature and class
-    counts size the model), before Lightning's ``prepare_data`` runs on one process, so ranks on
-    one node would otherwise download and process into the same folder at once. The lock file
-    lives in the system's temporary folder (``/tmp``), named after the folder's absolute path,
-    so nothing is written next to the data before it exists."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    lock_dir = "/tmp/unifews-dataset-locks"
-    name = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"
-    try:
-        if not os.path.isdir(lock_dir):
-            try:
-                os.mkdir(lock_dir)  # in /tmp only: no folder is made where there is none
-                os.chmod(lock_dir, 0o1777)  # shared by every user, like /tmp
-            except FileExistsError:  # another rank made it just now
-                pass
-        f = open(os.path.join(lock_dir, name), "a")
-    except OSError:  # no /tmp, a read-only one, another user's lock file: go on without the lock
-        yield
-        return
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _missing_top(path: str) -> Optional[str]:
     """The top-most folder on the way to ``path`` that does not exist yet (``None``: it exists)."""
     path, top = os.path.abspath(path), None
@@ -457,7 +323,6 @@ def _missing_top(path: str) -> Optional[str]:
             break
         path = parent
     return top
-
 
 def _load_or_explain(name: str, key: str, root: str, loader, folder: str, existed: bool) -> GraphDataset:
     try:
@@ -474,39 +339,3 @@ def _load_or_explain(name: str, key: str, root: str, loader, folder: str, existe
                              f"{' '.join(str(e).split())[:200]}); replace or remove those files") from e
         raise ValueError(f"dataset {name!r} is not under data root {os.path.abspath(root)!r} (expected "
                          f"{where}) and could not be downloaded: {type(e).__name__}: {e}") from e
-
-
-def check_graph(ds: GraphDataset) -> None:
-    """Refuse, in one line naming the count and the first offender, a graph that would train
-    silently wrong: non-finite features (one ``inf`` made a weight rule prune every entry),
-    labels of split nodes outside the classes, edge indices outside the nodes (negative ones
-    too: index arithmetic would wrap them)."""
-    data, name = ds.data, ds.name
-    x, n = data.x, data.num_nodes
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        node, feat = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"dataset {name!r}: {int(bad.sum())} non-finite feature values (of {x.numel()}), the first "
-                         f"at node {node}, feature {feat} ({float(x[node, feat])}); fix the features first")
-    ei = ds.edge_index()
-    out = (ei < 0) | (ei >= n)
-    if out.any():
-        col = int(out.any(0).nonzero()[0])
-        raise ValueError(
-            f"dataset {name!r}: {int(out.any(0).sum())} edges refer to nodes outside 0..{n - 1}, the first "
-            f"is edge {col}: {int(ei[0, col])} -> {int(ei[1, col])}"
-        )
-    split = torch.cat([ds.train_idx, ds.val_idx, ds.test_idx])
-    if split.numel() and (split.min() < 0 or split.max() >= n):
-        raise ValueError(
-            f"dataset {name!r}: split node ids must lie in 0..{n - 1}, got {int(split.min())}..{int(split.max())}"
-        )
-    y = data.y[split]
-    wrong = (y != 0) & (y != 1) if ds.multilabel else (y < 0) | (y >= ds.num_classes)
-    if wrong.any():
-        i = int(wrong.reshape(len(split), -1).any(1).nonzero()[0])
-        raise ValueError(
-            f"dataset {name!r}: {int(wrong.reshape(len(split), -1).any(1).sum())} labelled nodes have "
-            f"labels outside {'0 / 1' if ds.multilabel else f'0..{ds.num_classes - 1}'}, the first is node "
-            f"{int(split[i])} (label {data.y[split[i]].tolist()})"
-        )
