@@ -182,14 +182,14 @@ def add_test_result(run_dir: str, result: dict) -> str:
 
 
 def logged_steps(ckpt: Dict[str, Any]) -> int:
-    """The logging step a run resumed from ``ckpt`` logs next (Lightning's count of batches that
-    stepped the optimizer): rows of ``metrics.csv`` from it on are logged again. A checkpoint
-    written at a step's end (SLURM's requeue, ``every_n_train_steps``) or mid-epoch holds the
-    count before that step's increment, and Lightning adds the step when it resumes from one
-    (``_TrainingEpochLoop.reset``); so does this."""
+    """The logging step a run resumed from ``ckpt`` logs next (Lightning logs at its count of
+    batches that stepped the optimizer, which for :class:`UnifewsModule`'s one optimizer is the
+    checkpoint's ``global_step``): rows of ``metrics.csv`` from it on are logged again. A
+    checkpoint written at a step's end (SLURM's requeue, ``every_n_train_steps``) or mid-epoch
+    holds the count before that step's increment, and Lightning adds the step when it resumes
+    from one; so does this."""
     fit = ckpt.get("loops", {}).get("fit_loop", {})
-    loop = fit.get("epoch_loop.state_dict", {})
-    steps = int(loop.get("_batches_that_stepped", ckpt.get("global_step", 0)))
+    steps = int(ckpt.get("global_step", 0))
     progress = fit.get("epoch_loop.batch_progress", {})
     total = progress.get("total", {})
     on_batch_end = bool(total) and total.get("started") == total.get("ready") == total.get("processed") \

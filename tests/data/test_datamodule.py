@@ -290,3 +290,37 @@ def test_no_edge_index_alive_while_training_between_layerwise_validations():
                          callbacks=[Look()])
     trainer.fit(module, dm)
     assert Look.validated == 3 and Look.alive == [0] * 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_distributed_sampler", [True, False])
+def test_lightning_keeps_the_seed_sharding_whatever_use_distributed_sampler_says(tmp_path, use_distributed_sampler):
+    """Lightning replaces a loader's sampler with its own DistributedSampler unless the sampler
+    already is one: ShardedSeedSampler is, so both ranks keep the even, disjoint shards (and the
+    same batch count) with use_distributed_sampler on as off."""
+    import json
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+
+    from unifews_dist.lit import UnifewsModule
+
+    class Seen(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            path = tmp_path / f"rank{trainer.global_rank}.jsonl"
+            sampler = trainer.train_dataloader.sampler
+            with open(path, "a") as f:
+                f.write(json.dumps([type(sampler).__name__, batch.n_id[: batch.batch_size].tolist()]) + "\n")
+
+    dm = UnifewsDataModule("synthetic-tiny", num_neighbors=[3, 2], batch_size=64, seed=1)
+    model = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage", hidden_channels=8)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Seen()],
+                         use_distributed_sampler=use_distributed_sampler, default_root_dir=str(tmp_path))
+    trainer.fit(model, dm)
+    rows = [[json.loads(line) for line in open(tmp_path / f"rank{r}.jsonl")] for r in (0, 1)]
+    assert {name for r in rows for name, _ in r} == {"ShardedSeedSampler"}
+    assert len(rows[0]) == len(rows[1]) == 8  # 1000 seeds, 500 a rank, batches of 64
+    seeds = [{s for _, b in r for s in b} for r in rows]
+    assert not seeds[0] & seeds[1] and len(seeds[0]) == len(seeds[1]) == 500

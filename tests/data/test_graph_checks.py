@@ -56,12 +56,9 @@ def test_labels_outside_the_classes_are_refused():
 
 
 def test_a_diverged_model_is_not_checkpointed(tmp_path):
-    import os
-    import sys
 
     import pytorch_lightning as pl
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "callbacks"))
     from cb_helpers import make
 
     model, dm = make(thr_a=0.0, thr_w=0.0)

@@ -19,7 +19,7 @@ def _bash(script, *args, env=None, timeout=300):
 def test_torchrun_two_processes_completes_debug(tmp_path):
     """launch/torchrun.sh's default launcher forks both ranks from one process that imported
     everything (they find its objects frozen), and they train identical models."""
-    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers")
     proc = _bash("launch/torchrun.sh", "--wandb", "false", "--trainer.callbacks+=rank_check.RankCheck",
                  f"--trainer.callbacks.out={tmp_path / 'ranks.json'}",
                  env={"NGPU": "2", "CONFIG": "configs/debug.yaml", "RUN_DIR": str(tmp_path / "run"),
@@ -42,7 +42,7 @@ def test_torchrun_two_nodes_on_localhost(tmp_path):
     each) meets through torchrun's c10d rendezvous; the forked ranks train identical models."""
     from conftest import free_port
 
-    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers")
     env = {"NGPU": "1", "NNODES": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": str(free_port()),
            "CONFIG": "configs/debug.yaml", "RUN_DIR": str(tmp_path / "run"),
            "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -12,7 +12,7 @@ import slurm_cluster
 from wandb_reader import history, offline_runs, run_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTS = os.path.join(ROOT, "tests")
+TESTS = os.path.join(ROOT, "tests", "helpers")
 pytestmark = pytest.mark.slow
 
 

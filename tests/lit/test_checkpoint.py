@@ -99,3 +99,18 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_previous(tmp_path):
         newest_readable(str(tmp_path))
     io.remove_checkpoint(str(last))
     assert not last.exists() and not os.path.exists(str(last) + ".prev")
+
+
+def test_the_logging_step_is_the_checkpoints_global_step(tmp_path):
+    """run_dir.logged_steps reads the public global_step where Lightning logs at its private count
+    of batches that stepped the optimizer: equal for UnifewsModule's one optimizer. Fails loudly
+    if a Lightning release changes that (the private key is read here only)."""
+    from cb_helpers import make, trainer
+
+    model, dm = make()
+    t = trainer(tmp_path, [], max_epochs=2, limit_train_batches=3, enable_checkpointing=False)
+    t.fit(model, dm)
+    t.save_checkpoint(str(tmp_path / "c.ckpt"))
+    ckpt = torch.load(str(tmp_path / "c.ckpt"), weights_only=False)
+    loop = ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]
+    assert ckpt["global_step"] == loop["_batches_that_stepped"] == 6

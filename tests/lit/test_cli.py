@@ -10,33 +10,7 @@ import torch
 
 from wandb_reader import history, offline_runs, run_info
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TESTS = os.path.join(ROOT, "tests")
-DEBUG = os.path.join(ROOT, "configs", "debug.yaml")
-SUMMARY_KEYS = {"test_acc", "val_acc", "epochs", "world_size", "edge_sparsity", "edge_sparsity_per_layer",
-                "weight_sparsity", "weight_sparsity_per_layer", "macs_dense", "macs_sparse", "train_seeds_per_s",
-                "wall_s"}
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""), WANDB_MODE="offline")
-    env.pop("UNIFEWS_TRACEBACK", None)
-    return env
-
-
-def _run(args, cwd, timeout=300, runner=None, env=None):
-    cmd = (runner or [sys.executable, "-m", "unifews_dist"]) + args
-    return subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _summary(proc):
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    path = proc.stdout.strip().splitlines()[-1]
-    assert path.endswith("summary.json") and os.path.isfile(path), proc.stdout[-2000:]
-    with open(path) as f:
-        s = json.load(f)
-    assert SUMMARY_KEYS <= set(s)
-    return s
+from cli_run import DEBUG, ROOT, cli_env as _env, read_summary as _summary, run_cli as _run  # noqa: F401
 
 
 def test_debug_fit_writes_run_dir_and_report(tmp_path):

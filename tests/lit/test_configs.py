@@ -4,15 +4,13 @@ import contextlib
 import glob
 import io
 import os
-import sys
 
 import pytest
 import torch
 
-from test_cli import DEBUG, ROOT, _run, _summary
+from cli_run import DEBUG, ROOT, run_cli as _run, read_summary as _summary
 
-sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
-from ogb_tiny import write_tiny_ogb  # noqa: E402
+from ogb_tiny import write_tiny_ogb
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from test_cli import DEBUG, ROOT, _env, _summary
+from cli_run import DEBUG, ROOT, cli_env as _env, read_summary as _summary
 
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
          "--trainer.limit_test_batches", "1"]

@@ -1,12 +1,11 @@
 """Full-graph (layer-wise) evaluation and ``predict`` through the CLI, and OGB's evaluator."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-from test_cli import DEBUG, ROOT, _run, _summary
+from cli_run import DEBUG, ROOT, run_cli as _run, read_summary as _summary
 from unifews_dist.data import UnifewsDataModule
 from unifews_dist.lit import UnifewsModule
 
@@ -119,7 +118,6 @@ def test_ogb_datasets_report_the_official_evaluator(tmp_path, mode):
     """An OGB dataset's test also reports ogb's own Evaluator figure (``test_ogb_acc``), over all
     of the split's nodes gathered from every rank; for single-label accuracy it equals ours."""
     pytest.importorskip("ogb")
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "data"))
     from ogb_tiny import write_tiny_ogb
     write_tiny_ogb(tmp_path / "data", n=200, e=1200, num_classes=5)
     run = tmp_path / "run"

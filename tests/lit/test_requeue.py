@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from test_cli import DEBUG, _env, _run, _summary
+from cli_run import DEBUG, cli_env as _env, run_cli as _run, read_summary as _summary
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unifews_dist"]
 ARGS = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--wandb", "false"]

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from test_cli import DEBUG, _run, _summary
+from cli_run import DEBUG, run_cli as _run, read_summary as _summary
 
 # dropout 0.5 (debug config) and enough batches that the kill lands mid-epoch after a checkpoint
 ARGS = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "6", "--wandb", "false"]
@@ -81,7 +81,7 @@ def test_summary_figures_belong_to_the_tested_checkpoint(tmp_path):
 def test_what_a_run_writes_stays_in_its_run_directory(tmp_path):
     """PyG's generated propagate modules and W&B's staging go to RUN_DIR/tmp, not the system's
     temporary folder; W&B's own logs go to RUN_DIR/wandb, not ~/.cache/wandb."""
-    from test_cli import _env
+    from cli_run import cli_env as _env
     import subprocess
     import sys
     system_tmp = tmp_path / "system_tmp"

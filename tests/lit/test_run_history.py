@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from test_cli import DEBUG, _run, _summary
+from cli_run import DEBUG, run_cli as _run, read_summary as _summary
 
 
 def _main(args):

@@ -202,13 +202,6 @@ class UnifewsDataModule(pl.LightningDataModule):
         ds = self.load()
         trainer = getattr(self, "trainer", None)
         world, _ = _dist_info(trainer)
-        if trainer is not None and world > 1:
-            conn = getattr(trainer, "_accelerator_connector", None)
-            if conn is not None and getattr(conn, "use_distributed_sampler", False):
-                raise ValueError(
-                    "set trainer.use_distributed_sampler=false: the data module shards seeds itself "
-                    "(Lightning's sampler injection has broken NeighborLoader before)"
-                )
         if self.num_hops < 1:
             raise ValueError("num_neighbors needs at least one hop")
         if self.gpu_sampling:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 
-class ShardedSeedSampler(Sampler[int]):
+class ShardedSeedSampler(DistributedSampler):
     """Positions ``0 .. num_seeds - 1`` split so that every rank gets exactly as many.
 
     Each epoch the positions are shuffled from ``(seed, epoch)`` (same permutation on every
@@ -17,7 +17,10 @@ class ShardedSeedSampler(Sampler[int]):
     and ranks may differ by one seed.
 
     Lightning calls :meth:`set_epoch` on it every epoch. :meth:`resume_at` makes the next pass
-    over a given epoch start after the positions a checkpointed run had already used.
+    over a given epoch start after the positions a checkpointed run had already used. It is a
+    :class:`~torch.utils.data.distributed.DistributedSampler` (with its own split), so Lightning
+    never replaces it with one of its own, whatever ``use_distributed_sampler`` says (a loader
+    whose sampler already is one is left as it is).
     """
 
     def __init__(self, num_seeds: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
@@ -26,6 +29,8 @@ class ShardedSeedSampler(Sampler[int]):
             raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
         if num_seeds < num_replicas:
             raise ValueError(f"{num_seeds} seed nodes cannot be split over {num_replicas} ranks")
+        super().__init__(range(num_seeds), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop)
         self.num_seeds, self.num_replicas, self.rank = num_seeds, num_replicas, rank
         self.shuffle, self.seed, self.drop, self.epoch = shuffle, seed, drop, 0
         self._resume = None  # (epoch, positions to skip) for the next pass
