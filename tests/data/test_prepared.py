@@ -258,7 +258,7 @@ def _cli(args, env):
 
 
 def test_prepare_command(cache, capsys):
-    from unifews_dist.prepare import main
+    from unifews_dist.commands.prepare import main
 
     assert main(["--config", "configs/debug.yaml"]) == 0
     out = capsys.readouterr().out

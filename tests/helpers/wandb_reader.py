@@ -1,11 +1,11 @@
-"""Read back an offline W&B run with the library's reader (``unifews_dist.wandb_history``)."""
+"""Read back an offline W&B run with the library's reader (``unifews_dist.loggers.wandb_records``)."""
 from __future__ import annotations
 
 import glob
 import json
 import os
 
-from unifews_dist.wandb_history import read_records  # noqa: F401  (the library's reader)
+from unifews_dist.loggers.wandb_records import read_records  # noqa: F401  (the library's reader)
 
 
 def offline_runs(wandb_dir: str) -> list:

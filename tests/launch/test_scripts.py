@@ -195,7 +195,7 @@ def test_sweep_dry_run_maps_index_to_pair():
 
 
 def test_sweep_table_from_run_dirs(tmp_path):
-    from unifews_dist.sweep import main
+    from unifews_dist.commands.sweep import main
 
     for a, w, acc in ((1.0, 0.5, 0.7), (0.0, 0.5, 0.8)):
         run = tmp_path / f"thr_a={a}_thr_w={w}"

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from unifews_dist.checkpoint import AtomicCheckpointIO, newest_readable
+from unifews_dist.run.checkpoint import AtomicCheckpointIO, newest_readable
 
 
 def test_kill_mid_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_loading_is_weights_only_and_our_checkpoints_pass(tmp_path):
                         "callbacks": {"SparsitySchedule": {"thr_a": {3: 1.0}}}}, str(path))
     assert io.load_checkpoint(str(path))["hyper_parameters"]["conv"] == "sage"
     _crafted(path, tmp_path / "pwned")
-    from unifews_dist.checkpoint import UnsafeCheckpoint
+    from unifews_dist.run.checkpoint import UnsafeCheckpoint
     with pytest.raises(UnsafeCheckpoint):
         io.load_checkpoint(str(path))
     assert not (tmp_path / "pwned").exists()

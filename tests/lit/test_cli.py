@@ -32,8 +32,8 @@ def test_debug_fit_writes_run_dir_and_report(tmp_path):
                           timeout=120, env=_env())
     assert proc.returncode == 0, proc.stderr
     pngs = proc.stdout.split()
-    assert {os.path.basename(p) for p in pngs} == {"edge_sparsity.png", "weight_sparsity.png", "throughput.png",
-                                                    "step_time.png"}
+    assert {os.path.basename(p) for p in pngs} == {"accuracy.png", "edge_sparsity.png", "weight_sparsity.png",
+                                                    "throughput.png", "step_time.png"}
     import matplotlib.image
     for p in pngs:
         img = matplotlib.image.imread(p)

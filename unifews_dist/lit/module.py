@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_choice
-from ..checkpoint import rng_state, set_rng_state
+from ..run.checkpoint import rng_state, set_rng_state
 from ..nn import UnifewsGNN
 from ..nn.models.gnn import Backend, ConvName, LockPolicy, Norm
 from ..nn.models.layerwise import LOCK_SCOPES, LockScope

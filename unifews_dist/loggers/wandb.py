@@ -1,5 +1,5 @@
-"""A W&B run's history that holds every step once across a job's restarts, and a reader of the
-run's ``.wandb`` file (wandb ships no Python reader for it).
+"""W&B for a run: the config block, offline by default, the wandb settings object, and the
+``WandbLogger`` whose history holds every step once across a job's restarts.
 
 W&B writes what a run logs to its ``.wandb`` file (the transaction log; offline and online
 alike) every ``flush_interval_s`` seconds, from a separate process. A job killed hard lost what
@@ -14,106 +14,69 @@ write after every checkpoint would cost up to ``flush_interval_s`` per checkpoin
 way to drop the rows after a checkpoint, rewinding the run (``resume_from``), is a private
 preview of the W&B server that offline runs and self-hosted servers cannot use.
 
-wandb is imported only inside functions: W&B enters through Lightning's ``WandbLogger``.
+Library modules do not import wandb; W&B enters through Lightning's ``WandbLogger`` (wandb is
+imported here only to build its ``Settings``).
 """
 from __future__ import annotations
 
-import glob
-import json
+import netrc
 import os
-import struct
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-BLOCK = 32 * 1024
-HEADER = 7
-STEP_KEY = "trainer/global_step"
-_W_AND_B_KEYS = {"_step", "_runtime", "_timestamp", STEP_KEY}
+from .wandb_records import STEP_KEY, W_AND_B_KEYS, history_rows, read_records, run_files
 
 
-class TransactionLog:
-    """Reads a ``.wandb`` file as it grows: a leveldb-style log, a 7-byte file header (``:W&B``,
-    magic, version), then 32 KiB blocks of chunks, each with a 7-byte header (crc32,
-    little-endian length, type: 1 full, 2 first, 3 middle, 4 last) and a piece of a serialized
-    ``wandb_internal_pb2.Record``. :meth:`read_new` returns the records completed since the
-    last call (a record cut off by a write in progress is read on a later call)."""
+@dataclass
+class WandbOptions:
+    """W&B run settings (``--wandb false`` logs to CSV only).
 
-    def __init__(self, path: str):
-        self.path = path
-        self._pos = HEADER  # the next chunk's offset
-        self._pieces = b""
-
-    def read_new(self) -> list:
-        from wandb.proto import wandb_internal_pb2
-
-        try:
-            with open(self.path, "rb") as f:
-                if self._pos == HEADER and f.read(4) not in (b":W&B", b""):
-                    raise ValueError(f"{self.path} is not a .wandb file")
-                f.seek(self._pos)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        out, pos = [], 0
-        while True:
-            at = self._pos + pos
-            left = BLOCK - at % BLOCK
-            if left < HEADER:  # block trailer padding
-                if pos + left > len(data):
-                    break
-                pos += left
-                continue
-            if pos + HEADER > len(data):
-                break
-            _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-            if kind == 0 and length == 0:  # zero padding to the block's end
-                if pos + left > len(data):
-                    break
-                pos += left
-                continue
-            if pos + HEADER + length > len(data):  # a chunk still being written
-                break
-            payload = data[pos + HEADER:pos + HEADER + length]
-            pos += HEADER + length
-            if kind == 1:
-                out.append(payload)
-            elif kind == 2:
-                self._pieces = payload
-            elif kind == 3:
-                self._pieces += payload
-            elif kind == 4:
-                out.append(self._pieces + payload)
-                self._pieces = b""
-            else:
-                raise ValueError(f"{self.path}: bad chunk type {kind} at byte {at}")
-        self._pos += pos
-        return [wandb_internal_pb2.Record.FromString(p) for p in out]
+    Args:
+        project, entity, group, tags: as in ``wandb.init``.
+        name: the run's display name; default: the run directory's name.
+        flush_interval_s: seconds between writes of the run's data to its ``.wandb`` file
+            (wandb's default is 15): how far behind a running job's file (and a dashboard fed
+            from it) may be. A job killed hard loses nothing of it: the resumed run logs what
+            W&B had not written (:class:`RunWandbLogger`).
+    """
+    project: str = "unifews_dist"
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    entity: Optional[str] = None
+    flush_interval_s: float = 2.0
 
 
-def read_records(path: str) -> list:
-    """Every record of a ``.wandb`` file."""
-    return TransactionLog(path).read_new()
+def wandb_settings(flush_interval_s: float):
+    if not flush_interval_s >= 0:
+        raise ValueError(f"wandb.flush_interval_s must be >= 0, got {flush_interval_s}")
+    import wandb
+    try:
+        return wandb.Settings(x_transaction_log_flush_interval=flush_interval_s)
+    except Exception:  # an older wandb without the setting: its default behaviour
+        return None
 
 
-def history_rows(records) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """``(_step, {key: value})`` of each logged history row."""
-    for rec in records:
-        if rec.WhichOneof("record_type") == "history":
-            row = {(it.key or "/".join(it.nested_key)): json.loads(it.value_json) for it in rec.history.item}
-            yield rec.history.step.num, row
+def wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
 
 
-def run_files(wandb_dir: str, run_id: str) -> List[str]:
-    """The ``.wandb`` files of run ``run_id`` under ``wandb_dir``, oldest first (one per
-    attempt: ``offline-run-<time>-<id>`` offline, ``run-<time>-<id>`` online)."""
-    files = glob.glob(os.path.join(wandb_dir, "*run-*", f"run-{run_id}.wandb"))
-    return sorted(files, key=lambda p: os.path.basename(os.path.dirname(p)).split("run-", 1)[1])
+def default_wandb_mode() -> None:
+    """Offline unless the user chose a mode or is logged in (no server is assumed reachable)."""
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
 
 
 def _row_key(step, keys) -> Tuple[int, FrozenSet[str]]:
-    return int(step), frozenset(k for k in keys if k not in _W_AND_B_KEYS)
+    return int(step), frozenset(k for k in keys if k not in W_AND_B_KEYS)
 
 
 class RunWandbLogger(WandbLogger):

@@ -7,21 +7,16 @@ again changes nothing.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import secrets
 import shutil
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-import torch
-from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-METRICS = "metrics.csv"
-SUMMARY = "summary.json"
+from ..loggers.csv import METRICS
 
 
 def resolve_run_dir(explicit: Optional[str]) -> str:
@@ -139,48 +134,6 @@ def wandb_run_id(run_dir: str) -> str:
     return run_id
 
 
-def build_summary(metrics: dict, test: dict, epochs: int, global_step: int, world_size: int,
-                  num_layers: int, wall_s: float) -> dict:
-    """summary.json. Every figure belongs to the model it names: accuracy, sparsity and MACs at
-    the top level are the tested model's (the best checkpoint), measured on the test batches
-    (:class:`SparsityMonitor` logs them as ``test/...``); ``last_train_epoch`` holds the last
-    training epoch's figures (the ``*_epoch`` totals of the monitors, summed over ranks).
-    ``callback_metrics`` and the test results reach the launching process under every strategy,
-    ``ddp_fork``/``ddp_spawn`` included, where the callbacks' own state stays in the workers."""
-    def figures(src: dict, prefix: str, suffix: str) -> dict:
-        def get(key: str) -> float:
-            return float(src.get(f"{prefix}{key}{suffix}", 0.0))
-        return {"edge_sparsity": get("sparsity/edge/all"),
-                "edge_sparsity_per_layer": [get(f"sparsity/edge/layer{i}") for i in range(num_layers)],
-                "weight_sparsity": get("sparsity/weight/all"),
-                "weight_sparsity_per_layer": [get(f"sparsity/weight/layer{i}") for i in range(num_layers)],
-                "macs_dense": int(get("macs/dense")), "macs_sparse": int(get("macs/sparse"))}
-
-    ogb = {"test_ogb_acc": float(test["test/ogb_acc"])} if "test/ogb_acc" in test else {}
-    return {
-        "test_acc": float(test.get("test/acc", float("nan"))), **ogb,
-        "val_acc": float(metrics.get("val/acc", float("nan"))),
-        **figures(test, "test/", ""),
-        "epochs": int(epochs), "global_step": int(global_step), "world_size": int(world_size),
-        "train_seeds_per_s": float(metrics.get("throughput/seeds_per_s_epoch", 0.0)),
-        "last_train_epoch": figures(metrics, "", "_epoch"),
-        "wall_s": float(wall_s),
-    }
-
-
-def add_test_result(run_dir: str, result: dict) -> str:
-    """Append a test of one of the run's checkpoints to ``summary.json`` (``tests``); its path."""
-    path = os.path.abspath(os.path.join(run_dir, SUMMARY))
-    summary = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            summary = json.load(f)
-    summary.setdefault("tests", []).append(result)
-    os.makedirs(run_dir, exist_ok=True)
-    write_atomic(path, json.dumps(summary, indent=2))
-    return path
-
-
 def logged_steps(ckpt: Dict[str, Any]) -> int:
     """The logging step a run resumed from ``ckpt`` logs next (Lightning logs at its count of
     batches that stepped the optimizer, which for :class:`UnifewsModule`'s one optimizer is the
@@ -209,109 +162,3 @@ def finished(ckpt: Dict[str, Any], max_epochs: Optional[int], max_steps: int) ->
     return max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs
 
 
-def _number(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-class RunCSVLogger(Logger):
-    """``RUN_DIR/metrics.csv``, kept across restarts: every step's row exactly once.
-
-    Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts and writes rows
-    every ``flush_logs_every_n_steps``: a resumed run lost its history, and a killed one the rows
-    since the last write. This one writes each row when it is logged, and a run resumed at
-    logging step ``resume_step`` keeps the rows before it (the ones after were logged by the
-    killed run after its checkpoint, and are logged again).
-
-    ``test``, ``validate`` and ``predict`` of a run's checkpoint add their rows to the file and
-    drop none (``keep_before=None``).
-
-    Args:
-        run_dir: the run directory.
-        keep_before: rows logged at steps before this one are kept, the rest dropped: a resumed
-            ``fit``'s first logging step, 0 for a new ``fit``; ``None`` keeps every row.
-    """
-
-    def __init__(self, run_dir: str, keep_before: Optional[int] = 0):
-        super().__init__()
-        self._dir, self._path = run_dir, os.path.join(run_dir, METRICS)
-        self._keys: List[str] = []
-        self._truncate(keep_before)
-
-    @property
-    def name(self) -> str:
-        return ""
-
-    @property
-    def version(self) -> str:
-        return ""
-
-    @property
-    def root_dir(self) -> str:
-        return self._dir
-
-    @property
-    def log_dir(self) -> str:
-        return self._dir
-
-    @property
-    def save_dir(self) -> str:
-        return self._dir
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> str:
-        return self._path
-
-    @rank_zero_only
-    def _truncate(self, keep_before: Optional[int]) -> None:
-        rows = self._read()
-        if keep_before is None:
-            self._keys = sorted(set().union(*rows)) if rows else []
-            return
-        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < keep_before]
-        if not kept:
-            if os.path.isfile(self._path):
-                os.remove(self._path)
-            self._keys = []
-        elif kept != rows:
-            self._write(kept)
-        else:
-            self._keys = sorted(set().union(*kept))
-
-    def rows(self) -> List[Dict[str, Any]]:
-        """The rows in the file, in logging order: ``{"step": s, key: value}`` with each row's
-        logged keys only, numbers as logged (ints stay ints)."""
-        return [{k: _number(v) for k, v in r.items() if v not in (None, "")} for r in self._read()]
-
-    def _read(self) -> List[Dict[str, str]]:
-        if not os.path.isfile(self._path):
-            return []
-        with open(self._path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def _write(self, rows: List[Dict[str, Any]]) -> None:
-        keys = sorted(set().union(*rows)) if rows else []
-        os.makedirs(self._dir, exist_ok=True)
-        with open(self._path + ".tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(self._path + ".tmp", self._path)
-        self._keys = keys
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
-        row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
-        row["step"] = step
-        if set(row) - set(self._keys) or not os.path.isfile(self._path):  # a new column: rewrite once
-            self._write(self._read() + [row])
-            return
-        with open(self._path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self._keys).writerow(row)
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """The resolved config is ``RUN_DIR/config.yaml``; nothing to add here."""

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import yaml
 
-from .data.prepared import FEATURE_DTYPES, load_prepared
+from ..data.prepared import FEATURE_DTYPES, load_prepared
 
 
 class _OneLine(argparse.ArgumentParser):

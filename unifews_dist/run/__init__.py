@@ -1,0 +1,1 @@
+"""A run's life: its directory, checkpoints, resume, set-up guard, summary and Trainer."""

@@ -1,0 +1,65 @@
+"""How a run's command ends: a finished run, a requeue, a bad value, each said in one line;
+whatever the command made before it failed removed; the process left as it was found."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities import rank_zero_only
+
+from ..callbacks import Requeued
+from .directory import RunFinished, remove_if_unused
+from .setup_guard import say_once, setup_begins, setup_done
+from .summary import SUMMARY
+
+#: the run directory this call made (removed again if it fails before it trains)
+MADE = {"run_dir": None}
+
+
+@contextlib.contextmanager
+def command_guard():
+    """Around one ``unifews-dist`` command: what it sets for its run (the run directory it made,
+    the temporary and W&B cache folders) is put back when it returns, as ``main()`` may run again
+    in one process; every exit is one line (``UNIFEWS_TRACEBACK=1``: the traceback) and code 2
+    for bad input, and leaves no process group behind (gloo's threads abort the interpreter at
+    exit otherwise)."""
+    MADE["run_dir"] = None
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "WANDB_CACHE_DIR", "UNIFEWS_RUN_DIR")}
+    saved_tempdir = tempfile.tempdir
+    setup_begins()  # a set-up stopped by SIGTERM cleans up too (below)
+    try:
+        yield
+    except RunFinished as done:  # started again after it finished: nothing to do, nothing changed
+        print(f"run {done.run_dir} is finished ({done.epochs} epochs, {done.steps} steps): nothing to do; "
+              f"raise trainer.max_epochs or trainer.max_steps to train on")
+        summary = os.path.abspath(os.path.join(done.run_dir, SUMMARY))
+        if os.path.isfile(summary):
+            print(summary, flush=True)
+    except Requeued as r:  # every rank: the checkpoint is written and SLURM runs the job again
+        if rank_zero_only.rank == 0:
+            print(f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
+                  "it resumes from there", flush=True)
+    except SystemExit:  # a parser error, or SIGTERM during set-up (also when a library wrapped it)
+        remove_if_unused(MADE["run_dir"])
+        raise
+    except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
+        if os.environ.get("UNIFEWS_TRACEBACK"):
+            raise
+        # cleaned up first: a rank other than 0 waits in say_once, where the launcher may stop it
+        remove_if_unused(MADE["run_dir"])
+        say_once(f"unifews-dist: error: {' '.join(str(e).split()) or type(e).__name__} "
+                 "(set UNIFEWS_TRACEBACK=1 for the traceback)")
+        raise SystemExit(2)
+    finally:
+        setup_done()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tempfile.tempdir = saved_tempdir
