@@ -42,6 +42,7 @@ def test_monitors_log_every_step(tmp_path):
         assert vals["throughput/kept_edges_per_s"] < 2 * vals["throughput/edges_per_s"]
         parts = sum(vals[f"time/{p}_s"] for p in ("data", "transfer", "forward", "backward"))
         assert vals["time/forward_s"] > 0 and vals["time/backward_s"] > 0 and vals["time/data_s"] > 0
+        assert vals["time/transfer_s"] > 0  # timed between the data module's transfer hooks
         assert parts <= vals["time/step_s"] * 1.001 and parts >= 0.5 * vals["time/step_s"]
         seeds_per_step = vals["throughput/seeds_per_s"] * vals["time/step_s"]
         assert 1 <= seeds_per_step <= 64 * 1.001
@@ -50,8 +51,8 @@ def test_monitors_log_every_step(tmp_path):
     assert tm.epoch_totals["seeds"] == 5 * 64 and tm.epoch_totals["seconds"] > 0
     epoch_rows = [r for r in _rows(tmp_path / "metrics.csv") if r.get("sparsity/edge/all_epoch")]
     assert len(epoch_rows) == 2
-    # the transfer hook is put back after fit
-    assert "batch_to_device" not in vars(model.trainer.strategy)
+    # the data module's transfer listener is let go after fit, and nothing of Lightning's was replaced
+    assert dm.transfer_listener is None and "batch_to_device" not in vars(model.trainer.strategy)
 
 
 @pytest.mark.parametrize("cls", [SparsityMonitor, ThroughputMonitor])

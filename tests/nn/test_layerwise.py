@@ -262,7 +262,7 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, 
     the edges of its share only."""
     import torch.multiprocessing as mp
     from conftest import free_port
-    from unifews_dist.nn.models.layerwise import _shares
+    from unifews_dist.distributed import shares as _shares
 
     out = mp.Manager().dict()
     mp.spawn(_split_worker, args=(2, free_port(), conv, lock, scope, thr_a, spread, out), nprocs=2, join=True)

@@ -67,35 +67,29 @@ class ThroughputMonitor(Callback):
         self._epoch = [0.0] * 2  # seeds, sampled edges
         self._epoch_kept = None  # device tensor: the epoch's packed layer statistics
         self._epoch_t0 = 0.0
-        self._orig_batch_to_device = None
+        self._trainer = None
         self.last_times: Dict[str, float] = {}
 
-    # Lightning gives callbacks no hook around the host-to-device copy, so the strategy's
-    # ``batch_to_device`` is wrapped for the duration of fit (and restored at teardown).
+    # Lightning gives callbacks no hook around the host-to-device copy; the data module's public
+    # batch-transfer hooks (on_before / on_after_batch_transfer) bracket it, and a data module
+    # with a ``transfer_listener`` attribute (UnifewsDataModule) calls it from them
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit" or self._orig_batch_to_device is not None:
+        dm = getattr(trainer, "datamodule", None)
+        if stage == "fit" and hasattr(dm, "transfer_listener"):
+            self._trainer = trainer
+            dm.transfer_listener = self._on_transfer
+
+    def _on_transfer(self, edge: str) -> None:
+        if not self._trainer.training or self._clock is None:
             return
-        strategy = trainer.strategy
-        self._orig_batch_to_device = strategy.batch_to_device
-
-        def timed_batch_to_device(*args, **kwargs):
-            if not trainer.training or self._clock is None:
-                return self._orig_batch_to_device(*args, **kwargs)
+        if edge == "start":
             self._t_fetched = time.perf_counter()
-            self._clock.mark("transfer0")
-            out = self._orig_batch_to_device(*args, **kwargs)
-            self._clock.mark("transfer1")
-            return out
-
-        strategy.batch_to_device = timed_batch_to_device
+        self._clock.mark("transfer0" if edge == "start" else "transfer1")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._orig_batch_to_device is not None:
-            try:
-                del trainer.strategy.batch_to_device
-            except AttributeError:
-                pass
-            self._orig_batch_to_device = None
+        dm = getattr(trainer, "datamodule", None)
+        if getattr(dm, "transfer_listener", None) == self._on_transfer:
+            dm.transfer_listener = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start_epoch(pl_module)
@@ -108,7 +102,7 @@ class ThroughputMonitor(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._clock is None:  # resumed mid-epoch (a SLURM requeue checkpoint): no epoch start
             self._start_epoch(pl_module)
-        if self._t_fetched is None:  # batch_to_device was bypassed: no transfer time
+        if self._t_fetched is None:  # no data module told of the transfer: no transfer time
             self._t_fetched = time.perf_counter()
             self._clock.marks.pop("transfer0", None)
         self._clock.mark("forward0")

@@ -13,6 +13,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
 from ..checks import check_choice
+from ..distributed import world
 from .graph import GraphDataset
 from .prepared import FEATURE_DTYPES, load_prepared
 from .samplers import SAMPLERS, Sampler, make_sampler
@@ -65,9 +66,7 @@ class _OneBatch(torch.utils.data.Dataset):
 def _dist_info(trainer) -> tuple[int, int]:
     if trainer is not None:
         return trainer.world_size, trainer.global_rank
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
+    return world()
 
 
 class UnifewsDataModule(pl.LightningDataModule):
@@ -162,6 +161,9 @@ class UnifewsDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
         self.sampler_kind, self.seed = sampler, seed
+        #: called with "start" / "end" around each batch's host-to-device transfer (the throughput
+        #: monitor sets it to time the transfer); None: nobody listens
+        self.transfer_listener = None
         self.gpu_sampling = gpu_sampling
         self.eval_mode, self.predict_nodes = eval_mode, str(predict_nodes)
         self.dataset: Optional[GraphDataset] = None
@@ -309,10 +311,17 @@ class UnifewsDataModule(pl.LightningDataModule):
 
         return DataLoader(_OneBatch(batch), batch_size=None, collate_fn=lambda b: b)
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """The transfer starts (:attr:`transfer_listener` is told: the throughput monitor times it)."""
+        if self.transfer_listener is not None:
+            self.transfer_listener("start")
+        return batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``feature_gather: device``, a sampled batch's features are gathered here, on the
         device, from this rank's copy of the feature matrix. Features stored in half precision
-        (``feature_dtype``) become float32 on the device."""
+        (``feature_dtype``) become float32 on the device. Then the transfer has ended
+        (:attr:`transfer_listener` is told)."""
         if self.feature_gather == "device" and not getattr(batch, "layerwise", False) and "n_id" in batch:
             device = batch.n_id.device
             if self._device_x is None or self._device_x.device != device:
@@ -321,6 +330,8 @@ class UnifewsDataModule(pl.LightningDataModule):
         x = getattr(batch, "x", None)
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
             batch.x = x.float()
+        if self.transfer_listener is not None:
+            self.transfer_listener("end")
         return batch
 
     def val_dataloader(self):

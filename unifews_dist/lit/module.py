@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_choice
+from ..distributed import gather_objects
 from ..run.checkpoint import rng_state, set_rng_state
 from ..nn import UnifewsGNN
 from ..nn.models.gnn import Backend, ConvName, LockPolicy, Norm
@@ -184,12 +185,7 @@ class UnifewsModule(pl.LightningModule):
         if evaluate is None or self.trainer.sanity_checking:
             return
         mine = (torch.cat([p for p, _ in outputs]), torch.cat([y for _, y in outputs])) if outputs else None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, mine)  # every rank scores all nodes alike
-        else:
-            parts = [mine]
-        parts = [p for p in parts if p is not None]
+        parts = [p for p in gather_objects(mine) if p is not None]  # every rank scores all nodes alike
         if parts:
             pred, y = torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
             self.log(f"{stage}/ogb_acc", evaluate(pred, y), rank_zero_only=False, sync_dist=False)
@@ -212,12 +208,7 @@ class UnifewsModule(pl.LightningModule):
                              f"{self.trainer.global_step}; stopped before writing a checkpoint, "
                              "the last good one is kept")
         state = rng_state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)  # every rank writes the checkpoint dict
-        else:
-            states = [state]
-        checkpoint["rng_states"] = states
+        checkpoint["rng_states"] = gather_objects(state)  # every rank writes the checkpoint dict
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")

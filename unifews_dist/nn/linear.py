@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_choice
+from ..distributed import world
 from ..sparsify import check_threshold, column_sq_sums, transform_macs, weight_keep_mask
 from ..sparsify.spmm import WeightCSR, numba_available, sparse_linear, weight_csr
 
@@ -120,7 +121,7 @@ class UnifewsLinear(nn.Module):
         """Recompute the mask from input ``x`` (column norms all-reduced across ranks if ``sync``);
         with ``refine``, entries already pruned stay pruned."""
         sq = column_sq_sums(x.detach()).to(self.weight.dtype)
-        if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if sync and world()[0] > 1:
             dist.all_reduce(sq)
         mask = weight_keep_mask(self.weight, sq.sqrt(), self.thr_w)
         if refine and self._ready:

@@ -204,3 +204,19 @@ def _selected(rows, pos, edge_index, per_edge, bounds, kept) -> Selection:
         renumbered = pos.index_select(0, edge_index.reshape(-1)).view(2, -1)
         edge_index = torch.stack([edge_index[0], renumbered[1]])
     return Selection(rows, renumbered, edge_index, tuple(per_edge), bounds, kept)
+
+
+def in_degree_ptr(edge_index: Tensor, num_targets: int) -> Tensor:
+    """CSR row pointers of the edges by target: ``ptr[v + 1] - ptr[v]`` is ``v``'s in-degree."""
+    counts = torch.bincount(edge_index[1], minlength=num_targets)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def in_edges_of(ei: Tensor, ew: Optional[Tensor], targets: Tensor, n: int):
+    """The edges into ``targets``, targets renumbered to positions in ``targets`` and sorted by them."""
+    pos = torch.full((n,), -1, dtype=torch.long, device=ei.device)
+    pos[targets] = torch.arange(targets.numel(), device=ei.device)
+    t = pos[ei[1]]
+    idx = (t >= 0).nonzero().view(-1)
+    idx = idx[torch.argsort(t[idx], stable=True)]
+    return torch.stack([ei[0, idx], t[idx]]), None if ew is None else ew[idx]

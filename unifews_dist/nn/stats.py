@@ -30,24 +30,22 @@ class LayerStats:
         edges_in: edges that reached it (pruned ones from earlier layers are gone).
         edges_kept: edges the pruning rule kept (it aggregates those into the rows it computes).
         weights: ``(numel, nnz, rows)`` of each linear map: entries, kept entries, rows multiplied.
-        transform_macs_dense: multiply-adds of the linear maps run dense on the whole block.
-        prop_channels: channels of each message.
         edges_computed: messages aggregated.
-        prop_channels_computed: channels of each message aggregated (default ``prop_channels``;
-            fewer where the channels no kept weight reads are not propagated).
+        weights: ``(numel, nnz, rows)`` of each linear map: entries, kept entries, rows multiplied.
+        transform_macs_dense: multiply-adds of the linear maps run dense on the whole block.
+        channels: ``(channels of each message, channels of each message aggregated)``: fewer are
+            aggregated where the channels no kept weight reads are not propagated.
         transform_backend: the transforms' backends, ``+``-joined.
     """
 
-    def __init__(self, edges_dense: Count, edges_in: Count, edges_kept: Count,
-                 weights: Sequence[Tuple[int, Count, int]], transform_macs_dense: int, prop_channels: int,
-                 edges_computed: int, transform_backend: str = "dense",
-                 prop_channels_computed: Optional[int] = None):
+    def __init__(self, edges_dense: Count, edges_in: Count, edges_kept: Count, edges_computed: int,
+                 weights: Sequence[Tuple[int, Count, int]], transform_macs_dense: int, channels: Tuple[int, int],
+                 transform_backend: str = "dense"):
         self._edges_dense, self._edges_in, self._edges_kept = edges_dense, edges_in, edges_kept
         self._weights = list(weights)
         self.weight_numel = sum(n for n, _, _ in self._weights)
-        self._t_dense, self._channels = int(transform_macs_dense), int(prop_channels)
-        computed = self._channels if prop_channels_computed is None else int(prop_channels_computed)
-        self._prop_macs = int(edges_computed) * computed
+        self._t_dense, self._channels = int(transform_macs_dense), int(channels[0])
+        self._prop_macs = int(edges_computed) * int(channels[1])
         self.transform_backend = transform_backend
 
     @property

@@ -1,4 +1,4 @@
 from .gnn import LayerStats, UnifewsGNN
-from .layerwise import InferenceWorkspace
+from .workspace import InferenceWorkspace
 
 __all__ = ["UnifewsGNN", "LayerStats", "InferenceWorkspace"]

@@ -14,7 +14,7 @@ from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..selection import LayerPlan, Selection
 from ..stats import LayerStats, stats_tensor
-from .layerwise import layerwise_inference
+from .layerwise import InferenceOptions, layerwise_inference
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
 Norm = Literal["batch", "layer", "none"]
@@ -171,10 +171,9 @@ class UnifewsGNN(nn.Module):
         t_dense = sum(transform_macs(num_src if name in conv.source_side_weights else num_dst,
                                      lin.in_features, lin.out_features) for name, lin in lins)
         return LayerStats(
-            edges_dense=edges_dense, edges_in=sel.edges_in, edges_kept=sel.edges_kept,
+            edges_dense, sel.edges_in, sel.edges_kept, sel.edges_computed,
             weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
-            transform_macs_dense=t_dense, prop_channels=sel.channels,
-            prop_channels_computed=sel.channels_computed, edges_computed=sel.edges_computed,
+            transform_macs_dense=t_dense, channels=(sel.channels, sel.channels_computed),
             transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
 
     def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes) -> List:
@@ -281,16 +280,17 @@ class UnifewsGNN(nn.Module):
         self.layer_stats, self._stats_tensor = stats, None
 
     def inference(self, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
-                  output_nodes: Optional[Tensor] = None, device=None, progress=None,
-                  distributed: bool = False, lock_scope: str = "outputs", workspace=None) -> Tensor:
+                  output_nodes: Optional[Tensor] = None, progress=None, distributed: bool = False,
+                  lock_scope: str = "outputs", workspace=None) -> Tensor:
         """Layer-wise full-graph inference (evaluation mode), memory bounded by ``batch_size``
-        target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference` (there:
-        ``lock_scope``, whose in-edges the seed locking keeps, and ``workspace``, an
-        :class:`~unifews_dist.nn.models.layerwise.InferenceWorkspace` whose buffers repeated calls
-        reuse). Leaves its per-layer statistics in :attr:`layer_stats` (summed over its batches)."""
-        return layerwise_inference(self, x, edge_index, batch_size=batch_size, output_nodes=output_nodes,
-                                   device=device, progress=progress, distributed=distributed,
-                                   lock_scope=lock_scope, workspace=workspace)
+        target nodes: see :func:`~unifews_dist.nn.models.layerwise.layerwise_inference` and its
+        :class:`~unifews_dist.nn.models.layerwise.InferenceOptions` (``lock_scope``: whose
+        in-edges the seed locking keeps; ``workspace``: an
+        :class:`~unifews_dist.nn.models.workspace.InferenceWorkspace` whose buffers repeated
+        calls reuse). Leaves its per-layer statistics in :attr:`layer_stats` (summed over its
+        batches)."""
+        options = InferenceOptions(batch_size, output_nodes, progress, distributed, lock_scope, workspace)
+        return layerwise_inference(self, x, edge_index, options)
 
     def stats_tensor(self) -> Tensor:
         """The last forward's :attr:`layer_stats` packed as one float64 device tensor (the

@@ -14,7 +14,6 @@ channels of one, the graph's edges, and one batch's sparse adjacency. Under DDP
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, List, Literal, Optional, Tuple, get_args
 
@@ -23,128 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...checks import check_choice
+from ... import distributed as ranks
 from ...sparsify import edge_keep_mask, edge_scores
 from ..linear import UnifewsLinear
-from ..selection import LayerPlan
+from ..selection import LayerPlan, in_degree_ptr, in_edges_of
 from ..stats import LayerStats
+from .workspace import SOURCES, InferenceWorkspace, next_input_role
 
 
 LockScope = Literal["outputs", "each"]
 LOCK_SCOPES = get_args(LockScope)
-
-
-class InferenceWorkspace:
-    """The large buffers of :func:`layerwise_inference`, kept from one call to the next: every
-    hidden layer's output rows (``N x hidden``), the channels a layer propagates and the edges it
-    keeps (the next layer's). Pass the same workspace to calls on the same graph (a model
-    evaluated or deployed again and again): each call then writes into memory it already holds.
-    Fresh memory costs its first-touch page faults: a pruned products-sized inference took 15.1 s
-    cold and 9.0 s with a workspace on this project's 2-core VM (BENCHMARKS.md); on a GPU
-    torch's caching allocator already reuses memory. What the call returns is never one of these
-    buffers. Holds the memory until dropped (:meth:`clear`)."""
-
-    def __init__(self):
-        self._buffers = {}
-
-    def get(self, role: tuple, shape: Tuple[int, ...], like: Tensor) -> Tensor:
-        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device: a view of the
-        buffer kept for ``role`` when it is large enough (else a new one, kept in its place).
-        A role's tensor is valid until the role is asked for again."""
-        numel = math.prod(shape)
-        t = self._buffers.get(role)
-        if t is None or t.numel() < numel or t.dtype != like.dtype or t.device != like.device:
-            self._buffers[role] = None  # (the old one freed before the new one is made)
-            t = self._buffers[role] = like.new_empty(numel)
-        return t[:numel].view(shape)
-
-    def clear(self) -> None:
-        self._buffers.clear()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._buffers.values())
-
-
-# The workspace's roles, by lifetime: a layer's propagated channels die with the layer (one buffer
-# for all layers); its outputs and kept edges are the next layer's input (two buffers, alternate
-# layers)
-_SOURCES = ("sources",)
-
-
-def _next_input_role(kind: str, i: int) -> tuple:
-    return (kind, i % 2)
-
-
-def _csr_by_target(edge_index: Tensor, num_targets: int) -> Tensor:
-    counts = torch.bincount(edge_index[1], minlength=num_targets)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-
-
-def _in_edges_of(ei: Tensor, ew: Optional[Tensor], targets: Tensor, n: int):
-    """The edges into ``targets``, targets renumbered to positions in ``targets`` and sorted by them."""
-    pos = torch.full((n,), -1, dtype=torch.long, device=ei.device)
-    pos[targets] = torch.arange(targets.numel(), device=ei.device)
-    t = pos[ei[1]]
-    idx = (t >= 0).nonzero().view(-1)
-    idx = idx[torch.argsort(t[idx], stable=True)]
-    return torch.stack([ei[0, idx], t[idx]]), None if ew is None else ew[idx]
-
-
-def _world() -> Tuple[int, int]:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _shares(n: int, world: int) -> List[Tuple[int, int]]:
-    """Contiguous node ranges, one per rank: ``ceil(n / world)`` nodes each but the last, so that
-    the ranks' rows, each padded to that many, all-gather into one buffer whose first ``n`` rows
-    are every node's in order (:func:`_all_gather_rows`); where that would leave a rank without
-    nodes (``n`` small beside ``world``), sizes differing by at most one."""
-    m = -(-n // world)
-    if (world - 1) * m < n:
-        return [(r * m, min((r + 1) * m, n)) for r in range(world)]
-    return [(r * n // world, (r + 1) * n // world) for r in range(world)]
-
-
-def _all_gather_rows(t: Tensor, sizes: List[int], out: Optional[Tensor] = None) -> Tensor:
-    """Every rank's ``t`` (``sizes[r]`` rows on rank ``r``) in rank order, by one all-gather of
-    the rows padded to the largest size, into ``out`` (``[world x max(sizes), ...]``) when given.
-    When every rank's rows land where they belong (only ranks after the last full one fall
-    short: :func:`_shares`' split) the result is a view of that buffer; otherwise the padding is
-    cut out (a copy)."""
-    import torch.distributed as dist
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # (its name before torch 2.13)
-    m, world = max(sizes), len(sizes)
-    if t.size(0) < m:
-        pad = t.new_zeros((m, *t.shape[1:]))
-        pad[:t.size(0)] = t
-        t = pad
-    buf = t.new_empty((world * m, *t.shape[1:])) if out is None else out
-    gather(buf, t.contiguous())
-    if all(sum(sizes[:r]) == r * m for r in range(world) if sizes[r]):  # each rank's rows where they belong
-        return buf[:sum(sizes)]
-    return torch.cat([buf[r * m:r * m + k] for r, k in enumerate(sizes)])
-
-
-def _mean_over_ranks(conv, norms: Tensor, ei: Tensor, ew: Optional[Tensor]) -> Tensor:
-    """The rule's mean over all of a layer's edges when each rank holds a share of them: the
-    ranks' float64 sums and counts added up (the same mean on every rank)."""
-    import torch.distributed as dist
-    t = torch.stack([conv.threshold_sum(norms, ei, ew),
-                     torch.tensor(float(ei.size(1)), dtype=torch.float64, device=norms.device)])
-    dist.all_reduce(t)
-    return (t[0] / t[1].clamp(min=1)).to(norms.dtype)
-
-
-def _rows_or_none(rows: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``rows``, or, on a rank that computed none, ``[0, width]`` of the width the other ranks'
-    rows have (agreed by one all-reduce, which every rank joins)."""
-    import torch.distributed as dist
-    width = torch.tensor([0 if rows is None else rows.size(1)], device=device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    return torch.empty((0, int(width)), dtype=dtype, device=device) if rows is None else rows
 
 
 @dataclass
@@ -212,7 +99,7 @@ class _Layer:
         # taken once for the layer, every batch's product then reads rows of those alone
         channels = conv.aggregated_channels() if by_id else None
         sources = nbr if channels is None else torch.index_select(
-            nbr, 1, channels, out=self.workspace.get(_SOURCES, (nbr.size(0), channels.numel()), nbr))
+            nbr, 1, channels, out=self.workspace.get(SOURCES, (nbr.size(0), channels.numel()), nbr))
         # each batch's first edge (the edges are sorted by target position): one search per batch
         cuts = list(range(0, targets.numel(), bs)) + [targets.numel()]
         ptr = dict(zip(cuts, torch.searchsorted(ei[1], torch.tensor(cuts, device=device)).tolist()))
@@ -253,7 +140,7 @@ class _Layer:
             if result is None:
                 shape = (targets.numel(), *out.shape[1:])
                 hidden = self.i < self.model.num_layers - 1 and not task.own_result  # (never what the call returns)
-                result = self.workspace.get(_next_input_role("output", self.i), shape, out) if hidden \
+                result = self.workspace.get(next_input_role("output", self.i), shape, out) if hidden \
                     else out.new_empty(shape)
             self.model.between_layers(self.i, out, into=result[a:b])
             if self.progress is not None:
@@ -272,9 +159,9 @@ class _Layer:
         """The edges ``idx`` of ``(ei, ew)`` (the layer's kept ones, the next layer's input),
         written into the workspace's buffers."""
         ws, k = self.workspace, idx.numel()
-        ei = torch.index_select(ei, 1, idx, out=ws.get(_next_input_role("edges", self.i), (2, k), ei))
+        ei = torch.index_select(ei, 1, idx, out=ws.get(next_input_role("edges", self.i), (2, k), ei))
         return ei, None if ew is None else torch.index_select(
-            ew, 0, idx, out=ws.get(_next_input_role("weights", self.i), (k,), ew))
+            ew, 0, idx, out=ws.get(next_input_role("weights", self.i), (k,), ew))
 
     def _rule(self, task: _Targets, chunk: int = 1 << 22) -> Tensor:
         """The layer's edge rule over all the task's edges, in chunks of edges (memory bounded by
@@ -325,19 +212,45 @@ class _Layer:
         return xs, torch.stack([local_src, dst])
 
     def stats(self) -> LayerStats:
-        return LayerStats(edges_dense=self.edges_dense, edges_in=self.edges_in, edges_kept=self.kept,
+        return LayerStats(self.edges_dense, self.edges_in, self.kept, self.computed,
                           weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
-                          transform_macs_dense=self.t_dense, prop_channels=self.channels,
-                          prop_channels_computed=self.channels_computed,
-                          edges_computed=self.computed,
+                          transform_macs_dense=self.t_dense, channels=(self.channels, self.channels_computed),
                           transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
 
 
+@dataclass
+class InferenceOptions:
+    """How :func:`layerwise_inference` runs.
+
+    Args:
+        batch_size: target nodes per batch (their in-edges and sources are what one batch holds).
+        output_nodes: the nodes whose outputs are returned; ``None``: every node.
+        progress: called with the number of target nodes after each batch (a progress bar).
+        distributed: called on every rank of the initialised process group at once (each with
+            its own ``output_nodes``): the ranks split the work instead of each doing all of it.
+            Each rank computes every layer for a contiguous share of the nodes (the last layer:
+            for the output nodes of every rank in its share) and holds the in-edges of its share
+            only, the kept ones after each layer; the rows are all-gathered (one buffer), and the
+            rule's mean is the ranks' sums added up. Every rank then holds the same
+            representations and means as one process would (with ``"outputs"``, the locked nodes
+            are every rank's output nodes), and returns its own output nodes' rows. Its
+            statistics are this rank's share (a sum over ranks is one process's for every rank's
+            output nodes). With ``"each"``, each rank computes its own outputs' locked rows.
+        lock_scope: ``"outputs"`` or ``"each"`` (:func:`layerwise_inference`).
+        workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
+            in for the next call (``None``: the call's own, freed when it ends).
+    """
+
+    batch_size: int = 4096
+    output_nodes: Optional[Tensor] = None
+    progress: Optional[Callable[[int], None]] = None
+    distributed: bool = False
+    lock_scope: str = "outputs"
+    workspace: Optional[InferenceWorkspace] = None
+
+
 @torch.no_grad()
-def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 4096,
-                        output_nodes: Optional[Tensor] = None, device: Optional[torch.device] = None,
-                        progress: Optional[Callable[[int], None]] = None, distributed: bool = False,
-                        lock_scope: str = "outputs", workspace: Optional[InferenceWorkspace] = None) -> Tensor:
+def layerwise_inference(model, x: Tensor, edge_index: Tensor, options: Optional[InferenceOptions] = None) -> Tensor:
     """Outputs ``[N, C]`` of ``model`` (a :class:`UnifewsGNN`, in evaluation mode) for every node
     of the graph ``(x, edge_index)``, or ``[len(output_nodes), C]`` for the nodes given.
 
@@ -360,36 +273,22 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
 
     With thresholds 0 this is the full-graph forward of the dense model.
 
-    Args:
-        batch_size: target nodes per batch (their in-edges and sources are what one batch holds).
-        output_nodes: the nodes whose outputs are returned; ``None``: every node.
-        device: where to compute (default: the model's); ``x`` and ``edge_index`` may be on the host.
-        progress: called with the number of target nodes after each batch (a progress bar).
-        distributed: called on every rank of the initialised process group at once (each with
-            its own ``output_nodes``): the ranks split the work instead of each doing all of it.
-            Each rank computes every layer for a contiguous share of the nodes (the last layer:
-            for the output nodes of every rank in its share) and holds the in-edges of its share
-            only, the kept ones after each layer; the rows are all-gathered (one buffer), and the
-            rule's mean is the ranks' sums added up. Every rank then holds the same
-            representations and means as one process would (with ``"outputs"``, the locked nodes
-            are every rank's output nodes), and returns its own output nodes' rows. Its
-            statistics are this rank's share (a sum over ranks is one process's for every rank's
-            output nodes). With ``"each"``, each rank computes its own outputs' locked rows.
-        lock_scope: ``"outputs"`` or ``"each"`` (above).
-        workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
-            in for the next call (``None``: the call's own, freed when it ends).
+    The model runs on its own device; ``x`` and ``edge_index`` may be on the host.
     """
+    options = options or InferenceOptions()
+    batch_size, output_nodes, progress = options.batch_size, options.output_nodes, options.progress
+    distributed, lock_scope, workspace = options.distributed, options.lock_scope, options.workspace
     if model.training:
         raise ValueError("layer-wise inference runs the model in evaluation mode: call model.eval() first")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_choice("lock_scope", lock_scope, LOCK_SCOPES)
-    device = device or next(model.parameters()).device
+    device = next(model.parameters()).device
     n, L = x.size(0), model.num_layers
     Conv = type(model.convs[0])
     locked = model.lock_target_edges in ("always", "eval")
     each = locked and lock_scope == "each"
-    world, rank = _world() if distributed else (1, 0)
+    world, rank = ranks.world() if distributed else (1, 0)
     # under DDP a conv whose edges prepare by target prepares its rank's share only (below)
     share_first = world > 1 and not each and Conv.prepares_by_target
     ei, ew = (edge_index.to(device), None) if share_first else \
@@ -425,12 +324,12 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
         if lock_into is None:
             lock_into = torch.zeros(n, dtype=torch.bool, device=device)
             lock_into[outputs] = True
-    in_degree = _csr_by_target(ei, n).diff()
+    in_degree = in_degree_ptr(ei, n).diff()
     if each:
-        out_ei, out_ew = (ei, ew) if output_nodes is None else _in_edges_of(ei, ew, outputs, n)
+        out_ei, out_ew = (ei, ew) if output_nodes is None else in_edges_of(ei, ew, outputs, n)
     if world > 1:  # this rank's share of the targets: the in-edges of those (targets as positions
         # in the share) are all the edges it holds, and, after each layer, its kept ones
-        shares = _shares(n, world)
+        shares = ranks.shares(n, world)
         lo, hi = shares[rank]
         a, b = torch.searchsorted(ei[1], torch.tensor([lo, hi], device=device)).tolist()  # (ei: by target)
         ei, ew = torch.stack([ei[0, a:b], ei[1, a:b] - lo]), None if ew is None else ew[a:b].clone()
@@ -456,16 +355,16 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             if conv.thr_a > 0:  # the rule's mean over all the layer's edges
                 norms = conv.node_score_norms(pruned)
                 mean = conv.threshold_mean(pruned, ei, ew, norms=norms) if world == 1 else \
-                    _mean_over_ranks(conv, norms, ei, ew)
+                    ranks.mean_over_ranks(conv.threshold_sum(norms, ei, ew), ei.size(1), norms.dtype)
                 norms = norms if conv.scores_from_sources else None
             start = 0  # the targets are the nodes start, start + 1, ... (None: any nodes)
             if world > 1 and last and wanted is not None:  # the output nodes in this rank's share
                 pos = wanted[lo:hi].nonzero().view(-1)
-                tg, (t_ei, t_ew), start = pos + lo, _in_edges_of(ei, ew, pos, hi - lo), None
+                tg, (t_ei, t_ew), start = pos + lo, in_edges_of(ei, ew, pos, hi - lo), None
             elif world > 1:  # this rank's share
                 tg, t_ei, t_ew, start = everyone[lo:hi], ei, ew, lo
             elif last and output_nodes is not None:
-                tg, t_ei, t_ew, start = (outputs, *_in_edges_of(ei, ew, outputs, n), None)
+                tg, t_ei, t_ew, start = (outputs, *in_edges_of(ei, ew, outputs, n), None)
             else:
                 tg, t_ei, t_ew = everyone, ei, ew
             if tg.numel() or world == 1:  # (one process given no output node: run says so)
@@ -477,14 +376,14 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, batch_size: int = 
             if world > 1:  # every rank: every node's rows (the last layer: every rank's outputs')
                 if last and wanted is not None:
                     sizes = torch.stack([wanted[beg:end].sum() for beg, end in shares]).tolist()
-                    pruned_next = _rows_or_none(pruned_next, pruned.dtype, device)
-                    rows = _all_gather_rows(pruned_next, sizes)
+                    pruned_next = ranks.rows_or_none(pruned_next, pruned.dtype, device)
+                    rows = ranks.all_gather_rows(pruned_next, sizes)
                     pruned_next = rows.index_select(0, (wanted.cumsum(0) - 1).index_select(0, outputs))
                 else:
                     m = max(end - beg for beg, end in shares)
                     into = None if last else space.get(("gathered", i % 2), (world * m, *pruned_next.shape[1:]),
                                                        pruned_next)
-                    pruned_next = _all_gather_rows(pruned_next, [end - beg for beg, end in shares], into)
+                    pruned_next = ranks.all_gather_rows(pruned_next, [end - beg for beg, end in shares], into)
             if not last:  # progressive: what this layer pruned is gone from the later ones
                 ei, ew = kept
             pruned = pruned_next
