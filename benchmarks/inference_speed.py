@@ -91,7 +91,7 @@ def main(argv=None):
     if (args.thr_a is None) != (args.thr_w is None):
         p.error("--thr_a and --thr_w go together")
     name, hidden = SCALES[args.scale]
-    dm = UnifewsDataModule(name=name, num_neighbors=[-1, -1, -1], share_memory=False)
+    dm = UnifewsDataModule(name=name, num_neighbors=[-1, -1, -1])
     ds = dm.load()  # the prepared, memory-mapped graph: its CSC as the [2, E] edges layer-wise inference takes
     data = Data(x=ds.data.x, y=ds.data.y, edge_index=ds.edge_index(), num_nodes=ds.data.num_nodes)
     models = {}

@@ -31,6 +31,18 @@ from unifews_dist.data import UnifewsDataModule  # noqa: E402
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::unique", "aten::_unique2")
 
 
+def cuda_counts(by_key, steps: int) -> dict:
+    """Per step, from the profiler's CUDA runtime calls: kernel launches, host waits for the
+    device (stream / device synchronisations) and memory copies (both directions; a device to
+    host read is among them). All 0 on a CPU."""
+    def count(names):
+        return sum(by_key[k].count for k in names if k in by_key) / steps
+
+    return {"kernel_launches": count(("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel")),
+            "synchronizations": count(("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")),
+            "memcpys": count(("cudaMemcpyAsync", "cudaMemcpy"))}
+
+
 def run(dm, hidden, layers, thr_a, thr_w, steps, device, top):
     torch.manual_seed(0)
     module = _module(dm, hidden, layers, thr_a=thr_a, thr_w=thr_w, lock_target_edges="eval").to(device)
@@ -67,6 +79,7 @@ def run(dm, hidden, layers, thr_a, thr_w, steps, device, top):
     cuda = device.type == "cuda"
     res = {"step_ms": wall * 1e3,
            "syncs_per_step": {k: by_key[k].count / steps for k in SYNC_OPS if k in by_key},
+           "cuda_per_step": cuda_counts(by_key, steps),
            "ranges_ms": {}}
     for k in ("sample", "forward", "backward+adam"):
         if k in by_key:

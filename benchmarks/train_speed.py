@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py [--out DIR] [--scale products|medium|small|tiny] [--steps N | --epoch]
                                      [--batch-size B] [--hidden H] [--gpu-sampling | --no-gpu-sampling]
+                                     [--num-workers W] [--feature-gather loader|device] [--name NAME]
 
 GraphSAGE, 3 layers, hidden 256, fanout [15, 10, 5], batch 1024 (tiny: smaller), on the
 synthetic graph of the chosen scale (``products``: ogbn-products' 2.4M nodes and 62M edges).
@@ -94,7 +95,7 @@ def time_pyg(dm, hidden, layers, warmup, steps, device):
             it = iter(dm.train_dataloader())
             batch = next(it)
         t1 = time.perf_counter()
-        batch = batch.to(device)
+        batch = dm.on_after_batch_transfer(batch.to(device), 0)  # (the device-side gather, if asked for)
         _sync()
         t2 = time.perf_counter()
         out = model(batch.x, batch.edge_index, batch.num_sampled_nodes, batch.num_sampled_edges)[:batch.batch_size]
@@ -188,6 +189,10 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=None, help="hidden channels (default: the scale's, 256)")
     p.add_argument("--gpu-sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="graph on the GPU, sampled there (default: on when CUDA is available)")
+    p.add_argument("--num-workers", type=int, default=0, help="loader worker processes (host sampling only)")
+    p.add_argument("--feature-gather", choices=["loader", "device"], default="loader",
+                   help="gather a batch's features in the loader or on the device (data.feature_gather)")
+    p.add_argument("--name", default="train_speed", help="the results file's name (NAME.json)")
     args = p.parse_args(argv)
     tiny = args.scale == "tiny"
     warmup = args.warmup if args.warmup is not None else (2 if tiny else 5)
@@ -197,7 +202,11 @@ def main(argv=None):
     accel = "gpu" if device.type == "cuda" else "cpu"
     gpu_sampling = device.type == "cuda" if args.gpu_sampling is None else args.gpu_sampling
     t0 = time.perf_counter()
-    dm = UnifewsDataModule(name=name, num_neighbors=fanout, batch_size=batch, seed=0, gpu_sampling=gpu_sampling)
+    if gpu_sampling and args.num_workers:
+        p.error("--num-workers needs host sampling (--no-gpu-sampling)")
+    dm = UnifewsDataModule(name=name, num_neighbors=fanout, batch_size=batch, seed=0, gpu_sampling=gpu_sampling,
+                           num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
+                           feature_gather=args.feature_gather)
     dm.prepare_data()
     dm.setup("fit")
     batches = len(dm.train_dataloader())
@@ -220,6 +229,7 @@ def main(argv=None):
     res = {
         "scale": args.scale, "dataset": name, "hidden": hidden, "fanout": fanout, "batch_size": batch,
         "steps": steps, "warmup": warmup, "device": device.type, "gpu_sampling": gpu_sampling,
+        "num_workers": args.num_workers, "feature_gather": args.feature_gather,
         "batches_per_epoch": batches,
         "pyg_s": a, "unifews_dense_s": b, "unifews_sparse_s": c,
         "epoch_s": {k: epoch_phases(r, batches) for k, r in (("pyg", a_rows), ("unifews_dense", b_rows),
@@ -239,7 +249,7 @@ def main(argv=None):
     print(f"\nframework_overhead_ratio (dense/pyg, step)      {res['framework_overhead_ratio']:.3f}  (goal <= 1.10)")
     print(f"model_compute_ratio (sparse/dense, fwd+bwd)      {res['model_compute_ratio']:.3f}  (goal <= 0.35)")
     print(f"edge sparsity {edge_sp:.1%}  weight sparsity {weight_sp:.1%}  MACs reduction {macs_red:.1f}x")
-    print(write_json(args.out, "train_speed.json", res))
+    print(write_json(args.out, f"{args.name}.json", res))
     return 0
 
 

@@ -183,3 +183,28 @@ def test_graph_memory_and_data_wait_tiny(tmp_path):
     runs = json.load(open(tmp_path / "data_wait.json"))["runs"]
     assert [(r["workers"], r["feature_gather"]) for r in runs] == [(0, "loader"), (1, "loader"), (1, "device")]
     assert all(0 < r["wait_fraction"] < 1 for r in runs)
+
+
+def test_gpu_check_smoke_runs_every_part(tmp_path):
+    """``gpu_check.py --smoke``: every part's commands run at tiny scale on the CPU and leave their
+    figures in one JSON and one markdown table (on a GPU the same code runs at full scale)."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "gpu"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "gpu_check.json").read_text())
+    parts = res["parts"]
+    assert set(parts) == {"tests", "train_speed", "step_overhead", "inference_speed", "launch", "fit"}
+    assert all(r["status"] == "ok" for p in parts.values() for r in p.values())
+    ts = parts["train_speed"]
+    assert {"train_speed_b32_gpu_sampling", "train_speed_b32_workers", "train_speed_b64_workers"} <= set(ts)
+    assert ts["train_speed_b32_workers"]["figures"]["feature_gather"] == "device"
+    assert all(ts[n]["figures"]["epoch_s_unifews_sparse"] > 0 for n in ts)
+    prof = parts["step_overhead"]["profile_step"]["figures"]
+    assert prof and all({"kernel_launches", "synchronizations", "memcpys"} <= set(v) for v in prof.values())
+    assert parts["fit"]["fit"]["figures"]["test_acc"] is not None
+    assert parts["launch"]["launch"]["figures"]["world_size"] == 1
+    assert "| train_speed | train_speed_b32_workers | ok |" in (out / "gpu_check.md").read_text()

@@ -59,3 +59,24 @@ def test_monitors_log_every_step(tmp_path):
 def test_bad_log_every(cls):
     with pytest.raises(ValueError, match="log_every_n_steps must be >= 1"):
         cls(log_every_n_steps=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_step_clock_times_with_events_on_every_device(device):
+    """The clock's one path (events recorded at the marks, read after the last): CUDA events on a
+    GPU, host events elsewhere; both measure the time between two marks."""
+    import time
+
+    import torch
+
+    from unifews_dist.callbacks.throughput_monitor import HostEvent, _Clock
+
+    clock = _Clock(torch.device(device))
+    assert clock.event is (torch.cuda.Event if device == "cuda" else HostEvent)
+    clock.mark("a")
+    time.sleep(0.05)
+    if device == "cuda":
+        torch.cuda._sleep(10_000_000)  # (device work between the marks)
+    clock.mark("b")
+    assert 0.04 < clock.seconds("a", "b") < 5.0
+    assert clock.seconds("a", "missing") == 0.0

@@ -13,28 +13,41 @@ from ._dist import log_every, reduce_sum
 PHASES = ("data", "transfer", "forward", "backward")
 
 
-class _Clock:
-    """perf_counter on CPU; CUDA events on GPU, read once per step after the step's last event."""
+class HostEvent:
+    """A host-side stand-in for :class:`torch.cuda.Event` (``record``, ``synchronize``,
+    ``elapsed_time`` in milliseconds), so the clock takes one path on every device."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, enable_timing: bool = True):
+        self.t = None
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        """Nothing to wait for on the host."""
+
+    def elapsed_time(self, end: "HostEvent") -> float:
+        return (end.t - self.t) * 1000.0
+
+
+class _Clock:
+    """Events recorded at the step's marks: CUDA events on a GPU (read once per step, after the
+    step's last event), :class:`HostEvent` elsewhere."""
+
+    def __init__(self, device: torch.device, event=None):
+        self.event = event or (torch.cuda.Event if device.type == "cuda" else HostEvent)
         self.marks: Dict[str, object] = {}
 
     def mark(self, name: str) -> None:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self.marks[name] = ev
-        else:
-            self.marks[name] = time.perf_counter()
+        ev = self.event(enable_timing=True)
+        ev.record()
+        self.marks[name] = ev
 
     def seconds(self, a: str, b: str) -> float:
         if a not in self.marks or b not in self.marks:
             return 0.0
-        if self.cuda:
-            self.marks[b].synchronize()
-            return self.marks[a].elapsed_time(self.marks[b]) / 1000.0
-        return self.marks[b] - self.marks[a]
+        self.marks[b].synchronize()
+        return self.marks[a].elapsed_time(self.marks[b]) / 1000.0
 
 
 class ThroughputMonitor(Callback):
