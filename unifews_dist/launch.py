@@ -2,8 +2,8 @@
 share one copy of the Python runtime per node.
 
 torchrun starts each rank as a new interpreter, and each imports torch, PyG, Lightning and
-this package on its own: about 0.36 GiB of private memory per rank before it reads any graph
-(see BENCHMARKS.md, "Host memory"). This launcher is torchrun itself (``torch.distributed.run``:
+this package on its own: private memory per rank before it reads any graph (BENCHMARKS.md,
+"Host memory"). This launcher is torchrun itself (``torch.distributed.run``:
 every option, rendezvous, restarts and environment variable the same), run after those imports
 are done, with two options set: ``--start-method fork`` and ``--run-path`` on
 :mod:`unifews_dist.forked_rank`. Its agent then forks the ranks, which start with the imported

@@ -77,10 +77,9 @@ class GatherFeatureStore(FeatureStore):
     copy), whose rows for a tensor of node ids are gathered by ``torch.index_select``.
 
     PyG's own in-memory store (``LocalFeatureStore``) gathers them by advanced indexing
-    (``tensor[index]``), which took 32 ms of a 124 ms synthetic-medium batch against 20 ms for
-    ``index_select`` (``benchmarks/store_speed.py``, BENCHMARKS.md); subclassing it to change
-    that meant reading its private dict. This one implements :class:`FeatureStore`'s abstract
-    methods, PyG's documented interface for a store, and nothing else."""
+    (``tensor[index]``), markedly slower than ``index_select`` (``benchmarks/store_speed.py``,
+    BENCHMARKS.md); subclassing it to change that meant reading its private dict. This one
+    implements :class:`FeatureStore`'s abstract methods, PyG's documented interface for a store, and nothing else."""
 
     def __init__(self):
         super().__init__()

@@ -11,18 +11,15 @@ from torch import Tensor, nn
 
 from ..checks import check_choice
 from ..distributed import world
-from ..sparsify import check_threshold, column_sq_sums, transform_macs, weight_keep_mask
+from ..sparsify import check_threshold, column_sq_sums, weight_keep_mask
 from ..sparsify.spmm import WeightCSR, numba_available, sparse_linear, weight_csr
 
 MASK_MODES = ("recompute", "refine", "keep", "dense")
 BACKENDS = ("auto", "dense", "sparse")
 
 # Density below which the sparse kernel beats dense on each device type, measured by
-# benchmarks/layer_speed.py and a shape sweep (see BENCHMARKS.md). On the 2-core AVX-512 CPU the
-# numba kernel took 0.35-0.94x the dense GEMM at 30% density for layers of 20k-100k rows and
-# 64-1433 features (1.26x only for a 2000 x 64 x 64 layer, well under a millisecond). On an H100
-# torch's CSR matmul (cuSPARSE) took 38.7x / 10.0x / 2.6x the dense GEMM at 50 / 90 / 99% weight
-# sparsity (100k x 256 x 256): no crossover, so CUDA stays dense-with-mask in auto.
+# benchmarks/layer_speed.py and a shape sweep (the figures: BENCHMARKS.md). On CUDA torch's CSR
+# matmul never beat the dense GEMM on the H100 measured: no crossover, dense-with-mask in auto.
 SPARSE_CROSSOVER = {"cpu": 0.3, "cuda": 0.0}
 
 
@@ -151,13 +148,6 @@ class UnifewsLinear(nn.Module):
         if not self.pruning:
             return self.weight.numel()
         return self._nnz if self._nnz is not None else self._mask_nnz()
-
-    def macs(self) -> tuple[int, int]:
-        """(dense, sparse) MACs of the last forward."""
-        return (
-            transform_macs(self.last_rows, self.in_features, self.out_features),
-            transform_macs(self.last_rows, self.in_features, self.out_features, self.weight_nnz()),
-        )
 
     def _choose_backend(self, x: Tensor) -> str:
         if self.backend != "auto":

@@ -47,7 +47,7 @@ def _choose_threading_layer() -> None:
     numba's default parallel backend here is GNU OpenMP, which is not fork-safe: a child forked
     after its parent ran any OpenMP region (torch does, for most CPU ops) hangs in its first
     parallel region. Lightning's ``ddp_fork`` ranks are such children. The ``workqueue`` layer
-    is slower (about 1.7x on a 20000x256 block at 90% sparsity) but fork-safe, so it is chosen
+    is slower (BENCHMARKS.md) but fork-safe, so it is chosen
     only there, and never over an explicit ``NUMBA_THREADING_LAYER``."""
     global _layer_checked_pid
     pid = os.getpid()

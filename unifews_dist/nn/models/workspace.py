@@ -12,10 +12,9 @@ class InferenceWorkspace:
     hidden layer's output rows (``N x hidden``), the channels a layer propagates and the edges it
     keeps (the next layer's). Pass the same workspace to calls on the same graph (a model
     evaluated or deployed again and again): each call then writes into memory it already holds.
-    Fresh memory costs its first-touch page faults: a pruned products-sized inference took 15.1 s
-    cold and 9.0 s with a workspace on this project's 2-core VM (BENCHMARKS.md); on a GPU
-    torch's caching allocator already reuses memory. What the call returns is never one of these
-    buffers. Holds the memory until dropped (:meth:`clear`)."""
+    Fresh memory costs its first-touch page faults, a large share of a CPU inference's time
+    (BENCHMARKS.md); on a GPU torch's caching allocator already reuses memory. What the call
+    returns is never one of these buffers. Holds the memory until dropped (:meth:`clear`)."""
 
     def __init__(self):
         self._buffers = {}
