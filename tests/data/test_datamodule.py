@@ -294,7 +294,8 @@ def test_no_edge_index_alive_while_training_between_layerwise_validations():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("use_distributed_sampler", [True, False])
-def test_lightning_keeps_the_seed_sharding_whatever_use_distributed_sampler_says(tmp_path, use_distributed_sampler):
+def test_lightning_keeps_the_seed_sharding_whatever_use_distributed_sampler_says(tmp_path, monkeypatch,
+                                                                                  use_distributed_sampler):
     """Lightning replaces a loader's sampler with its own DistributedSampler unless the sampler
     already is one: ShardedSeedSampler is, so both ranks keep the even, disjoint shards (and the
     same batch count) with use_distributed_sampler on as off."""
@@ -312,6 +313,9 @@ def test_lightning_keeps_the_seed_sharding_whatever_use_distributed_sampler_says
             with open(path, "a") as f:
                 f.write(json.dumps([type(sampler).__name__, batch.n_id[: batch.batch_size].tolist()]) + "\n")
 
+    for key in ("MASTER_ADDR", "MASTER_PORT"):  # Lightning's ddp_fork sets them in this process: put back after
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+        monkeypatch.delenv(key)
     dm = UnifewsDataModule("synthetic-tiny", num_neighbors=[3, 2], batch_size=64, seed=1)
     model = UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage", hidden_channels=8)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, logger=False,
