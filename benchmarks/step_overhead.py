@@ -77,10 +77,10 @@ def _per_batch(counter, phase, n):
     return {"ops": c["ops"] / n, "syncs": c["syncs"] / n}
 
 
-def count_plain(dm, hidden, layers, steps):
-    """The plain loop: PyG's SAGEConv with trim_to_layer, Adam, no Lightning."""
+def count_plain(dm, hidden, layers, steps, conv="sage"):
+    """The plain loop: PyG's SAGEConv (GATv2Conv) with trim_to_layer, Adam, no Lightning."""
     torch.manual_seed(0)
-    model = PygSAGE(dm.num_features, hidden, dm.num_classes, layers)
+    model = PygSAGE(dm.num_features, hidden, dm.num_classes, layers, conv=conv)
     opt = torch.optim.Adam(model.parameters(), lr=0.003, foreach=True)  # torch's default on CUDA
     counter = OpCounter("warmup")
     loader = _Counted(dm.train_dataloader(), counter)
@@ -119,13 +119,15 @@ class _Phases(Callback):
         self.counter.phase = "lightning"
 
 
-def count_lightning(dm, hidden, layers, steps, thr_a, thr_w, log_every):
+def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage"):
     """unifews_dist's module in a Trainer with the CLI's callbacks and CSV logging."""
+    thr_a, thr_w = thresholds
     pl.seed_everything(0)
     counter = OpCounter("lightning")
     counter.active = False
     # the transform backend CUDA's "auto" picks (dense with the mask), so the counts are a GPU's
-    module = _module(dm, hidden, layers, thr_a=thr_a, thr_w=thr_w, lock_target_edges="eval", weight_backend="dense")
+    module = _module(dm, hidden, layers, conv=conv, thr_a=thr_a, thr_w=thr_w, lock_target_edges="eval",
+                     weight_backend="dense")
     forward, loss_fn = module.forward, module.loss
 
     def counted(fn):
@@ -194,22 +196,26 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--steps", type=int, default=4, help="counted batches after warm-up")
-    p.add_argument("--thr_a", type=float, default=1.0, help="sparse run's edge threshold")
+    p.add_argument("--conv", choices=["sage", "gat"], default="sage",
+                   help="the layer: GraphSAGE, or GATv2 (one head) against PyG's GATv2Conv")
+    p.add_argument("--thr_a", type=float, default=None, help="sparse run's edge threshold (sage 1.0, gat 0.3)")
     p.add_argument("--thr_w", type=float, default=1.0, help="sparse run's weight threshold")
     p.add_argument("--top", type=int, default=0, help="list the N most frequent ops of each phase")
     args = p.parse_args(argv)
+    if args.thr_a is None:  # attention weights are ~ 1 / degree: GATv2's thresholds live in [0, 1)
+        args.thr_a = 0.3 if args.conv == "gat" else 1.0
     name, hidden, fanout, batch = SCALES[args.scale]
     torch.set_num_threads(min(2, torch.get_num_threads()))
     dm = UnifewsDataModule(name=name, num_neighbors=fanout, batch_size=batch, seed=0, sampler="torch")
     dm.setup("fit")
     layers = len(fanout)
-    res = {"scale": args.scale, "dataset": name, "hidden": hidden, "fanout": fanout, "batch_size": batch,
-           "steps": args.steps, "thr_a": args.thr_a, "thr_w": args.thr_w}
-    res["pyg"], c_pyg = count_plain(dm, hidden, layers, args.steps)
+    res = {"scale": args.scale, "dataset": name, "conv": args.conv, "hidden": hidden, "fanout": fanout,
+           "batch_size": batch, "steps": args.steps, "thr_a": args.thr_a, "thr_w": args.thr_w}
+    res["pyg"], c_pyg = count_plain(dm, hidden, layers, args.steps, conv=args.conv)
     counters = {"pyg": c_pyg}
-    for label, (a, w) in (("unifews_dense", (0.0, 0.0)), ("unifews_sparse", (args.thr_a, args.thr_w))):
-        res[label], counters[label] = count_lightning(dm, hidden, layers, args.steps, a, w, log_every=10_000)
-        logged, _ = count_lightning(dm, hidden, layers, args.steps, a, w, log_every=1)
+    for label, thr in (("unifews_dense", (0.0, 0.0)), ("unifews_sparse", (args.thr_a, args.thr_w))):
+        res[label], counters[label] = count_lightning(dm, hidden, layers, args.steps, thr, 10_000, conv=args.conv)
+        logged, _ = count_lightning(dm, hidden, layers, args.steps, thr, 1, conv=args.conv)
         res[label]["lightning_log"] = logged["lightning"]
     base = res["pyg"]
     res["ratios"] = {label: {ph: res[label][ph]["ops"] / base[ph]["ops"] for ph in ("forward", "backward")}
@@ -228,7 +234,8 @@ def main(argv=None):
         for label, c in counters.items():
             print(f"\n{label}: syncs {dict(c.sync_ops)}")
             print(f"{label}: top ops {c.op_names.most_common(args.top)}")
-    print(write_json(args.out, "step_overhead.json", res))
+    print(write_json(args.out, "step_overhead.json" if args.conv == "sage" else f"step_overhead_{args.conv}.json",
+                     res))
     return 0
 
 

@@ -58,13 +58,15 @@ PHASES = ("data", "transfer", "forward", "backward", "step")
 
 
 class PygSAGE(torch.nn.Module):
-    """GraphSAGE as in PyG's examples, with ``trim_to_layer`` for sampled blocks."""
+    """GraphSAGE (or ``conv="gat"``: GATv2, one head) as in PyG's examples, with ``trim_to_layer``
+    for sampled blocks."""
 
-    def __init__(self, cin, hidden, cout, layers, dropout=0.5):
+    def __init__(self, cin, hidden, cout, layers, dropout=0.5, conv="sage"):
         super().__init__()
-        from torch_geometric.nn import SAGEConv
+        from torch_geometric.nn import GATv2Conv, SAGEConv
         dims = [cin] + [hidden] * (layers - 1) + [cout]
-        self.convs = torch.nn.ModuleList(SAGEConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        cls = SAGEConv if conv == "sage" else GATv2Conv
+        self.convs = torch.nn.ModuleList(cls(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout = dropout
 
     def forward(self, x, edge_index, num_nodes, num_edges):
@@ -132,8 +134,8 @@ def _trainer(callbacks, steps, accel):
                       num_sanity_val_steps=0, callbacks=callbacks)
 
 
-def _module(dm, hidden, layers, **kw):
-    return UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv="sage",
+def _module(dm, hidden, layers, conv="sage", **kw):
+    return UnifewsModule(in_channels=dm.num_features, out_channels=dm.num_classes, conv=conv,
                          hidden_channels=hidden, num_layers=layers, dropout=0.5, norm="none", lr=0.003, **kw)
 
 

@@ -128,6 +128,24 @@ def test_step_overhead_tiny_counts_host_work(tmp_path):
         assert run["sampling"]["ops"] <= 150 and run["sampling"]["syncs"] <= 7
 
 
+def test_step_overhead_gat_meets_the_host_work_goals(tmp_path):
+    """Issue #33 item 1: GATv2 on the counted path, against PyG's GATv2Conv with trim_to_layer:
+    dense forward no device read and <= 1.15x the plain loop's ops; pruning, <= 2 reads a layer
+    and <= 2x its ops."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_overhead.py"), "--conv", "gat",
+                           "--scale", "tiny", "--steps", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.load(open(tmp_path / "step_overhead_gat.json"))
+    pyg, dense, sparse = res["pyg"], res["unifews_dense"], res["unifews_sparse"]
+    layers = len(res["fanout"])
+    assert sparse["edge_sparsity"] > 0.3
+    assert dense["forward"]["syncs"] == 0 and dense["forward"]["ops"] <= 1.15 * pyg["forward"]["ops"]
+    assert sparse["forward"]["syncs"] <= 2 * layers and sparse["forward"]["ops"] <= 2.0 * pyg["forward"]["ops"]
+    for run in (dense, sparse):
+        assert run["backward"]["syncs"] == 0
+
+
 def test_train_speed_takes_batch_size_and_hidden(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), "--scale", "tiny",
                            "--steps", "2", "--warmup", "1", "--batch-size", "100", "--hidden", "16",
@@ -143,7 +161,7 @@ def test_forward_ops_per_conv(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.load(open(tmp_path / "forward_ops.json"))
-    for conv in ("sage", "gin", "gcn", "gcnii"):
+    for conv in ("sage", "gin", "gcn", "gcnii", "gat"):
         runs = res[conv]
         assert runs["dense"]["syncs"] == 0, conv
         for run in ("sparse", "sparse_locked"):

@@ -59,6 +59,16 @@ def test_equals_pyg_at_zero_thresholds(name):
         _pair(mine, ref, x, ei, lambda m, x, e: m(x, e), lambda m, x, e: m(x, e))
 
 
+@pytest.mark.parametrize("name", ["gcn", "gat"])
+def test_a_graphs_own_self_loops_count_once(name):
+    """PyG's GCNConv and GATv2Conv drop a graph's own self-loops and add one per node; here they
+    stay as edges of weight 0 (no device read to drop them): the outputs and gradients are PyG's."""
+    mine, ref = _layers()[name]
+    x = torch.randn(N, F_IN)
+    ei = torch.cat([random_graph(N, 120), torch.arange(0, N, 3).repeat(2, 1)], 1)  # some nodes' own loops
+    _pair(mine, ref, x, ei, lambda m, x, e: m(x, e), lambda m, x, e: m(x, e))
+
+
 @pytest.mark.parametrize("name", ["gcn", "sage", "gin"])
 def test_bipartite_block_equals_square_graph_rows(name):
     """A sampled block (targets = prefix of sources) gives the same rows as the square graph."""

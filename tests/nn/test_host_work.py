@@ -36,7 +36,7 @@ def _count(model, x, ei, hops, edges):
     return out, c.counts()
 
 
-@pytest.mark.parametrize("conv", ["sage", "gin", "gcn", "gcnii"])
+@pytest.mark.parametrize("conv", ["sage", "gin", "gcn", "gcnii", "gat"])
 def test_dense_forward_reads_nothing_from_the_device(conv):
     torch.manual_seed(0)
     model = UnifewsGNN(conv, 16, 32, 5, num_layers=LAYERS, weight_backend="dense")
@@ -46,18 +46,20 @@ def test_dense_forward_reads_nothing_from_the_device(conv):
     assert c["syncs"] == 0, c
     # the figures the monitors log are still there, on the device, for one read later
     assert [s.edges_kept for s in model.layer_stats] == [s.edges_dense for s in model.layer_stats]
-    loops = sum(hops[:LAYERS]) if conv.startswith("gcn") else 0  # GCN: a self-loop per target
+    loops = sum(hops[:LAYERS]) if conv in ("gcn", "gcnii", "gat") else 0  # a self-loop per target
     assert model.layer_stats[0].edges_dense == sum(edges) + loops
 
 
-@pytest.mark.parametrize("conv", ["sage", "gin", "gcn", "gcnii"])
+@pytest.mark.parametrize("conv", ["sage", "gin", "gcn", "gcnii", "gat"])
 @pytest.mark.parametrize("thr_a, lock", [(0.0, "never"), (1.0, "never"), (1.0, "always"), (1.5, "always")])
 def test_hop_ordered_block_computes_what_the_masked_one_does(conv, thr_a, lock):
     """Given the sampler's per-hop edge counts, each layer takes its edges as a prefix, the
     seeds' edges are locked as a prefix and the counts come in one read per layer (GCN's
     self-loops follow each hop's edges for this); without them, layers find their edges with
-    masks. The seeds' outputs, every gradient and the edge counts are the same."""
+    masks. The seeds' outputs, every gradient and the edge counts are the same (GATv2's
+    attention, normalised over each layer's edges, too)."""
     x, ei, hops, edges = _block()
+    thr_a = thr_a * 0.3 if conv == "gat" else thr_a  # attention ~ 1 / degree: GATv2's thresholds live in [0, 1)
 
     def run(counts):
         torch.manual_seed(0)

@@ -220,3 +220,18 @@ def in_edges_of(ei: Tensor, ew: Optional[Tensor], targets: Tensor, n: int):
     idx = (t >= 0).nonzero().view(-1)
     idx = idx[torch.argsort(t[idx], stable=True)]
     return torch.stack([ei[0, idx], t[idx]]), None if ew is None else ew[idx]
+
+
+def hops_with_loops(cum_n: List[int], cum_e: List[int], num_edges: int, num_layers: int,
+                    device) -> Tuple[Tensor, List[int]]:
+    """A sampled block's order with a self-loop per node added: positions into ``[edges, loops]``
+    (the block's ``num_edges`` edges, then one loop per node) listing hop by hop that hop's edges
+    and then the loops of that hop's nodes, and each layer's edge count: every layer's edges (its
+    targets' in-edges and self-loops) are then a prefix, found without reading the device."""
+    parts, e0, n0 = [], 0, 0
+    for h in range(num_layers):  # hop h: its edges (into hop-h nodes), then those nodes' loops
+        parts += [torch.arange(e0, cum_e[h], device=device),
+                  torch.arange(num_edges + n0, num_edges + cum_n[h], device=device)]
+        e0, n0 = cum_e[h], cum_n[h]
+    counts = [cum_e[num_layers - 1 - i] + cum_n[num_layers - 1 - i] for i in range(num_layers)]
+    return torch.cat(parts), counts

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..linear import UnifewsLinear
-from ..selection import hop_sums
+from ..selection import hop_sums, hops_with_loops
 from .base import UnifewsConv
 
 
@@ -46,15 +46,7 @@ class GCNNormConv(UnifewsConv):
         ei = torch.cat([edge_index, loops.expand(2, -1)], dim=1)
         w = torch.cat([(edge_index[0] != edge_index[1]).float(), torch.ones(num_src, device=dev)])
         ei, w = gcn_norm(ei, w, num_src, add_self_loops=False)  # the loops are in ei already
-        parts, e0, n0 = [], 0, 0
-        for h in range(num_layers):  # hop h: its edges (into hop-h nodes), then those nodes' loops
-            parts += [
-                torch.arange(e0, cum_e[h], device=dev),
-                torch.arange(n_edges + n0, n_edges + cum_n[h], device=dev),
-            ]
-            e0, n0 = cum_e[h], cum_n[h]
-        order = torch.cat(parts)
-        counts = [cum_e[num_layers - 1 - i] + cum_n[num_layers - 1 - i] for i in range(num_layers)]
+        order, counts = hops_with_loops(cum_n, cum_e, n_edges, num_layers, dev)
         return ei.index_select(1, order), w.index_select(0, order), counts
 
 
