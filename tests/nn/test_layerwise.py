@@ -414,3 +414,19 @@ def test_layers_sharing_workspace_buffers_by_lifetime_compute_the_same():
     for _ in range(2):
         torch.testing.assert_close(m.inference(x, ei, batch_size=7, workspace=ws), fresh)
     assert ("output", 0) in ws._buffers and ("output", 2) not in ws._buffers
+
+
+@pytest.mark.parametrize("conv", ["sage", "gcn"])
+def test_the_cuda_ordering_of_layerwise_inference_runs_on_the_cpu(conv):
+    """``canonical`` (CUDA's default: edges sorted by target and source, each batch's sum in
+    cuSPARSE's canonical CSR, repeated edges merged) asked for on the CPU gives the CPU path's
+    outputs and statistics: the GPU's branch is exercised here."""
+    from unifews_dist.nn.models.layerwise import InferenceOptions, layerwise_inference
+
+    m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5)
+    ei = torch.cat([ei, ei[:, :25]], 1)[:, torch.randperm(ei.size(1) + 25)]  # unsorted, some edges twice
+    cpu = layerwise_inference(m, x, ei, InferenceOptions(batch_size=7))
+    st_cpu = [(s.edges_kept, s.edges_in) for s in m.layer_stats]
+    gpu_path = layerwise_inference(m, x, ei, InferenceOptions(batch_size=7, canonical=True))
+    torch.testing.assert_close(gpu_path, cpu, atol=1e-5, rtol=1e-4)
+    assert [(s.edges_kept, s.edges_in) for s in m.layer_stats] == st_cpu

@@ -353,3 +353,20 @@ def test_a_map_given_only_the_columns_it_reads_computes_the_same(backend):
     assert dense.used_inputs() is None
     with pytest.raises(ValueError, match="need a pruned map"):
         dense(x[:, cols], columns=cols)
+
+
+def test_the_cuda_sparse_kernel_runs_on_the_cpu():
+    """The sparse transform's CUDA branch (torch's CSR product) asked for on the CPU equals the
+    numba kernel's, bias and added rows included."""
+    from unifews_dist.sparsify.spmm import _spmm, weight_csr
+
+    torch.manual_seed(0)
+    w, x = torch.randn(24, 40), torch.randn(50, 40)
+    mask = torch.rand(24, 40) < 0.2
+    mask[:, 5:9] = False  # input columns no kept entry reads
+    b, add = torch.randn(24), torch.randn(50, 24)
+    csr = weight_csr(w, mask)
+    numba = _spmm(x, csr, 24, b, add, torch_kernel=False)
+    cusparse_path = _spmm(x, csr, 24, b, add, torch_kernel=True)
+    torch.testing.assert_close(cusparse_path, numba, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(numba, x @ (w * mask).t() + b + add, atol=1e-5, rtol=1e-4)

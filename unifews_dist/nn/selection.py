@@ -40,6 +40,8 @@ class LayerPlan:
         rule_applied: the edges given are those the rule keeps (layer-wise inference applied it
             from every node's norm): not scored again.
         fused: with no gradient, aggregate by one sparse-dense product (no per-edge messages).
+        canonical: that product's matrix in cuSPARSE's canonical CSR (default: on CUDA; see
+            :func:`~unifews_dist.sparsify.spmm.csr_adjacency`).
         source_channels: the sources' rows hold only these channels (the conv's
             ``aggregated_channels``): only they are propagated.
         return_kept: the :class:`Selection` carries the rule's bool mask of the edges given.
@@ -53,6 +55,7 @@ class LayerPlan:
     score_mean: Optional[Tensor] = None
     rule_applied: bool = False
     fused: bool = False
+    canonical: Optional[bool] = None
     source_channels: Optional[Tensor] = None
     return_kept: bool = False
 

@@ -173,10 +173,11 @@ def weight_csr(weight: Tensor, mask: Tensor, columns: Optional[Tensor] = None) -
 
 
 def _spmm(x: Tensor, w: WeightCSR, nout: int, bias: Optional[Tensor] = None,
-          add: Optional[Tensor] = None) -> Tensor:
+          add: Optional[Tensor] = None, torch_kernel: Optional[bool] = None) -> Tensor:
     """``x[:, w.load] @ W.T (+ bias) (+ add)`` for ``W`` given in CSR form (rows = outputs); ``add``:
-    ``[len(x), nout]``. On CPU the sums are made as the kernel writes its output (no pass of their own)."""
-    if x.is_cuda:
+    ``[len(x), nout]``. ``torch_kernel`` (default: on CUDA): torch's CSR product (cuSPARSE on a
+    GPU); else the numba kernel, which makes the sums as it writes its output."""
+    if x.is_cuda if torch_kernel is None else torch_kernel:
         csr = torch.sparse_csr_tensor(w.crow, w.col, w.val, (nout, w.load.numel()), device=x.device)
         out = (csr @ x.index_select(1, w.load).t()).t()
         out = out if bias is None else out + bias

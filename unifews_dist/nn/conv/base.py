@@ -176,7 +176,7 @@ class UnifewsConv(MessagePassing):
         channels = computed if plan.source_channels is None else math.prod(h_dst.shape[1:])
         ei, w = sel.edge_index, sel.per_edge[-1]
         if plan.fused and self._fusable(h_src, w):
-            adj_t = csr_adjacency(ei, w, n_src, h_dst.size(0), h_src.dtype)
+            adj_t = csr_adjacency(ei, w, n_src, h_dst.size(0), h_src.dtype, canonical=plan.canonical)
             agg = self.propagate(adj_t, x=(h_src, h_dst), edge_weight=None)  # (the weights are in adj_t)
         else:
             agg = self.propagate(ei, x=(h_src, h_dst), edge_weight=w, size=(n_src, h_dst.size(0)))

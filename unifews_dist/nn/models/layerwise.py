@@ -65,8 +65,10 @@ class _Targets:
 class _Layer:
     """One layer of a stack run over batches of targets; sums what it computed into statistics."""
 
-    def __init__(self, model, i: int, n: int, batch_size: int, progress, workspace: InferenceWorkspace):
+    def __init__(self, model, i: int, n: int, batch_size: int, progress, workspace: InferenceWorkspace,
+                 canonical: bool = False):
         self.model, self.i, self.conv, self.workspace = model, i, model.convs[i], workspace
+        self.canonical = canonical
         self.n, self.batch_size, self.progress = n, batch_size, progress
         self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
         self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = 0
@@ -126,12 +128,13 @@ class _Layer:
                 elif task.lock_into is not None:
                     lock = task.lock_into.index_select(0, tgt).index_select(0, dst)
                 plan = LayerPlan(locked=lock, return_kept=True, score_mean=task.mean, fused=True,
-                                 source_channels=channels)
+                                 canonical=self.canonical, source_channels=channels)
                 out, sel = conv(*args, w, plan=plan)
                 keep_all[e0:e1] = sel.kept
                 self.kept += int(sel.kept.sum())
             else:  # the edges given are the rule's kept ones: the conv does not score them again
-                out, sel = conv(*args, w, plan=LayerPlan(rule_applied=True, fused=True, source_channels=channels))
+                plan = LayerPlan(rule_applied=True, fused=True, canonical=self.canonical, source_channels=channels)
+                out, sel = conv(*args, w, plan=plan)
             self.computed += int(sel.edges_computed)
             self.channels, self.channels_computed = sel.channels, sel.channels_computed
             for j, lin in enumerate(self.lins):
@@ -239,6 +242,8 @@ class InferenceOptions:
         lock_scope: ``"outputs"`` or ``"each"`` (:func:`layerwise_inference`).
         workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
             in for the next call (``None``: the call's own, freed when it ends).
+        canonical: the edges sorted by target and source and each batch's sum in cuSPARSE's
+            canonical CSR (default: on CUDA; asked for on the CPU, the GPU's path runs there).
     """
 
     batch_size: int = 4096
@@ -247,6 +252,7 @@ class InferenceOptions:
     distributed: bool = False
     lock_scope: str = "outputs"
     workspace: Optional[InferenceWorkspace] = None
+    canonical: Optional[bool] = None
 
 
 @torch.no_grad()
@@ -296,7 +302,8 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, options: Optional[
     # by target: a batch of targets is a slice of edges. On CUDA also by source, as cuSPARSE's
     # rows must be (the fused aggregation then copies nothing but for repeated edges); on the CPU
     # a graph already in target order (a CSC, as prepared datasets give it) is not sorted at all
-    if device.type == "cuda":
+    canonical = device.type == "cuda" if options.canonical is None else options.canonical
+    if canonical:
         order = torch.argsort(ei[1] * n + ei[0])
     else:
         order = torch.argsort(ei[1], stable=True) if bool((ei[1, 1:] < ei[1, :-1]).any()) else None
@@ -345,7 +352,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, options: Optional[
     space = InferenceWorkspace() if workspace is None else workspace  # (none given: the call's own)
     for i, conv in enumerate(model.convs):
         last = i == L - 1
-        layer = _Layer(model, i, n, batch_size, progress, space)
+        layer = _Layer(model, i, n, batch_size, progress, space, canonical)
         if each:  # the outputs, their in-edges locked: own rows from before, neighbours' pruned rows
             task = _Targets(outputs, (out_ei, out_ew), int(in_degree[outputs].sum()), own=own, lock_all=True,
                             loops_only=True, own_result=True)
