@@ -14,7 +14,8 @@ from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..selection import LayerPlan, Selection
 from ..stats import LayerStats, stats_tensor
-from .layerwise import InferenceOptions, layerwise_inference
+from .layerwise import layerwise_inference
+from .workspace import InferenceOptions
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
 Norm = Literal["batch", "layer", "none"]

@@ -15,7 +15,7 @@ channels of one, the graph's edges, and one batch's sparse adjacency. Under DDP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Literal, Optional, Tuple, get_args
+from typing import List, Literal, Optional, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from ...sparsify import edge_keep_mask, edge_scores
 from ..linear import UnifewsLinear
 from ..selection import LayerPlan, in_degree_ptr, in_edges_of
 from ..stats import LayerStats
-from .workspace import SOURCES, InferenceWorkspace, next_input_role
+from .workspace import SOURCES, InferenceOptions, InferenceWorkspace, next_input_role
 
 
 LockScope = Literal["outputs", "each"]
@@ -219,40 +219,6 @@ class _Layer:
                           weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
                           transform_macs_dense=self.t_dense, channels=(self.channels, self.channels_computed),
                           transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
-
-
-@dataclass
-class InferenceOptions:
-    """How :func:`layerwise_inference` runs.
-
-    Args:
-        batch_size: target nodes per batch (their in-edges and sources are what one batch holds).
-        output_nodes: the nodes whose outputs are returned; ``None``: every node.
-        progress: called with the number of target nodes after each batch (a progress bar).
-        distributed: called on every rank of the initialised process group at once (each with
-            its own ``output_nodes``): the ranks split the work instead of each doing all of it.
-            Each rank computes every layer for a contiguous share of the nodes (the last layer:
-            for the output nodes of every rank in its share) and holds the in-edges of its share
-            only, the kept ones after each layer; the rows are all-gathered (one buffer), and the
-            rule's mean is the ranks' sums added up. Every rank then holds the same
-            representations and means as one process would (with ``"outputs"``, the locked nodes
-            are every rank's output nodes), and returns its own output nodes' rows. Its
-            statistics are this rank's share (a sum over ranks is one process's for every rank's
-            output nodes). With ``"each"``, each rank computes its own outputs' locked rows.
-        lock_scope: ``"outputs"`` or ``"each"`` (:func:`layerwise_inference`).
-        workspace: an :class:`InferenceWorkspace` to take the large buffers from and leave them
-            in for the next call (``None``: the call's own, freed when it ends).
-        canonical: the edges sorted by target and source and each batch's sum in cuSPARSE's
-            canonical CSR (default: on CUDA; asked for on the CPU, the GPU's path runs there).
-    """
-
-    batch_size: int = 4096
-    output_nodes: Optional[Tensor] = None
-    progress: Optional[Callable[[int], None]] = None
-    distributed: bool = False
-    lock_scope: str = "outputs"
-    workspace: Optional[InferenceWorkspace] = None
-    canonical: Optional[bool] = None
 
 
 @torch.no_grad()
