@@ -51,9 +51,7 @@ def add_test_result(run_dir: str, result: dict) -> str:
         with open(path) as f:
             summary = json.load(f)
     summary.setdefault("tests", []).append(result)
-    os.makedirs(run_dir, exist_ok=True)
-    write_atomic(path, json.dumps(summary, indent=2))
-    return path
+    return write_summary(run_dir, summary)
 
 
 def fit_summary(trainer, module, datamodule, metrics: dict, test: dict, best: str, wall_s: float) -> dict:

@@ -12,7 +12,7 @@ from torch_geometric.utils import spmm
 from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms
 from ...sparsify.spmm import csr_adjacency
 from ..linear import UnifewsLinear
-from ..selection import LayerPlan, compact, hop_sums, select_edges, take_rows
+from ..selection import LayerPlan, compact, hop_sums, hops_with_loops, select_edges, take_rows
 
 PairTensor = Tuple[Tensor, Tensor]
 
@@ -74,6 +74,10 @@ class UnifewsConv(MessagePassing):
     #: whether :meth:`prepare_edges` returns the edges in the order given (and no others), so
     #: that in a sampler's hop-ordered block each layer's edges are a prefix
     keeps_edge_order = True
+    #: whether the conv adds a self-loop per node (:meth:`with_self_loops`): a sampled block is
+    #: then reordered hop by hop, each hop's edges followed by its nodes' loops, so each layer's
+    #: edges are still a prefix
+    adds_self_loops = False
     #: names of the linear maps applied to source rows (the rest are applied to target rows)
     source_side_weights: Tuple[str, ...] = ()
     #: whether the node's own term is outside propagation (SAGE's root weight, GIN's ``1 + eps``):
@@ -285,12 +289,25 @@ class UnifewsConv(MessagePassing):
         """A stack's edges for a sampled block (:meth:`prepare_edges`) and, when each layer's
         edges are a prefix of them, each layer's edge count (layer ``i`` takes the first
         ``counts[i]``: no device read to find them), else ``None``. A sampler's block lists its
-        edges hop by hop (PyG's samplers, ours), so a conv that keeps their order has prefixes."""
-        ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
-        cum = hop_sums(num_sampled_edges, num_layers)
-        if not cls.keeps_edge_order or num_sampled_nodes is None or cum is None:
+        edges hop by hop (PyG's samplers, ours), so a conv that keeps their order has prefixes,
+        and one that adds self-loops has them once its loops follow each hop's edges."""
+        cum_n, cum_e = hop_sums(num_sampled_nodes, num_layers), hop_sums(num_sampled_edges, num_layers)
+        if cum_n is None or cum_e is None or not (cls.keeps_edge_order or cls.adds_self_loops):
+            ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
             return ei, ew, None
-        return ei, ew, [cum[num_layers - 1 - i] for i in range(num_layers)]
+        if cls.keeps_edge_order:
+            ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
+            return ei, ew, [cum_e[num_layers - 1 - i] for i in range(num_layers)]
+        ei, ew = cls.with_self_loops(edge_index, num_src)
+        order, counts = hops_with_loops(cum_n, cum_e, edge_index.size(1), num_layers, edge_index.device)
+        return ei.index_select(1, order), None if ew is None else ew.index_select(0, order), counts
+
+    @staticmethod
+    def with_self_loops(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Optional[Tensor]]:
+        """For a conv that :attr:`adds_self_loops`: the edges as given, then a self-loop for each
+        of the ``num_nodes`` nodes, with their prepared weights (the block's order is made from
+        this layout by :meth:`prepare_block`)."""
+        raise NotImplementedError
 
     def prune_edges(self, edge_index: Tensor, edge_weight: Optional[Tensor], src_norm: Tensor,
                     locked: Union[None, Tensor, int] = None, reference: Optional[Tensor] = None,

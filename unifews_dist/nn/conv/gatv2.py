@@ -1,7 +1,7 @@
 """GATv2 with Unifews edge and weight pruning."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
 from ..linear import UnifewsLinear
-from ..selection import hop_sums, hops_with_loops
 from .base import UnifewsConv
 
 
@@ -30,7 +29,8 @@ class UnifewsGATv2Conv(UnifewsConv):
     source_side_weights = ("lin_l",)
     stack_options = ("heads",)
     needs_exact_edges = True  # attention is normalised over the layer's edges
-    keeps_edge_order = False  # self-loops added (prefixes: prepare_block)
+    keeps_edge_order = False  # self-loops added
+    adds_self_loops = True
     prepares_by_target = False  # self-loops added
     scores_from_sources = False  # attention-weighted, against the mean source norm
 
@@ -74,26 +74,14 @@ class UnifewsGATv2Conv(UnifewsConv):
         the graph's own self-loops and adds one per node, but without the device read removing
         them takes: a self-loop already in the graph stays, weighted 0 (its attention is 0, its
         message is nothing), and every other edge 1."""
-        n = min(num_src, num_dst)
-        loops = torch.arange(n, device=edge_index.device)
-        ei = torch.cat([edge_index, loops.expand(2, -1)], dim=1)
-        w = torch.cat([edge_index[0] != edge_index[1], loops.new_ones(n, dtype=torch.bool)])
-        return ei, w.to(torch.get_default_dtype())
+        return UnifewsGATv2Conv.with_self_loops(edge_index, min(num_src, num_dst))
 
-    @classmethod
-    def prepare_block(cls, edge_index: Tensor, num_src: int, num_dst: int, num_layers: int,
-                      num_sampled_nodes: Optional[Sequence[int]] = None,
-                      num_sampled_edges: Optional[Sequence[int]] = None
-                      ) -> Tuple[Tensor, Optional[Tensor], Optional[List[int]]]:
-        """With per-hop counts: the block's edges hop by hop, each hop followed by the self-loops
-        of its nodes (weights as :meth:`prepare_edges`), so every layer's edges are a prefix."""
-        cum_n, cum_e = hop_sums(num_sampled_nodes, num_layers), hop_sums(num_sampled_edges, num_layers)
-        if cum_n is None or cum_e is None:
-            ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
-            return ei, ew, None
-        ei, w = cls.prepare_edges(edge_index, num_src, num_src)
-        order, counts = hops_with_loops(cum_n, cum_e, edge_index.size(1), num_layers, edge_index.device)
-        return ei.index_select(1, order), w.index_select(0, order), counts
+    @staticmethod
+    def with_self_loops(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Optional[Tensor]]:
+        loops = torch.arange(num_nodes, device=edge_index.device)
+        ei = torch.cat([edge_index, loops.expand(2, -1)], dim=1)
+        w = torch.cat([edge_index[0] != edge_index[1], loops.new_ones(num_nodes, dtype=torch.bool)])
+        return ei, w.to(torch.get_default_dtype())
 
     def transform(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor]:
         H, C = self.heads, self.out_channels

@@ -1,14 +1,13 @@
 """GCN with Unifews edge and weight pruning."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..linear import UnifewsLinear
-from ..selection import hop_sums, hops_with_loops
 from .base import UnifewsConv
 
 
@@ -17,6 +16,7 @@ class GCNNormConv(UnifewsConv):
     ``1 / sqrt(d_i d_j)`` of :func:`gcn_norm` (GCN, GCNII)."""
 
     keeps_edge_order = False  # self-loops added
+    adds_self_loops = True
     prepares_by_target = False  # both ends' degrees
 
     @staticmethod
@@ -28,26 +28,14 @@ class GCNNormConv(UnifewsConv):
             ei, ew = ei[:, keep], ew[keep]
         return ei, ew
 
-    @classmethod
-    def prepare_block(cls, edge_index: Tensor, num_src: int, num_dst: int, num_layers: int,
-                      num_sampled_nodes: Optional[Sequence[int]] = None,
-                      num_sampled_edges: Optional[Sequence[int]] = None
-                      ) -> Tuple[Tensor, Optional[Tensor], Optional[List[int]]]:
-        """With per-hop counts: the block's edges hop by hop, each hop followed by the self-loops
-        of that hop's nodes, so that every layer's edges (its targets' in-edges and self-loops)
-        are a prefix; normalised as :func:`gcn_norm` does (a self-loop per node, an edge that
-        already is one weighs 0, so it is counted once), without reading the device."""
-        cum_n, cum_e = hop_sums(num_sampled_nodes, num_layers), hop_sums(num_sampled_edges, num_layers)
-        if cum_n is None or cum_e is None:
-            ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
-            return ei, ew, None
-        n_edges, dev = edge_index.size(1), edge_index.device
-        loops = torch.arange(num_src, device=dev)
+    @staticmethod
+    def with_self_loops(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Optional[Tensor]]:
+        """Normalised as :func:`gcn_norm` does (a self-loop per node; an edge that already is one
+        weighs 0, so it is counted once), without reading the device."""
+        loops = torch.arange(num_nodes, device=edge_index.device)
         ei = torch.cat([edge_index, loops.expand(2, -1)], dim=1)
-        w = torch.cat([(edge_index[0] != edge_index[1]).float(), torch.ones(num_src, device=dev)])
-        ei, w = gcn_norm(ei, w, num_src, add_self_loops=False)  # the loops are in ei already
-        order, counts = hops_with_loops(cum_n, cum_e, n_edges, num_layers, dev)
-        return ei.index_select(1, order), w.index_select(0, order), counts
+        w = torch.cat([(edge_index[0] != edge_index[1]).float(), torch.ones(num_nodes, device=edge_index.device)])
+        return gcn_norm(ei, w, num_nodes, add_self_loops=False)  # the loops are in ei already
 
 
 class UnifewsGCNConv(GCNNormConv):
