@@ -31,6 +31,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def float64():
+    """Tensors and modules made in the test are float64: path-equivalence tests compare two
+    summation orders, which agree to ~1e-16 of the scale there (close.py)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def random_graph(num_nodes=30, num_edges=120, seed=0):
     g = torch.Generator().manual_seed(seed)
     ei = torch.randint(0, num_nodes, (2, num_edges), generator=g)

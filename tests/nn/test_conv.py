@@ -3,9 +3,13 @@ import pytest
 import torch
 from torch_geometric.nn import GATv2Conv, GCN2Conv, GCNConv, GINConv, SAGEConv
 
+from close import assert_close
 from unifews_dist.nn import (LayerPlan, UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv, UnifewsGINConv,
                              UnifewsSAGEConv)
 from conftest import random_graph
+
+# path-equivalence tests: float64, compared relative to the scale (close.py)
+pytestmark = pytest.mark.usefixtures("float64")
 
 N, F_IN, F_OUT = 30, 12, 8
 
@@ -14,11 +18,11 @@ def _pair(mine, ref, x, ei, call_mine, call_ref, atol=1e-5):
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
     o1, o2 = call_mine(mine, x1, ei), call_ref(ref, x2, ei)
-    assert torch.allclose(o1, o2, atol=atol), (o1 - o2).abs().max()
+    assert_close(o1, o2)
     g = torch.randn_like(o1)
     (o1 * g).sum().backward()
     (o2 * g).sum().backward()
-    assert torch.allclose(x1.grad, x2.grad, atol=atol)
+    assert_close(x1.grad, x2.grad)
 
 
 def _layers():
@@ -84,7 +88,7 @@ def test_bipartite_block_equals_square_graph_rows(name):
         full = mine(x, ei)[:n_dst]
     block = mine((x, x[:n_dst]), ei_b)
     assert block.shape == (n_dst, F_OUT)
-    assert torch.allclose(full, block, atol=1e-5)
+    assert_close(full, block)
 
 
 def _brute_force_keep(messages, thr_a, locked):
@@ -108,7 +112,7 @@ def test_gcn_kept_edges_match_brute_force(thr_a):
     assert int(sel.edges_kept) == int(expect.sum()) and sel.edges_in == ei_p.size(1)
     assert sel.edges_computed == int(expect.sum()) and sel.channels == sel.channels_computed == F_OUT
     ref = torch.zeros(N, F_OUT).index_add_(0, ei_p[1][expect], messages[expect]) + conv.bias
-    assert torch.allclose(out, ref, atol=1e-5)
+    assert_close(out, ref)
 
 
 @pytest.mark.parametrize("thr_a", [0.5, 1.5])

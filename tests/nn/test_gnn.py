@@ -2,8 +2,12 @@ import pytest
 import torch
 from torch_geometric.nn import SAGEConv
 
+from close import assert_close
 from unifews_dist.nn import UnifewsGNN
 from conftest import random_graph
+
+# path-equivalence tests: float64, compared relative to the scale (close.py)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _block(seed=0):
@@ -51,7 +55,7 @@ def test_trimmed_stack_equals_untrimmed_on_seeds():
     full = model(x, ei)[:4]
     trimmed = model(x, ei, num_sampled_nodes=hops, batch_size=4)
     assert trimmed.shape == (4, 3)
-    assert torch.allclose(full, trimmed, atol=1e-5)
+    assert_close(full, trimmed)
     assert model.layer_stats[1].edges_dense == int((ei[1] < 4).sum())
 
 
@@ -65,7 +69,7 @@ def test_dense_stack_equals_pyg_layers():
         r.lin_r.weight.data.copy_(m.lin_r.weight)
     x, ei = torch.randn(30, 16), random_graph(30, 100)
     expect = ref[1](ref[0](x, ei).relu(), ei)
-    assert torch.allclose(model(x, ei), expect, atol=1e-5)
+    assert_close(model(x, ei), expect)
 
 
 def test_target_edges_locked_at_last_layer():
@@ -155,12 +159,12 @@ def test_rows_no_later_layer_reads_are_skipped_without_changing_the_result(conv)
     out_all, grads_all, stats_all = run(skip=False)
     out, grads, stats = run(skip=True)
     assert out.shape == (8, 3)
-    torch.testing.assert_close(out, out_all, atol=1e-5, rtol=1e-4)
+    assert_close(out, out_all)
     for name, g in grads_all.items():
         if g is None:
             assert grads[name] is None
         else:
-            torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+            assert_close(grads[name], g, name=name)
     # the same pruning, fewer MACs: rows and kept edges into unread rows were skipped
     assert [s.edges_kept for s in stats] == [s.edges_kept for s in stats_all]
     assert [s.macs_dense for s in stats] == [s.macs_dense for s in stats_all]
@@ -201,10 +205,10 @@ def test_cuda_stack_prunes_and_computes_as_on_cpu(conv):
         )
     (o_cpu, g_cpu, s_cpu), (o_gpu, g_gpu, s_gpu) = runs
     assert s_cpu == s_gpu and s_cpu[-1][0] < s_cpu[0][0]
-    torch.testing.assert_close(o_gpu, o_cpu, atol=1e-4, rtol=1e-3)
+    assert_close(o_gpu, o_cpu)
     assert g_cpu.keys() == g_gpu.keys()  # (clones: moving the model moves its .grad tensors in place)
     for name in g_cpu:
-        torch.testing.assert_close(g_gpu[name], g_cpu[name], atol=1e-3, rtol=1e-3, msg=name)
+        assert_close(g_gpu[name], g_cpu[name], name=name)
 
 
 def test_dense_stack_skips_nothing():

@@ -5,8 +5,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from unifews_dist.nn import LayerPlan, UnifewsGNN
+from close import assert_close
 from unifews_dist.sparsify.spmm import csr_adjacency
 from conftest import random_graph
+
+# path-equivalence tests: float64, compared relative to the scale (close.py)
+pytestmark = pytest.mark.usefixtures("float64")
 
 N, F_IN = 60, 12
 CONVS = ["gcn", "sage", "gat", "gin", "gcnii"]
@@ -44,7 +48,7 @@ def test_layerwise_equals_the_whole_graph_forward(conv, thr):
         whole = m(x, ei)
         kept_whole = [int(s.edges_kept) for s in m.layer_stats]
     out = m.inference(x, ei, batch_size=7)
-    torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-4)
+    assert_close(out, whole)
     st = m.layer_stats
     assert [s.edges_kept for s in st] == kept_whole
     if thr > 0:
@@ -90,7 +94,7 @@ def test_locked_each_output_is_a_sampled_evaluation_of_the_node_alone(conv):
             (torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, plan=LayerPlan(locked=all_locked)
         )[0]
     assert not keep.all()  # layer 0 prunes the neighbours' representations
-    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
+    assert_close(out, expect)
     st = m.layer_stats  # each layer: the outputs locked, and (layer 0) every node pruned
     assert st[1].edges_kept == st[1].edges_in and st[0].edges_kept < st[0].edges_in
 
@@ -110,7 +114,7 @@ def test_locked_outputs_are_one_sampled_batch_of_them(conv):
         expect = m(x[perm], new_id[ei], batch_size=nodes.numel())[: nodes.numel()]
         kept_whole = [int(s.edges_kept) for s in m.layer_stats]
     out = m.inference(x, ei, batch_size=7, output_nodes=nodes)
-    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
+    assert_close(out, expect)
     st = m.layer_stats
     assert st[0].edges_kept == kept_whole[0] < st[0].edges_in  # the others' in-edges pruned
     assert st[-1].edges_kept == st[-1].edges_in  # the outputs': all kept
@@ -123,7 +127,7 @@ def test_output_nodes_are_rows_of_the_full_result():
     m, x, ei = _model("sage", thr_a=1.0, thr_w=1.0)
     full = m.inference(x, ei, batch_size=9)
     nodes = torch.tensor([5, 0, 41, 17])
-    torch.testing.assert_close(m.inference(x, ei, batch_size=3, output_nodes=nodes), full[nodes])
+    assert_close(m.inference(x, ei, batch_size=3, output_nodes=nodes), full[nodes])
 
 
 def test_needs_evaluation_mode_and_a_positive_batch():
@@ -149,7 +153,7 @@ def test_dense_layerwise_equals_pyg_layers(lock):
         r.lin_r.weight.data.copy_(m.lin_r.weight)
     x, ei = torch.randn(30, 16), random_graph(30, 100)
     expect = ref[1](ref[0](x, ei).relu(), ei)
-    torch.testing.assert_close(model.inference(x, ei, batch_size=4), expect, atol=1e-5, rtol=1e-4)
+    assert_close(model.inference(x, ei, batch_size=4), expect)
 
 
 @pytest.mark.parametrize("conv", ["gcn", "sage"])
@@ -166,7 +170,7 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
     monkeypatch.setattr(UnifewsConv, "scores_from_sources", False)
     slow = m.inference(x, ei, batch_size=7)
     st_slow = m.layer_stats
-    torch.testing.assert_close(fast, slow)
+    assert_close(fast, slow)
     assert [s.edges_kept for s in st_fast] == [s.edges_kept for s in st_slow]
     fast_macs, slow_macs = [s.macs_sparse for s in st_fast], [s.macs_sparse for s in st_slow]
     if conv == "gcn":  # fewer source rows transformed, the same messages aggregated
@@ -220,6 +224,7 @@ def _split_worker(rank, world, port, conv, lock, scope, thr_a, spread, out):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
+        torch.set_default_dtype(torch.float64)  # as the test's own process (pytestmark)
         m, x, ei = _model(conv, thr_a=thr_a, thr_w=0.5, lock=lock)
         ei = ei[:, torch.argsort(ei[1], stable=True)]  # in target order, as a prepared graph's CSC (not sorted again)
         mine = _outputs(rank, world, spread)
@@ -274,7 +279,7 @@ def test_ranks_split_layerwise_inference_and_agree_with_one_process(conv, lock, 
     whole = torch.zeros(N, whole.size(1)).index_copy_(0, union, whole)
     for r in (0, 1):
         mine, res = out[r][:2]
-        torch.testing.assert_close(res, whole[mine], atol=1e-5, rtol=1e-4)
+        assert_close(res, whole[mine])
     if scope == "outputs":  # (GCN transforms each batch's distinct sources: its MACs follow the batches)
         summed = [tuple(a + b for a, b in zip(s0, s1)) for s0, s1 in zip(out[0][2], out[1][2])]
         k = 3 if conv == "sage" else 2
@@ -302,15 +307,15 @@ def test_fused_aggregation_equals_messages_summed(conv):
         expect, kept = c(*args, return_kept=True)
         out, sel = c(*args, plan=LayerPlan(prepared=False, return_kept=True, fused=True))
         kept_fused = sel.kept
-    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-4)
+    assert_close(out, expect)
     assert torch.equal(kept, kept_fused) and not kept.all()
     w = torch.rand(ei.size(1))
     dense = torch.zeros(N, N).index_put_((ei[1], ei[0]), w, accumulate=True)
-    adj = csr_adjacency(ei, w, N, N, torch.float32)  # CPU: in target order, columns as given
+    adj = csr_adjacency(ei, w, N, N, torch.get_default_dtype())  # CPU: in target order, columns as given
     assert adj.values().numel() == ei.size(1)
-    torch.testing.assert_close(adj.to_dense(), dense)
+    assert_close(adj.to_dense(), dense)
     h = torch.randn(N, 5)
-    torch.testing.assert_close(adj @ h, dense @ h, atol=1e-5, rtol=1e-4)
+    assert_close(adj @ h, dense @ h)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -322,14 +327,14 @@ def test_canonical_adjacency_is_a_valid_csr(device):
     ei = torch.randint(0, N, (2, 300))
     ei = torch.cat([ei, ei[:, :40]], 1)[:, torch.randperm(340)].to(device)
     w = torch.rand(ei.size(1), device=device)
-    adj = csr_adjacency(ei, w, N, N, torch.float32, canonical=True)
+    adj = csr_adjacency(ei, w, N, N, torch.get_default_dtype(), canonical=True)
     dense = torch.zeros(N, N, device=device).index_put_((ei[1], ei[0]), w, accumulate=True)
-    torch.testing.assert_close(adj.to_dense(), dense)
+    assert_close(adj.to_dense(), dense)
     assert adj.values().numel() == torch.unique(ei[1] * N + ei[0]).numel()
     with torch.sparse.check_sparse_tensor_invariants(enable=True):
         torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values(), adj.shape)
     h = torch.randn(N, 5, device=device)
-    torch.testing.assert_close(adj @ h, dense @ h, atol=1e-5, rtol=1e-4)
+    assert_close(adj @ h, dense @ h)
 
 
 @pytest.mark.parametrize("conv", ["sage", "gin"])
@@ -338,6 +343,8 @@ def test_channels_no_weight_reads_are_not_propagated(conv, backend, monkeypatch)
     """A weight column pruned whole is an input channel the layer never reads: layer-wise
     inference propagates the other channels only (SAGE's ``lin_l``, GIN's first map), with the
     same outputs and kept edges as propagating all, and exactly that many fewer multiply-adds."""
+    if backend == "sparse":  # the CPU sparse kernel is float32 (the float64 fixture restores the default)
+        torch.set_default_dtype(torch.float32)
     m, x, ei = _model(conv, thr_a=1.0, thr_w=1.0)
     for lin in m.weight_layers():
         lin.backend = backend
@@ -349,7 +356,7 @@ def test_channels_no_weight_reads_are_not_propagated(conv, backend, monkeypatch)
     monkeypatch.setattr(type(m.convs[0]), "aggregated_channels", lambda self: None)
     slow = m.inference(x, ei, batch_size=7)
     st_slow = m.layer_stats
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    assert_close(fast, slow, rtol=1e-9 if backend == "dense" else 1e-5)
     assert [s.edges_kept for s in st_fast] == [s.edges_kept for s in st_slow]
     assert [s.macs_dense for s in st_fast] == [s.macs_dense for s in st_slow]
     for s_fast, s_slow, r, w in zip(st_fast, st_slow, reads, widths):  # per layer: the channels skipped
@@ -368,7 +375,7 @@ def test_a_workspace_is_reused_and_never_returned(lock):
     ws = InferenceWorkspace()
     expect = m.inference(x, ei, batch_size=7)
     first = m.inference(x, ei, batch_size=7, workspace=ws)
-    torch.testing.assert_close(first, expect)
+    assert_close(first, expect)
     kept = {role: t.data_ptr() for role, t in ws._buffers.items()}
     # one channel buffer; the two hidden layers' outputs and kept edges in two alternating ones
     edges = {(k, i) for k in ("edges", "weights") for i in (0, 1)}
@@ -378,10 +385,10 @@ def test_a_workspace_is_reused_and_never_returned(lock):
     snapshot = first.clone()
     again = m.inference(x, ei, batch_size=7, workspace=ws)
     assert {role: t.data_ptr() for role, t in ws._buffers.items()} == kept  # the same memory again
-    torch.testing.assert_close(again, expect)
+    assert_close(again, expect)
     other = m.inference(x * 2, ei, batch_size=7, workspace=ws)  # (other kept counts: some buffers made anew)
     assert torch.equal(first, snapshot) and not torch.equal(other, first)
-    torch.testing.assert_close(other, m.inference(x * 2, ei, batch_size=7))
+    assert_close(other, m.inference(x * 2, ei, batch_size=7))
     assert all(r.data_ptr() != t.data_ptr() for r in (first, again, other) for t in ws._buffers.values())
     ws.clear()
     assert ws.nbytes == 0
@@ -412,7 +419,7 @@ def test_layers_sharing_workspace_buffers_by_lifetime_compute_the_same():
     fresh = m.inference(x, ei, batch_size=7, workspace=None)
     ws = InferenceWorkspace()
     for _ in range(2):
-        torch.testing.assert_close(m.inference(x, ei, batch_size=7, workspace=ws), fresh)
+        assert_close(m.inference(x, ei, batch_size=7, workspace=ws), fresh)
     assert ("output", 0) in ws._buffers and ("output", 2) not in ws._buffers
 
 
@@ -428,5 +435,5 @@ def test_the_cuda_ordering_of_layerwise_inference_runs_on_the_cpu(conv):
     cpu = layerwise_inference(m, x, ei, InferenceOptions(batch_size=7))
     st_cpu = [(s.edges_kept, s.edges_in) for s in m.layer_stats]
     gpu_path = layerwise_inference(m, x, ei, InferenceOptions(batch_size=7, canonical=True))
-    torch.testing.assert_close(gpu_path, cpu, atol=1e-5, rtol=1e-4)
+    assert_close(gpu_path, cpu)
     assert [(s.edges_kept, s.edges_in) for s in m.layer_stats] == st_cpu
