@@ -1,5 +1,6 @@
 import os
 import socket
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +9,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 SHARED_CORA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "planetoid")
+# The suite reaches data as a user does (data_dir(): $UNIFEWS_DATA), here this machine's read-only
+# copy of Cora when there is one, and writes its caches to a folder of its own, never to the
+# user's ~/.cache (subprocesses inherit both).
+if os.path.isdir(os.path.join(SHARED_CORA, "Cora", "raw")):
+    os.environ.setdefault("UNIFEWS_DATA", os.path.abspath(SHARED_CORA))
+os.environ.setdefault("UNIFEWS_CACHE", tempfile.mkdtemp(prefix="unifews-test-cache-"))
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    data = {"name": "cora", "root": "data_root", "seed": 0, "feature_dtype": "float32"}
+    data = {"name": "cora", "root": None, "seed": 0, "feature_dtype": "float32"}
     for path in args.config:
         try:
             with open(path) as f:

@@ -80,7 +80,8 @@ class UnifewsDataModule(pl.LightningDataModule):
             takes that path from ``root``. Every dataset is prepared once into memory-mappable
             arrays (:mod:`~unifews_dist.data.prepared`) that every rank and worker maps: one copy
             per node.
-        root: folder holding the datasets (downloaded there when missing and online).
+        root: folder holding the datasets (downloaded there when missing and online); default
+            ``$UNIFEWS_DATA``, else ``~/.cache/unifews_dist/data`` (``$UNIFEWS_CACHE/data``).
         num_neighbors: training fanout per hop; one hop per model layer.
         eval_num_neighbors: evaluation fanout (``-1`` = every neighbour); defaults to training's.
         batch_size: seed nodes per training batch (per rank).
@@ -115,7 +116,7 @@ class UnifewsDataModule(pl.LightningDataModule):
             of node ids (``.pt`` holding a tensor, or ``.npy``); always layer-wise.
     """
 
-    def __init__(self, name: str = "cora", root: str = "data_root", num_neighbors: List[int] = [10, 10],
+    def __init__(self, name: str = "cora", root: Optional[str] = None, num_neighbors: List[int] = [10, 10],
                  eval_num_neighbors: Optional[List[int]] = None, batch_size: int = 512,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0,

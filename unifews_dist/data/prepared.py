@@ -38,7 +38,7 @@ from torch_geometric.data import Data
 from ..checks import check_choice
 from .graph import DatasetError, GraphDataset, check_graph
 from .sources import OGB, PLANETOID, SYNTHETIC, is_custom, load_custom, load_dataset, ogb_evaluator, unknown_dataset
-from .storage import cache_dir, csc_arrays, dataset_lock, writable
+from .storage import cache_dir, csc_arrays, data_dir, dataset_lock, writable
 
 FORMAT = 1
 #: the synthetic generator's version: a change to :func:`synthetic_graph` must raise it
@@ -199,12 +199,15 @@ def locate(name: str, root: str, seed: int, feature_dtype: str):
         folder = os.path.join(cache_dir(), "prepared", f"{key}-seed{seed}{suffix}")
         return folder, lambda: synthetic_fingerprint(SYNTHETIC[key], seed), lambda: load_dataset(key, root, seed)
     if key in PLANETOID or key in OGB:
+        root = data_dir(root)
         top = os.path.join(root, PLANETOID.get(key) or OGB[key].replace("-", "_"))
         src = [os.path.join(top, "raw")] if key in PLANETOID else \
             [os.path.join(top, d) for d in ("raw", "split")]
         return (_prepared_home(top, key, suffix), lambda: files_fingerprint(key, src),
                 lambda: load_dataset(key, root, seed))
     if key == "custom" or is_custom(name):
+        if key == "custom" and not root:
+            raise ValueError("--data.name custom reads the graph at --data.root PATH; give that path")
         path = os.path.abspath(os.path.expanduser(root if key == "custom" else name))
         if read_manifest(path) is not None:  # a prepared folder itself
             return path, None, None
@@ -220,7 +223,7 @@ def _arrays(ds, feature_dtype: str) -> Dict[str, Tensor]:
             "train_idx": ds.train_idx.long(), "val_idx": ds.val_idx.long(), "test_idx": ds.test_idx.long()}
 
 
-def load_prepared(name: str, root: str = "data_root", seed: int = 0, feature_dtype: str = "float32",
+def load_prepared(name: str, root: Optional[str] = None, seed: int = 0, feature_dtype: str = "float32",
                   verify: bool = False, rebuild: bool = False, say=print):
     """The dataset ``name`` as a memory-mapped :class:`GraphDataset` (CSC, no ``edge_index``),
     prepared first when its folder is missing, incomplete, corrupt or older than its source.

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .graph import DatasetError, GraphDataset, check_graph
-from .storage import cache_dir, dataset_lock, writable
+from .storage import cache_dir, data_dir, dataset_lock, writable
 
 
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
@@ -290,13 +290,14 @@ def random_split(y: Tensor, fractions, seed: int = 0):
             parts[i].append(chunk)
     return tuple(torch.cat(p).sort().values for p in parts)
 
-def load_dataset(name: str, root: str = "data_root", seed: int = 0) -> GraphDataset:
+def load_dataset(name: str, root: Optional[str] = None, seed: int = 0) -> GraphDataset:
     """Load a dataset by name: one of :data:`KNOWN` (case-insensitive)."""
     key = str(name).lower()
     if key in SYNTHETIC:
         return load_synthetic(key, seed)
     if key not in PLANETOID and key not in OGB:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
+    root = data_dir(root)
     if not root or (os.path.exists(root) and not os.path.isdir(root)):
         raise ValueError(f"data root {root!r} is not a directory; give --data.root a folder for {name!r}")
     loader = load_planetoid if key in PLANETOID else load_ogb

@@ -16,7 +16,17 @@ from torch_geometric.utils.sparse import index2ptr
 
 
 def cache_dir() -> str:
+    """Where prepared arrays of graphs without a folder of their own go: ``$UNIFEWS_CACHE``, or
+    ``~/.cache/unifews_dist``."""
     return os.environ.get("UNIFEWS_CACHE", os.path.expanduser("~/.cache/unifews_dist"))
+
+
+def data_dir(root: Optional[str] = None) -> str:
+    """The dataset root: ``root`` when given (``--data.root``), else ``$UNIFEWS_DATA``, else
+    ``data/`` in :func:`cache_dir` (Planetoid and OGB download there when online)."""
+    if root:
+        return os.path.expanduser(root)
+    return os.path.expanduser(os.environ.get("UNIFEWS_DATA") or os.path.join(cache_dir(), "data"))
 
 
 def writable(path: str) -> bool:
