@@ -58,7 +58,7 @@ class UnifewsCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self._cfg()
         cfg["ckpt_path"] = self.ckpt_path
-        check_config(cfg)
+        check_config(cfg, self.subcommand)
         self.start = start_run(cfg, self.subcommand)
         MADE["run_dir"] = self.start.run_dir if self.start.made else None
         self.run_dir = self.start.run_dir

@@ -167,3 +167,34 @@ def test_two_devices_without_a_launcher_train_in_one_run_directory(tmp_path):
     s = _summary(proc)
     assert s["world_size"] == 2
     assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_a_checkpoint_moved_out_of_its_run_asks_for_the_config(tmp_path, monkeypatch):
+    """Without the run's config.yaml beside it, a checkpoint does not say which data it was trained
+    on: one line asking for --config, nothing made, nothing downloaded; with --config it is tested."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert _main(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false"])[0] == 0
+    moved = tmp_path / "moved.ckpt"
+    os.replace(run / "checkpoints" / "last.ckpt", moved)
+    before = sorted(os.listdir(tmp_path))
+    for sub in ("test", "predict", "validate"):
+        code, out, err = _main([sub, "--ckpt_path", str(moved)])
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (sub, err)
+        assert "is not in a run directory" in lines[0] and "--config RUN_DIR/config.yaml" in lines[0]
+        assert "download" not in lines[0]
+    assert sorted(os.listdir(tmp_path)) == before
+    code, out, err = _main(["test", "--ckpt_path", str(moved), "--config", str(run / "config.yaml"),
+                            "--run_dir", str(tmp_path / "tested"), "--wandb", "false"])
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("key", ["max_epochs", "max_steps"])
+def test_a_fit_that_trains_nothing_is_refused(tmp_path, key):
+    run = tmp_path / "run"
+    code, out, err = _main(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false",
+                            f"--trainer.{key}", "0"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"trainer.{key}=0 trains nothing" in lines[0], err
+    assert not run.exists()

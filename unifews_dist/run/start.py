@@ -32,8 +32,14 @@ class RunStart:
     resume_head: Optional[dict] = None
 
 
-def check_config(cfg) -> None:
-    """What no single class can check: one fanout per layer, and no more GPUs than there are."""
+def check_config(cfg, subcommand: str = "fit") -> None:
+    """What no single class can check: one fanout per layer, no more GPUs than there are, and a
+    ``fit`` that trains at least one step."""
+    if subcommand == "fit":
+        for key in ("max_epochs", "max_steps"):
+            if cfg["trainer"].get(key) == 0:
+                raise ValueError(f"trainer.{key}=0 trains nothing; give {key} >= 1 (or -1: no limit, with the "
+                                 f"other one set)")
     data_hops = len(cfg["data"]["num_neighbors"])
     if data_hops != cfg["model"]["num_layers"]:
         raise ValueError(f"data.num_neighbors has {data_hops} hops but model.num_layers is "
@@ -88,6 +94,12 @@ def with_run_config(argv: List[str]) -> Tuple[List[str], Optional[str]]:
                                 f"RUN_DIR/checkpoints/*.ckpt)")
     config = run_config_of(ckpt) if ckpt and argv[0] != "fit" else None
     if config is None:
+        given = any(a in ("--config", "-c") or a.startswith("--config=") for a in argv)
+        if ckpt and ckpt not in CKPT_KEYWORDS and argv[0] != "fit" and not given:
+            raise FileNotFoundError(
+                f"checkpoint {ckpt!r} is not in a run directory: no config.yaml beside it or its checkpoints/ "
+                f"folder, so the data and model it was trained with are unknown; pass them with --config "
+                f"RUN_DIR/config.yaml (the run's) or the config it was trained with")
         return argv, None
     return [argv[0], "--config", config, *argv[1:]], config
 
