@@ -114,3 +114,22 @@ def test_the_logging_step_is_the_checkpoints_global_step(tmp_path):
     ckpt = torch.load(str(tmp_path / "c.ckpt"), weights_only=False)
     loop = ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]
     assert ckpt["global_step"] == loop["_batches_that_stepped"] == 6
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02 a disk fault", b"PK\x03\x04" + b"\x00" * 3000, b"garbage\n"])
+def test_a_corrupt_checkpoint_is_said_in_whole_sentences(tmp_path, content):
+    """The library's reason is kept whole (up to its first full stop), never cut mid-word."""
+    from unifews_dist.run.checkpoint import first_sentence, load_checkpoint_file
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint_file(str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"checkpoint {str(path)!r} cannot be read"), msg
+    assert msg.endswith(("; nothing in it was run", ")")), msg
+    reason = msg[msg.index("(") + 1:msg.rindex(")")]
+    assert reason.strip() and not reason.endswith(("...", ",", ":")), msg
+    long = "word " * 100 + "end. Second sentence."
+    assert first_sentence(long, limit=50) == "word " * 9 + "word ..."
+    assert first_sentence("Failed reading zip: no central directory. See the docs.") == \
+        "Failed reading zip: no central directory"

@@ -37,15 +37,27 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]
                 f"checkpoint {path!r} holds an object other than tensors and plain values "
                 f"({found.group(1)}): refused, nothing in a checkpoint is run"
             ) from None
-        why = str(e).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        why = first_sentence(str(e).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0])
         raise ValueError(
-            f"checkpoint {path!r} cannot be read as tensors and plain values "
-            f"({' '.join(why.split())[:120]}); nothing in it was run"
+            f"checkpoint {path!r} cannot be read as tensors and plain values ({why}); nothing in it was run"
         ) from None
     except Exception as e:  # a truncated or foreign file
         raise ValueError(
-            f"checkpoint {path!r} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            f"checkpoint {path!r} cannot be read: truncated, or not a PyTorch checkpoint "
+            f"({type(e).__name__}: {first_sentence(str(e))})"
         ) from None
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """A library's error message as one whole sentence on one line: up to its first full stop,
+    at most ``limit`` characters, cut at a word and marked when longer (never mid-word)."""
+    text = " ".join(text.split())
+    m = re.search(r"[.!?](\s|$)", text)
+    if m:
+        text = text[:m.start()]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
