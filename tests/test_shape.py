@@ -10,8 +10,9 @@ PKG = os.path.join(ROOT, "unifews_dist")
 #: user-facing __init__s that are config schemas (LightningCLI / YAML) or PyG-style layer options
 SCHEMAS = {"UnifewsModule", "UnifewsDataModule", "UnifewsGNN", "UnifewsGATv2Conv", "SparsitySchedule",
            "TargetSparsity"}
-#: imports inside functions that are deliberate: the launcher imports the runtime just before it forks
-LATE_IMPORTS = {("unifews_dist.launch", "main")}
+#: imports inside functions that are deliberate: the launcher imports the runtime just before it forks;
+#: the console entry imports it inside its Ctrl-C guard
+LATE_IMPORTS = {("unifews_dist.launch", "main"), ("unifews_dist.console", "main")}
 PRIVATE = ["_save_topk_checkpoint", "_accelerator_connector", "_batches_that_stepped", "._feat",
            "batch_to_device =", "unittest", "mock.patch"]
 

@@ -1,3 +1,3 @@
-from unifews_dist.cli import main
+from unifews_dist.console import main
 
 main()

@@ -113,3 +113,19 @@ def test_a_schedule_without_thresholds_ramps_to_the_models(tmp_path):
     trainer(tmp_path, [SparsitySchedule(kind="cubic", warmup=1, ramp=1), rec], max_epochs=3,
             limit_train_batches=3).fit(model, dm)
     assert all(s == (0.0, 0.0) for step in rec.stats for s in step)  # dense: nothing pruned anywhere
+
+
+def test_a_resumed_fit_with_another_schedule_is_told_and_an_evaluation_is_not():
+    """``load_state_dict`` runs for test / validate / predict of a checkpoint too: only training
+    that continues with another schedule is warned about, when it starts."""
+    saved = SparsitySchedule(thr_a=1.0, warmup=2).state_dict()
+    same, other = SparsitySchedule(thr_a=1.0, warmup=2), SparsitySchedule(thr_a=1.0, warmup=5)
+    for sched in (same, other):
+        sched.load_state_dict(saved)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same._check_resumed()
+    with pytest.warns(UserWarning, match=r"SparsitySchedule differs from the checkpoint's .*'warmup': \(2, 5\)"):
+        other._check_resumed()
+    other._check_resumed()  # said once

@@ -29,3 +29,14 @@ class SignalAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class InterruptAt(Callback):
+    """Ctrl-C (SIGINT to this process) before a given epoch's batch, as a user at the terminal."""
+
+    def __init__(self, epoch: int = 1, batch: int = 1):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -274,3 +274,49 @@ def test_readme_layers_section_runs_as_written():
     lines = out.getvalue().splitlines()
     assert re.fullmatch(r"\d+ of \d+ edges aggregated", lines[0]), lines
     assert len(lines) == 4 and lines[2].startswith("0 edges") and lines[3].startswith("1 edges")
+
+
+def _err_lines(proc):
+    return [line for line in proc.stderr.strip().splitlines() if line.strip()]
+
+
+def test_ctrl_c_in_training_says_how_to_resume_and_the_same_command_does(tmp_path):
+    run = tmp_path / "run"
+    args = ["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false"]
+    proc = _cli([*args, "--trainer.callbacks+=killer.InterruptAt", "--trainer.callbacks.epoch=1"], tmp_path)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = _err_lines(proc)[-1]
+    assert last == (f"unifews-dist: interrupted; {run} holds checkpoint last.ckpt: the same command with "
+                    f"--run_dir {run} resumes from it"), proc.stderr[-2000:]
+    again = _cli(args, tmp_path)
+    assert "Resuming from" in again.stdout + again.stderr
+    assert _summary(again)["epochs"] == 2
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    """SIGINT while torch and Lightning are imported: one line, no traceback, nothing made."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "unifews_dist", "fit", "--config", DEBUG, "--run_dir",
+                             str(tmp_path / "run")], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, err[-2000:]
+    assert "interrupted" in lines[0] and "nothing to resume" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir(CORA), reason="real Cora not on disk")
+def test_quickstart_test_and_predict_of_its_checkpoint_warn_nothing(tmp_path):
+    run = tmp_path / "run"
+    fit = _cli(["fit", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"), "--run_dir", str(run),
+                "--wandb", "false", *SHORT], tmp_path)
+    _summary(fit)
+    for sub in ("test", "predict"):
+        proc = _cli([sub, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--wandb", "false"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "differs" not in proc.stdout + proc.stderr, (sub, proc.stderr[-2000:])

@@ -214,6 +214,7 @@ class SparsitySchedule(Callback):
         pl_module.model.set_thresholds(thr_a=self.current["thr_a"], thr_w=self.current["thr_w"])
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._check_resumed()
         self._apply(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
@@ -248,13 +249,19 @@ class SparsitySchedule(Callback):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        config = state_dict.get("config", {})
+        # compared when training resumes (test, validate and predict restore it too, and do not
+        # use it: no warning there)
+        self._loaded_config = state_dict.get("config", {})
+        self.current = dict(state_dict.get("current", self.current))
+
+    def _check_resumed(self) -> None:
+        config, self._loaded_config = getattr(self, "_loaded_config", None), None
+        if not config:
+            return
         mine = self.state_dict()["config"]
         changed = {k: (v, mine.get(k)) for k, v in config.items() if mine.get(k) != v}
         if changed:
-
             rank_zero_warn(
                 f"SparsitySchedule differs from the checkpoint's (checkpoint, now): {changed}; "
                 "continuing with the new one"
             )
-        self.current = dict(state_dict.get("current", self.current))

@@ -11,12 +11,25 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..callbacks import Requeued
+from .checkpoint import newest_readable
 from .directory import RunFinished, remove_if_unused
 from .setup_guard import say_once, setup_begins, setup_done
 from .summary import SUMMARY
 
 #: the run directory this call made (removed again if it fails before it trains)
 MADE = {"run_dir": None}
+
+
+def interrupted_line(run_dir) -> str:
+    """What Ctrl-C leaves: how to resume the run, or that there is nothing to resume."""
+    try:
+        found = newest_readable(run_dir) if run_dir and os.path.isdir(run_dir) else None
+    except ValueError:  # checkpoints there, none readable
+        found = None
+    if found is None:
+        return "unifews-dist: interrupted before the first checkpoint: nothing to resume; run the command again"
+    return (f"unifews-dist: interrupted; {run_dir} holds checkpoint {os.path.basename(found[0])}: the same command "
+            f"with --run_dir {run_dir} resumes from it")
 
 
 @contextlib.contextmanager
@@ -42,8 +55,15 @@ def command_guard():
         if rank_zero_only.rank == 0:
             print(f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
                   "it resumes from there", flush=True)
-    except SystemExit:  # a parser error, or SIGTERM during set-up (also when a library wrapped it)
+    except KeyboardInterrupt:  # Ctrl-C before Lightning runs (set-up, data preparation)
         remove_if_unused(MADE["run_dir"])
+        say_once(interrupted_line(os.environ.get("UNIFEWS_RUN_DIR")))
+        raise SystemExit(130)
+    except SystemExit as e:  # a parser error, or SIGTERM during set-up (also when a library wrapped it)
+        remove_if_unused(MADE["run_dir"])
+        if isinstance(e.__context__, KeyboardInterrupt):  # Lightning's exit after Ctrl-C in a loop
+            say_once(interrupted_line(os.environ.get("UNIFEWS_RUN_DIR")))
+            raise SystemExit(130)
         raise
     except (ValueError, FileNotFoundError, KeyError, TypeError, MisconfigurationException) as e:
         if os.environ.get("UNIFEWS_TRACEBACK"):
