@@ -129,3 +129,19 @@ def test_a_resumed_fit_with_another_schedule_is_told_and_an_evaluation_is_not():
     with pytest.warns(UserWarning, match=r"SparsitySchedule differs from the checkpoint's .*'warmup': \(2, 5\)"):
         other._check_resumed()
     other._check_resumed()  # said once
+
+
+def test_the_sanity_check_leaves_no_mask_for_training(tmp_path):
+    """Lightning's sanity check runs before training: at the schedule's thresholds of step 0 (a
+    dense warm-up), it makes no weight mask, so the first pruned steps use one made in training
+    from the threshold then in force, and weight sparsity rises with the ramp (it jumped to ~99%
+    with a mask made at the final threshold from a validation batch)."""
+    model, dm = make(thr_a=0.0, thr_w=2.5)
+    rec = Recorder()
+    sched = SparsitySchedule(kind="linear", interval="step", warmup=3, ramp=9, mask_update="epoch")
+    trainer(tmp_path, [sched, rec], max_epochs=5, limit_train_batches=3, limit_val_batches=2,
+            num_sanity_val_steps=2).fit(model, dm)
+    weight = [step[0][1] for step in rec.stats]
+    assert weight[:4] == [0.0] * 4, weight
+    assert all(b >= a - 0.02 for a, b in zip(weight, weight[1:])), weight
+    assert 0 < weight[4] < weight[-1] - 0.1, weight
