@@ -47,8 +47,12 @@ def test_dense_forward_reads_nothing_from_the_device(conv):
     assert c["syncs"] == 0, c
     # the figures the monitors log are still there, on the device, for one read later
     assert [s.edges_kept for s in model.layer_stats] == [s.edges_dense for s in model.layer_stats]
+    # the graph's sampled edges, for every conv alike: the self-loops GCN, GCNII and GATv2 add (a
+    # node's own term, never pruned) are not counted as edges (they are in the MACs)
+    assert model.layer_stats[0].edges_dense == sum(edges)
     loops = sum(hops[:LAYERS]) if conv in ("gcn", "gcnii", "gat") else 0  # a self-loop per target
-    assert model.layer_stats[0].edges_dense == sum(edges) + loops
+    assert model.layer_stats[0].own_loops == loops
+    assert all(s.macs_sparse == s.macs_dense for s in model.layer_stats)  # loops computed: in both MACs
 
 
 @pytest.mark.parametrize("conv", ["sage", "gin", "gcn", "gcnii", "gat"])

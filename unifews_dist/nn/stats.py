@@ -36,11 +36,16 @@ class LayerStats:
         channels: ``(channels of each message, channels of each message aggregated)``: fewer are
             aggregated where the channels no kept weight reads are not propagated.
         transform_backend: the transforms' backends, ``+``-joined.
+        own_loops: self-loops the conv added, one per target (GCN, GCNII, GATv2: the node's own
+            term, never pruned). They are left out of the edge counts, so that edge sparsity is
+            the share of the graph's sampled edges pruned for every conv alike (SAGE's and GIN's
+            own term is outside propagation), and kept in the MACs, which they cost.
     """
 
     def __init__(self, edges_dense: Count, edges_in: Count, edges_kept: Count, edges_computed: int,
                  weights: Sequence[Tuple[int, Count, int]], transform_macs_dense: int, channels: Tuple[int, int],
-                 transform_backend: str = "dense"):
+                 transform_backend: str = "dense", own_loops: int = 0):
+        self._loops = int(own_loops)
         self._edges_dense, self._edges_in, self._edges_kept = edges_dense, edges_in, edges_kept
         self._weights = list(weights)
         self.weight_numel = sum(n for n, _, _ in self._weights)
@@ -49,20 +54,26 @@ class LayerStats:
         self.transform_backend = transform_backend
 
     @property
+    def own_loops(self) -> int:
+        """Self-loops the conv added (left out of the edge counts, in the MACs)."""
+        return self._loops
+
+    @property
     def edges_dense(self) -> int:
-        return _int(self._edges_dense)
+        """The graph's sampled edges this layer would aggregate with no pruning anywhere."""
+        return _int(self._edges_dense) - self._loops
 
     @property
     def edges_in(self) -> int:
-        return _int(self._edges_in)
+        return _int(self._edges_in) - self._loops
 
     @property
     def edges_kept(self) -> int:
-        return _int(self._edges_kept)
+        return _int(self._edges_kept) - self._loops
 
     @property
     def macs_dense(self) -> int:
-        return self._t_dense + self.edges_dense * self._channels
+        return self._t_dense + _int(self._edges_dense) * self._channels
 
     @property
     def weight_nnz(self) -> int:
@@ -95,7 +106,8 @@ class LayerStats:
             macs_host += h
             macs_dev += d
         d_host, d_dev = split(self._edges_dense, self._channels)
-        return [split(self._edges_dense), split(self._edges_kept), (self.weight_numel, []),
+        (dense_host, dense_dev), (kept_host, kept_dev) = split(self._edges_dense), split(self._edges_kept)
+        return [(dense_host - self._loops, dense_dev), (kept_host - self._loops, kept_dev), (self.weight_numel, []),
                 (nnz_host, nnz_dev), (self._t_dense + d_host, d_dev), (macs_host, macs_dev)]
 
 

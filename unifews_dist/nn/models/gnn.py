@@ -175,7 +175,8 @@ class UnifewsGNN(nn.Module):
             edges_dense, sel.edges_in, sel.edges_kept, sel.edges_computed,
             weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
             transform_macs_dense=t_dense, channels=(sel.channels, sel.channels_computed),
-            transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
+            transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})),
+            own_loops=num_dst if conv.adds_self_loops else 0)
 
     def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes) -> List:
         """Each layer's dense edge count (edges into its targets) when they are not prefixes:

@@ -71,7 +71,7 @@ class _Layer:
         self.canonical = canonical
         self.n, self.batch_size, self.progress = n, batch_size, progress
         self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
-        self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = 0
+        self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = self.targets = 0
         self.channels = self.channels_computed = 0
         self.rows = [0] * len(self.lins)
 
@@ -152,6 +152,7 @@ class _Layer:
             raise ValueError("layer-wise inference got no target nodes (output_nodes is empty)")
         self.edges_in += keep_all.numel()
         self.edges_dense += task.edges_dense
+        self.targets += targets.numel()
         if norms is None:  # the kept edges, unless every edge was
             ei, ew = edges_given
             if self.kept < ei.size(1):
@@ -218,7 +219,8 @@ class _Layer:
         return LayerStats(self.edges_dense, self.edges_in, self.kept, self.computed,
                           weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
                           transform_macs_dense=self.t_dense, channels=(self.channels, self.channels_computed),
-                          transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
+                          transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})),
+                          own_loops=self.targets if self.conv.adds_self_loops else 0)
 
 
 @torch.no_grad()
