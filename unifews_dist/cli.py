@@ -101,6 +101,7 @@ class UnifewsCLI(LightningCLI):
         self.trainer.callbacks.append(PredictionWriter(self.predictions))
 
     def after_predict(self) -> None:
+        run_summary.finish_loggers(self.trainer)  # W&B's closing lines before the path, the last line
         if self.trainer.is_global_zero:
             print(f"predictions of {self.datamodule.predict_nodes} nodes (layer-wise): node ids, class ids, logits")
             print(self.predictions, flush=True)

@@ -320,3 +320,13 @@ def test_quickstart_test_and_predict_of_its_checkpoint_warn_nothing(tmp_path):
         proc = _cli([sub, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--wandb", "false"], tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "differs" not in proc.stdout + proc.stderr, (sub, proc.stderr[-2000:])
+
+
+def test_predictions_path_is_the_last_stdout_line_with_wandb_talking(tmp_path):
+    env = _env()
+    env.pop("WANDB_SILENT", None)  # W&B prints its closing lines when its run ends
+    run = tmp_path / "run"
+    _summary(_cli(["fit", "--config", DEBUG, "--run_dir", str(run), *SHORT], tmp_path, env))
+    proc = _cli(["predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(run / "predictions-all.pt"), proc.stdout[-2000:]

@@ -198,3 +198,22 @@ def test_a_fit_that_trains_nothing_is_refused(tmp_path, key):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and f"trainer.{key}=0 trains nothing" in lines[0], err
     assert not run.exists()
+
+
+def test_a_test_of_a_checkpoint_logs_at_the_runs_last_step(tmp_path, monkeypatch):
+    """Its trainer starts at step 0, but its row joins the run's history where fit's test row
+    sits (the run's last step and epoch): metrics.csv's steps never go back."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert _main(["fit", "--config", DEBUG, "--run_dir", str(run), "--wandb", "false"])[0] == 0
+    with open(run / "metrics.csv", newline="") as f:
+        before = list(csv.DictReader(f))
+    fit_test = [r for r in before if r.get("test/acc")][-1]
+    assert _main(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--wandb", "false"])[0] == 0
+    with open(run / "metrics.csv", newline="") as f:
+        after = list(csv.DictReader(f))
+    new = after[len(before):]
+    assert new and all(r["step"] == fit_test["step"] for r in new), new
+    assert [r["epoch"] for r in new if r.get("test/acc")] == [fit_test["epoch"]]
+    steps = [float(r["step"]) for r in after]
+    assert steps == sorted(steps)

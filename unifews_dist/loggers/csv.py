@@ -29,7 +29,9 @@ class RunCSVLogger(Logger):
     killed run after its checkpoint, and are logged again).
 
     ``test``, ``validate`` and ``predict`` of a run's checkpoint add their rows to the file and
-    drop none (``keep_before=None``).
+    drop none (``keep_before=None``); their rows sit at the run's last logged step and epoch, as
+    the test after ``fit`` does, not at step 0 (their trainer starts from 0), so the file's steps
+    never go back.
 
     Args:
         run_dir: the run directory.
@@ -41,6 +43,7 @@ class RunCSVLogger(Logger):
         super().__init__()
         self._dir, self._path = run_dir, os.path.join(run_dir, METRICS)
         self._keys: List[str] = []
+        self._at: Optional[Dict[str, Any]] = None  # step and epoch an evaluation's rows sit at
         self._truncate(keep_before)
 
     @property
@@ -73,6 +76,11 @@ class RunCSVLogger(Logger):
         rows = self._read()
         if keep_before is None:
             self._keys = sorted(set().union(*rows)) if rows else []
+            last = max((r for r in rows if r.get("step") not in (None, "")), key=lambda r: _number(r["step"]),
+                       default=None)
+            if last is not None:
+                epochs = [_number(r["epoch"]) for r in rows if r.get("epoch") not in (None, "")]
+                self._at = {"step": _number(last["step"]), "epoch": max(epochs) if epochs else None}
             return
         kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < keep_before]
         if not kept:
@@ -109,6 +117,10 @@ class RunCSVLogger(Logger):
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
         row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         row["step"] = step
+        if self._at is not None:  # an evaluation of a trained run: at its last step and epoch
+            row["step"] = max(step or 0, self._at["step"])
+            if "epoch" in row and self._at["epoch"] is not None:
+                row["epoch"] = self._at["epoch"]
         if set(row) - set(self._keys) or not os.path.isfile(self._path):  # a new column: rewrite once
             self._write(self._read() + [row])
             return
