@@ -1,4 +1,7 @@
+import contextlib
+import io
 import math
+import os
 
 import pytest
 import torch
@@ -85,3 +88,24 @@ def test_macs_are_64_bit_safe():
     assert transform_macs(111_000_000, 256, 256, weight_nnz=6554) == 111_000_000 * 6554
     assert transform_macs(10, 3, 4) == 120
     assert propagation_macs(2**31, 2) == 2**32 == int(math.pow(2, 32))
+
+
+def test_the_weight_rule_is_stated_once_the_same_everywhere():
+    """README, --help (the module's docstring) and the layer say the rule the code applies:
+    ``|W[i, j]| * ||X[:, j]|| < thr_w * ||c||_2 / F_in`` (not 'the mean column norm', which it is not)."""
+    from unifews_dist.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    help_text = " ".join(out.getvalue().split())
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = " ".join(open(os.path.join(root, "README.md")).read().split())
+    for text in (help_text, readme):
+        assert "thr_w * ||c||_2 / F_in" in text
+        assert "mean input column norm" not in text and "mean input-column norm" not in text
+    # and it is what the code does: the threshold is exactly at thr_w * ||c||_2 / F_in
+    w = torch.tensor([[0.5, 2.0], [1.0, 4.0]])
+    c = torch.tensor([2.0, 1.0])
+    ref = 1.0 * torch.linalg.vector_norm(c) / 2  # thr_w 1: 1.118
+    keep = weight_keep_mask(w, c, 1.0)
+    assert keep.tolist() == [[(0.5 * 2.0) >= ref, (2.0 * 1.0) >= ref], [(1.0 * 2.0) >= ref, (4.0 * 1.0) >= ref]]

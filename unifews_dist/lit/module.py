@@ -43,9 +43,9 @@ class UnifewsModule(pl.LightningModule):
             norm ``|w_e| * ||h_src||`` is below ``thr_a`` times the layer's mean message norm;
             an edge dropped at layer ``l`` is gone from every later layer. 0: no edge pruning.
         thr_w: weight threshold (one, or one per layer): a weight entry ``W[i, j]`` is not
-            computed when ``|W[i, j]| * ||X[:, j]||`` is below ``thr_w`` times the mean input
-            column norm. 0: no weight pruning. A sparsity schedule callback ramps both up to
-            these values.
+            computed when ``|W[i, j]| * ||X[:, j]|| < thr_w * ||c||_2 / F_in``, ``c`` the input
+            column norms (summed over ranks; each column's threshold capped below ``max|W|``).
+            0: no weight pruning. A sparsity schedule callback ramps both up to these values.
         heads: attention heads of ``gat``'s hidden layers (an error for other convs).
         gcnii_alpha: GCNII's initial-residual strength (``gcnii`` only).
         gcnii_theta: GCNII's identity-map strength (``gcnii`` only).
