@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 
 from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
@@ -23,6 +22,7 @@ from .run import summary as run_summary
 from .run.checkpoint import AtomicCheckpointIO, check_compatible
 from .run.directory import predictions_path
 from .run.guard import MADE, command_guard
+from .run.quiet import quiet_library_advice
 from .run.setup_guard import setup_done
 from .run.start import CKPT_KEYWORDS, check_config, run_loggers, start_run, with_run_config
 from .run.trainer import Trainer
@@ -129,11 +129,7 @@ def main(args=None) -> None:
     if argv and argv[0] in COMMANDS:
         raise SystemExit(COMMANDS[argv[0]](argv[1:]))
     default_wandb_mode()
-    # Lightning's advice that does not apply: a resumed run's checkpoint folder is not empty by
-    # design, and the monitors log values they already summed over ranks
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    warnings.filterwarnings("ignore", message=r"It is recommended to use .self.log\(.(test/)?"
-                                              r"(sparsity|macs|throughput|time|schedule)/")
+    quiet_library_advice()
     with command_guard():
         cli_args, run_config = with_run_config(argv)
         if args is None:  # LightningCLI reads sys.argv itself (given both, it warns)

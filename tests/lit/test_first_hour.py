@@ -330,3 +330,31 @@ def test_predictions_path_is_the_last_stdout_line_with_wandb_talking(tmp_path):
     proc = _cli(["predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == str(run / "predictions-all.pt"), proc.stdout[-2000:]
+
+
+def test_a_run_prints_no_library_advice_and_leaves_no_temporaries(tmp_path):
+    """No srun hint (SLURM installed, no job), litlogger tip or W&B 'anonymous' warning; the
+    generated modules of each command go with it, and a killed command's are removed by the next."""
+    import shutil
+    import socket
+    env = _env()
+    env.pop("WANDB_SILENT", None)
+    if shutil.which("srun") is None:  # Lightning's hint needs srun on the PATH: give it one
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+        (fake / "srun").chmod(0o755)
+        env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    run = tmp_path / "run"
+    stale = run / "tmp" / f"{socket.gethostname()}-999999999"  # a pid no process has
+    stale.mkdir(parents=True)
+    (stale / "module.py").write_text("")
+    fit = _cli(["fit", "--config", DEBUG, "--run_dir", str(run), *SHORT], tmp_path, env)
+    _summary(fit)
+    test = _cli(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], tmp_path, env)
+    assert test.returncode == 0, test.stderr[-2000:]
+    for proc in (fit, test):
+        said = proc.stdout + proc.stderr
+        for advice in ("srun", "litlogger", "anonymous", "LeafSpec", "multiple `ModelCheckpoint`"):
+            assert advice not in said, (advice, said[-3000:])
+    assert not list((run / "tmp").iterdir())

@@ -99,6 +99,12 @@ class RunWandbLogger(WandbLogger):
 
     def __init__(self, *args, rows_before_resume: Optional[List[Dict[str, Any]]] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Lightning passes wandb.init an 'anonymous' setting whatever is asked, and wandb >= 0.23
+        # warns on every run that it has no effect (wandb PR #10909). WandbLogger has no public
+        # way to leave it out: the one private name used here (a test fails if it goes away).
+        init = getattr(self, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
         self._rows_before = rows_before_resume
         self._earlier: Optional[Set[Tuple[int, FrozenSet[str]]]] = None
         self.skipped_rows = self.backfilled_rows = 0

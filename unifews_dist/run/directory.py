@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -101,15 +102,39 @@ def check_writable(run_dir: str) -> None:
                          f"give --run_dir a folder this user can write") from None
 
 
+#: the temporary folders this process made (removed when its command ends: run/guard.py)
+TEMPORARIES: List[str] = []
+
+
 def keep_temporaries_in(run_dir: str) -> str:
     """Temporary files of this process and the ones it starts (PyG's generated ``propagate``
-    modules, W&B's media and artifact staging) go to ``RUN_DIR/tmp`` instead of the system's
-    temporary folder, where killed runs left them behind."""
-    tmp = os.path.abspath(os.path.join(run_dir, "tmp"))
+    modules, W&B's media and artifact staging) go to ``RUN_DIR/tmp/HOST-PID`` instead of the
+    system's temporary folder, and the folder is removed when the command ends: a run directory
+    does not gain a module per command. Folders a killed process of this host left are removed
+    here (those of other hosts, on a shared file system, are theirs to remove)."""
+    base = os.path.abspath(os.path.join(run_dir, "tmp"))
+    host = socket.gethostname()
+    if os.path.isdir(base):
+        for name in os.listdir(base):
+            h, _, pid = name.rpartition("-")
+            if h == host and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    tmp = os.path.join(base, f"{host}-{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = tmp
+    TEMPORARIES.append(tmp)
     return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_atomic(path: str, text: str) -> None:

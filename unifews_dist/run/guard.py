@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 import torch
@@ -12,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from ..callbacks import Requeued
 from .checkpoint import newest_readable
-from .directory import RunFinished, remove_if_unused
+from .directory import TEMPORARIES, RunFinished, remove_if_unused
 from .setup_guard import say_once, setup_begins, setup_done
 from .summary import SUMMARY
 
@@ -74,6 +75,8 @@ def command_guard():
                  "(set UNIFEWS_TRACEBACK=1 for the traceback)")
         raise SystemExit(2)
     finally:
+        while TEMPORARIES:  # this process's temporary files (its children have ended)
+            shutil.rmtree(TEMPORARIES.pop(), ignore_errors=True)
         setup_done()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
