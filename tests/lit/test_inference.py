@@ -59,8 +59,8 @@ def test_predict_a_split_on_two_ranks_equals_one_process(trained):
         assert not torch.allclose(p["logits"], one["logits"][test_nodes], atol=1e-4)
 
 
-def test_layerwise_lock_reaches_the_inference(trained):
-    """``model.layerwise_lock``: the module's whole-graph forward locks as it says."""
+def test_lock_scope_reaches_the_inference(trained):
+    """``model.lock_scope``: the module's whole-graph forward locks as it says."""
     from torch_geometric.data import Data
     _, _, ckpt = trained
     ds = UnifewsDataModule(name="synthetic-tiny").load()
@@ -68,7 +68,7 @@ def test_layerwise_lock_reaches_the_inference(trained):
     batch = Data(x=ds.data.x, edge_index=ds.edge_index(), nodes=nodes, layerwise=True, infer_batch_size=64)
     out = {}
     for scope in ("outputs", "each"):
-        module = UnifewsModule.load_from_checkpoint(str(ckpt), weights_only=True, layerwise_lock=scope).eval()
+        module = UnifewsModule.load_from_checkpoint(str(ckpt), weights_only=True, lock_scope=scope).eval()
         assert module.model.lock_target_edges != "never"
         out[scope] = module(batch)
         expect = module.model.inference(ds.data.x, ds.edge_index(), batch_size=64, output_nodes=nodes,
@@ -167,3 +167,11 @@ def test_quickstart_shows_the_method_and_layerwise_agrees(tmp_path, monkeypatch)
     assert s["eval_mode"] == "sampled" and lw["eval_mode"] == "layerwise"
     assert lw["edge_sparsity"] > 0.2 and lw["weight_sparsity"] >= 0.90
     assert abs(lw["test_acc"] - s["test_acc"]) <= 0.01, (s["test_acc"], lw["test_acc"])
+
+
+def test_one_name_per_option_python_and_command_line():
+    """The model option and the inference argument it reaches have one name."""
+    import inspect
+    from unifews_dist.nn import UnifewsGNN
+    assert "lock_scope" in inspect.signature(UnifewsModule.__init__).parameters
+    assert "lock_scope" in inspect.signature(UnifewsGNN.inference).parameters

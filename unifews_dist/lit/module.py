@@ -54,7 +54,7 @@ class UnifewsModule(pl.LightningModule):
             (evaluation only, as the reference code) or ``never``.
         weight_backend: how a pruned weight is applied: ``auto`` (a sparse kernel where it beats
             dense), ``dense`` (masked dense matmul) or ``sparse``.
-        layerwise_lock: with seed locking, whose in-edges layer-wise evaluation and prediction
+        lock_scope: with seed locking, whose in-edges layer-wise evaluation and prediction
             keep: ``outputs`` (every node evaluated or predicted, at once, as the seeds of one
             sampled batch) or ``each`` (each node as if evaluated alone; twice the layer work).
         lr: learning rate.
@@ -68,7 +68,7 @@ class UnifewsModule(pl.LightningModule):
                  hidden_channels: int = 256, num_layers: int = 2, dropout: float = 0.5, norm: Norm = "batch",
                  thr_a: Union[float, List[float]] = 0.0, thr_w: Union[float, List[float]] = 0.0, heads: int = 1,
                  gcnii_alpha: float = 0.1, gcnii_theta: float = 0.5, lock_target_edges: LockPolicy = "always",
-                 weight_backend: Backend = "auto", layerwise_lock: LockScope = "outputs", lr: float = 0.001,
+                 weight_backend: Backend = "auto", lock_scope: LockScope = "outputs", lr: float = 0.001,
                  weight_decay: float = 1e-5,
                  optimizer: Optimizer = "adam", lr_scheduler: Scheduler = "none", multilabel: bool = False):
         super().__init__()
@@ -77,7 +77,7 @@ class UnifewsModule(pl.LightningModule):
                              f"got {in_channels}, {out_channels}")
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("lr_scheduler", lr_scheduler, SCHEDULERS)
-        check_choice("layerwise_lock", layerwise_lock, LOCK_SCOPES)
+        check_choice("lock_scope", lock_scope, LOCK_SCOPES)
         if not lr > 0 or weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         self.save_hyperparameters()
@@ -85,7 +85,7 @@ class UnifewsModule(pl.LightningModule):
                                 dropout=dropout, norm=norm, thr_a=thr_a, thr_w=thr_w, heads=heads,
                                 gcnii_alpha=gcnii_alpha, gcnii_theta=gcnii_theta,
                                 lock_target_edges=lock_target_edges, weight_backend=weight_backend)
-        self.multilabel, self.layerwise_lock = multilabel, layerwise_lock
+        self.multilabel, self.lock_scope = multilabel, lock_scope
         self.accuracy = torch.nn.ModuleDict({s: Accuracy() for s in ("train_", "val_", "test_")})
         self._outputs: list = []  # (predictions, targets) of an evaluation, for the dataset's evaluator
 
@@ -95,7 +95,7 @@ class UnifewsModule(pl.LightningModule):
         if getattr(batch, "layerwise", False):
             return self.model.inference(batch.x, batch.edge_index, batch_size=batch.infer_batch_size,
                                         output_nodes=batch.nodes, progress=getattr(self, "_progress", None),
-                                        distributed=self._world_size() > 1, lock_scope=self.layerwise_lock)
+                                        distributed=self._world_size() > 1, lock_scope=self.lock_scope)
         hops = getattr(batch, "num_sampled_nodes", None)
         out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size,
                          num_sampled_edges=getattr(batch, "num_sampled_edges", None) if hops is not None else None)
@@ -156,7 +156,7 @@ class UnifewsModule(pl.LightningModule):
         show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
         share = n // self._world_size()  # each rank computes a share of the layers before the last
         total = share * (layers - 1) + batch.nodes.numel()
-        if self.layerwise_lock == "each" and self.model.lock_target_edges != "never":
+        if self.lock_scope == "each" and self.model.lock_target_edges != "never":
             total += batch.nodes.numel() * (layers - 1)  # every layer once more for the outputs, locked
         with tqdm(total=total, desc="layer-wise inference", unit="node", disable=not show) as bar:
             self._progress = bar.update
