@@ -262,16 +262,22 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys, ki
             _immutable(run, False)
 
 
-def test_readme_layers_section_runs_as_written():
-    """README's "Layers" code block, run as a user pastes it."""
+def _python_block(path, heading):
     import re
-    text = open(os.path.join(ROOT, "README.md")).read()
-    section = text[text.index("## Layers"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    text = open(os.path.join(ROOT, path)).read()
+    code = re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "README.md#Layers", "exec"), {})
-    lines = out.getvalue().splitlines()
+        exec(compile(code, f"{path}#{heading}", "exec"), {})
+    return out.getvalue().splitlines()
+
+
+def test_readme_and_docs_python_blocks_run_as_written():
+    """README's Python block and docs/method.md's "Layers" block, run as a user pastes them."""
+    import re
+    lines = _python_block("README.md", "## Using it")
+    assert len(lines) == 1 and re.fullmatch(r"\['\d+%', '\d+%'\]", lines[0]), lines
+    lines = _python_block(os.path.join("docs", "method.md"), "## Layers")
     assert re.fullmatch(r"\d+ of \d+ edges aggregated", lines[0]), lines
     assert len(lines) == 4 and lines[2].startswith("0 edges") and lines[3].startswith("1 edges")
 
