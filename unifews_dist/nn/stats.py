@@ -8,7 +8,7 @@ no read, so a callback can add them up every step and read them once when it log
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -22,35 +22,49 @@ def _int(v: Count) -> int:
     return int(v)
 
 
+class EdgeCounts(NamedTuple):
+    """What one layer did with the block's edges: host ints, or 0-dim device tensors (read only
+    when a statistic is).
+
+    Args:
+        dense: edges this layer would aggregate with no pruning anywhere.
+        into: edges that reached it (pruned ones from earlier layers are gone).
+        kept: edges the pruning rule kept (it aggregates those into the rows it computes).
+        computed: messages aggregated (a host int).
+        own_loops: self-loops the conv added, one per target (GCN, GCNII, GATv2: the node's own
+            term, never pruned), counted in the four above. They are left out of the edge
+            statistics, so that edge sparsity is the share of the graph's sampled edges pruned
+            for every conv alike (SAGE's and GIN's own term is outside propagation), and kept in
+            the MACs, which they cost.
+    """
+
+    dense: Count
+    into: Count
+    kept: Count
+    computed: int
+    own_loops: int = 0
+
+
 class LayerStats:
     """One layer's statistics. Edge counts are of the sampled block.
 
     Args:
-        edges_dense: edges this layer would aggregate with no pruning anywhere.
-        edges_in: edges that reached it (pruned ones from earlier layers are gone).
-        edges_kept: edges the pruning rule kept (it aggregates those into the rows it computes).
-        weights: ``(numel, nnz, rows)`` of each linear map: entries, kept entries, rows multiplied.
-        edges_computed: messages aggregated.
+        edges: the layer's :class:`EdgeCounts`.
         weights: ``(numel, nnz, rows)`` of each linear map: entries, kept entries, rows multiplied.
         transform_macs_dense: multiply-adds of the linear maps run dense on the whole block.
         channels: ``(channels of each message, channels of each message aggregated)``: fewer are
             aggregated where the channels no kept weight reads are not propagated.
         transform_backend: the transforms' backends, ``+``-joined.
-        own_loops: self-loops the conv added, one per target (GCN, GCNII, GATv2: the node's own
-            term, never pruned). They are left out of the edge counts, so that edge sparsity is
-            the share of the graph's sampled edges pruned for every conv alike (SAGE's and GIN's
-            own term is outside propagation), and kept in the MACs, which they cost.
     """
 
-    def __init__(self, edges_dense: Count, edges_in: Count, edges_kept: Count, edges_computed: int,
-                 weights: Sequence[Tuple[int, Count, int]], transform_macs_dense: int, channels: Tuple[int, int],
-                 transform_backend: str = "dense", own_loops: int = 0):
-        self._loops = int(own_loops)
-        self._edges_dense, self._edges_in, self._edges_kept = edges_dense, edges_in, edges_kept
+    def __init__(self, edges: EdgeCounts, weights: Sequence[Tuple[int, Count, int]], transform_macs_dense: int,
+                 channels: Tuple[int, int], transform_backend: str = "dense"):
+        self._loops = int(edges.own_loops)
+        self._edges_dense, self._edges_in, self._edges_kept = edges.dense, edges.into, edges.kept
         self._weights = list(weights)
         self.weight_numel = sum(n for n, _, _ in self._weights)
         self._t_dense, self._channels = int(transform_macs_dense), int(channels[0])
-        self._prop_macs = int(edges_computed) * int(channels[1])
+        self._prop_macs = int(edges.computed) * int(channels[1])
         self.transform_backend = transform_backend
 
     @property

@@ -13,7 +13,7 @@ from ...checks import check_choice
 from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..selection import LayerPlan, Selection
-from ..stats import LayerStats, stats_tensor
+from ..stats import EdgeCounts, LayerStats, stats_tensor
 from .layerwise import layerwise_inference
 from .workspace import InferenceOptions
 
@@ -171,12 +171,12 @@ class UnifewsGNN(nn.Module):
         lins = [(name, m) for name, m in conv.named_modules() if isinstance(m, UnifewsLinear)]
         t_dense = sum(transform_macs(num_src if name in conv.source_side_weights else num_dst,
                                      lin.in_features, lin.out_features) for name, lin in lins)
+        edges = EdgeCounts(edges_dense, sel.edges_in, sel.edges_kept, sel.edges_computed,
+                           own_loops=num_dst if conv.adds_self_loops else 0)
         return LayerStats(
-            edges_dense, sel.edges_in, sel.edges_kept, sel.edges_computed,
-            weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
+            edges, weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
             transform_macs_dense=t_dense, channels=(sel.channels, sel.channels_computed),
-            transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})),
-            own_loops=num_dst if conv.adds_self_loops else 0)
+            transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
 
     def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes) -> List:
         """Each layer's dense edge count (edges into its targets) when they are not prefixes:

@@ -26,7 +26,7 @@ from ... import distributed as ranks
 from ...sparsify import edge_keep_mask, edge_scores
 from ..linear import UnifewsLinear
 from ..selection import LayerPlan, in_degree_ptr, in_edges_of
-from ..stats import LayerStats
+from ..stats import EdgeCounts, LayerStats
 from .workspace import SOURCES, InferenceOptions, InferenceWorkspace, next_input_role
 
 
@@ -216,11 +216,12 @@ class _Layer:
         return xs, torch.stack([local_src, dst])
 
     def stats(self) -> LayerStats:
-        return LayerStats(self.edges_dense, self.edges_in, self.kept, self.computed,
-                          weights=[(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)],
-                          transform_macs_dense=self.t_dense, channels=(self.channels, self.channels_computed),
-                          transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})),
-                          own_loops=self.targets if self.conv.adds_self_loops else 0)
+        edges = EdgeCounts(self.edges_dense, self.edges_in, self.kept, self.computed,
+                           own_loops=self.targets if self.conv.adds_self_loops else 0)
+        weights = [(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)]
+        return LayerStats(edges, weights, transform_macs_dense=self.t_dense,
+                          channels=(self.channels, self.channels_computed),
+                          transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
 
 
 @torch.no_grad()
