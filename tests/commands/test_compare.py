@@ -9,7 +9,9 @@ from cli_run import DEBUG, run_cli
 
 def test_compare_trains_pairs_on_the_same_split_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "cmp"
-    args = ["compare", "--config", DEBUG, "--seeds", "2", "--out", str(out), "--trainer.max_epochs", "1"]
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+             "--trainer.limit_test_batches", "1"]
+    args = ["compare", "--config", DEBUG, "--seeds", "2", "--out", str(out), *short]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -39,7 +41,7 @@ def test_compare_trains_pairs_on_the_same_split_and_reuses_finished_runs(tmp_pat
     # a variant against the same dense runs
     other = tmp_path / "variant"
     proc = run_cli(["compare", "--config", DEBUG, "--seeds", "2", "--out", str(other), "--baseline", str(out),
-                    "--trainer.max_epochs", "1", "--model.thr_a", "2.0"], tmp_path)
+                    *short, "--model.thr_a", "2.0"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not list(other.glob("*-dense")) and proc.stdout.count("+ ") == 2
     v = json.loads((other / "compare.json").read_text())["rows"]
