@@ -16,6 +16,6 @@ def main() -> None:
                          "run the command again\n")
         sys.stderr.flush()
         sys.stdout.flush()
-        # not SystemExit: a library interrupted halfway through its import can turn the interpreter's
-        # shutdown into a death by SIGINT (seen with wandb); nothing was made that needs cleaning up
+        # not SystemExit: an import interrupted halfway can turn the interpreter's shutdown into a
+        # death by SIGINT (seen here when WANDB_MODE was set); nothing was made that needs cleaning up
         os._exit(130)

@@ -127,6 +127,7 @@ class SparsitySchedule(Callback):
         self.current: Dict[str, Optional[Threshold]] = {"thr_a": None, "thr_w": None}
         #: whether the thresholds hold their final values (read by :class:`AtTargetCheckpoint`)
         self.at_target = False
+        self._loaded_config: Optional[dict] = None  # a checkpoint's schedule, compared when training starts
 
     # -- the schedule as a function -----------------------------------------------------------
     def _length(self, trainer: "pl.Trainer") -> int:
@@ -262,7 +263,7 @@ class SparsitySchedule(Callback):
         self.current = dict(state_dict.get("current", self.current))
 
     def _check_resumed(self) -> None:
-        config, self._loaded_config = getattr(self, "_loaded_config", None), None
+        config, self._loaded_config = self._loaded_config, None
         if not config:
             return
         mine = self.state_dict()["config"]

@@ -298,7 +298,7 @@ def load_dataset(name: str, root: Optional[str] = None, seed: int = 0) -> GraphD
     if key not in PLANETOID and key not in OGB:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN)}")
     root = data_dir(root)
-    if not root or (os.path.exists(root) and not os.path.isdir(root)):
+    if os.path.exists(root) and not os.path.isdir(root):
         raise ValueError(f"data root {root!r} is not a directory; give --data.root a folder for {name!r}")
     loader = load_planetoid if key in PLANETOID else load_ogb
     folder = PLANETOID.get(key) or OGB[key].replace("-", "_")

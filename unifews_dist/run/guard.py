@@ -56,13 +56,10 @@ def command_guard():
         if rank_zero_only.rank == 0:
             print(f"requeue signal: step {r.step} checkpointed to {r.path}; SLURM job {r.job} requeued, "
                   "it resumes from there", flush=True)
-    except KeyboardInterrupt:  # Ctrl-C before Lightning runs (set-up, data preparation)
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C; a parser error; SIGTERM during set-up
         remove_if_unused(MADE["run_dir"])
-        say_once(interrupted_line(os.environ.get("UNIFEWS_RUN_DIR")))
-        raise SystemExit(130)
-    except SystemExit as e:  # a parser error, or SIGTERM during set-up (also when a library wrapped it)
-        remove_if_unused(MADE["run_dir"])
-        if isinstance(e.__context__, KeyboardInterrupt):  # Lightning's exit after Ctrl-C in a loop
+        # Ctrl-C before Lightning runs (set-up, data preparation), or Lightning's exit after it in a loop
+        if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             say_once(interrupted_line(os.environ.get("UNIFEWS_RUN_DIR")))
             raise SystemExit(130)
         raise
