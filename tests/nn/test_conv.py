@@ -7,6 +7,8 @@ from close import assert_close
 from unifews_dist.nn import (LayerPlan, UnifewsGATv2Conv, UnifewsGCNConv, UnifewsGCNIIConv, UnifewsGINConv,
                              UnifewsSAGEConv)
 from conftest import random_graph
+from unifews_dist.nn.conv.base import UnifewsConv
+from unifews_dist.nn.models.gnn import CONVS
 
 # path-equivalence tests: float64, compared relative to the scale (close.py)
 pytestmark = pytest.mark.usefixtures("float64")
@@ -192,3 +194,19 @@ def test_negative_user_edge_weights_are_scored_by_magnitude():
     _, keep_pos = conv(x, ei, w, return_kept=True)
     _, keep_neg = conv(x, ei, -w, return_kept=True)
     assert torch.equal(keep_pos, keep_neg) and 0 < keep_pos.sum() < keep_pos.numel()
+
+
+def test_a_conv_declares_facts_and_the_rest_is_derived():
+    """A conv declares only what its code cannot show (self-loops, attention, source-side maps,
+    the stack's outer maps); what it takes from a stack is read from its signatures."""
+    assert {n: c.stack_options for n, c in CONVS.items() if c.stack_options} == {
+        "gat": ("heads",), "gcnii": ("gcnii_alpha", "gcnii_theta")}
+    assert [n for n, c in CONVS.items() if c.needs_x0] == ["gcnii"]
+    assert sorted(n for n, c in CONVS.items() if c.adds_self_loops) == ["gat", "gcn", "gcnii"]
+    assert [n for n, c in CONVS.items() if c.attention] == ["gat"]
+    declared = {"adds_self_loops", "attention", "source_side_weights", "stack_in_out_linears"}
+    for conv in CONVS.values():
+        for c in conv.__mro__[:conv.__mro__.index(UnifewsConv)]:  # the conv and its bases up to UnifewsConv
+            own = {k for k, v in vars(c).items() if not k.startswith("_") and not callable(v)
+                   and not isinstance(v, (property, classmethod, staticmethod))}
+            assert own - {"needs_x0", "stack_options"} <= declared, (c.__name__, own)

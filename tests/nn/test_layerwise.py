@@ -164,10 +164,10 @@ def test_rule_before_the_gather_computes_the_same_on_fewer_rows(conv, monkeypatc
     from unifews_dist.nn.conv.base import UnifewsConv
 
     m, x, ei = _model(conv, thr_a=1.0, thr_w=0.5)
-    assert m.convs[0].scores_from_sources
+    assert not m.convs[0].attention
     fast = m.inference(x, ei, batch_size=7)
     st_fast = m.layer_stats
-    monkeypatch.setattr(UnifewsConv, "scores_from_sources", False)
+    monkeypatch.setattr(UnifewsConv, "attention", True)  # what makes a conv's scores not its sources' alone
     slow = m.inference(x, ei, batch_size=7)
     st_slow = m.layer_stats
     assert_close(fast, slow)

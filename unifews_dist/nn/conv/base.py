@@ -1,6 +1,7 @@
 """What every Unifews layer shares: the edge-pruning step and its bookkeeping."""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -61,46 +62,46 @@ class UnifewsConv(MessagePassing):
     device tensors, never read on their own.
     """
 
-    #: whether forward takes the initial representation ``x_0`` (GCNII)
-    needs_x0 = False
+    # What a conv declares: the facts its code cannot show. Everything else a stack or layer-wise
+    # inference needs is derived from these and from the conv's signatures (see __init_subclass__).
+
+    #: whether the conv adds a self-loop per node, its own term (GCN, GCNII, GATv2). Otherwise the
+    #: node's own term is outside propagation (SAGE's root weight, GIN's ``1 + eps``) and
+    #: :meth:`prepare_edges` keeps the edges as given, in order, each weighed from its target's
+    #: in-edges alone: in a sampler's hop-ordered block each layer's edges are then a prefix, the
+    #: edges into some targets prepare alike on their own, and a self-loop in the graph is an
+    #: ordinary message, not locked. With loops, a sampled block is reordered hop by hop, each
+    #: hop's edges followed by its nodes' loops, so each layer's edges are still a prefix.
+    adds_self_loops = False
+    #: whether messages are weighed by attention normalised over the layer's edges (GATv2): the
+    #: edge weights then need exactly this layer's edges (a stack's validity mask is applied
+    #: first, one device read), and an edge's score is not its prepared weight times its source's
+    #: norm, so the rule cannot be applied from node norms before a batch's rows are gathered
+    attention = False
+    #: names of the linear maps applied to source rows before propagation (the rest are applied
+    #: to target rows): a conv without them propagates its inputs as they are
+    source_side_weights: Tuple[str, ...] = ()
     #: whether a stack of these puts a linear map before and after its layers (all hidden x hidden)
     stack_in_out_linears = False
-    #: the stack's conv options (:class:`UnifewsGNN`'s ``heads``, ``gcnii_alpha``, ...) this conv
-    #: takes in :meth:`for_stack`; the stack refuses one set for a conv that does not take it
-    stack_options: tuple = ()
-    #: whether :meth:`edge_weights` needs exactly this layer's edges (attention is normalised
-    #: over them): a stack's validity mask is then applied first, with one device read
-    needs_exact_edges = False
-    #: whether :meth:`prepare_edges` returns the edges in the order given (and no others), so
-    #: that in a sampler's hop-ordered block each layer's edges are a prefix
-    keeps_edge_order = True
-    #: whether the conv adds a self-loop per node (:meth:`with_self_loops`): a sampled block is
-    #: then reordered hop by hop, each hop's edges followed by its nodes' loops, so each layer's
-    #: edges are still a prefix
-    adds_self_loops = False
-    #: names of the linear maps applied to source rows (the rest are applied to target rows)
-    source_side_weights: Tuple[str, ...] = ()
-    #: whether the node's own term is outside propagation (SAGE's root weight, GIN's ``1 + eps``):
-    #: a self-loop edge is then an ordinary message, not the node's own term, and is not locked
-    own_term_outside = False
-    #: whether :meth:`prepare_edges` keeps the edges as given and weighs each from its target's
-    #: in-edges alone, so the edges into some targets prepare alike on their own (no weights,
-    #: SAGE's ``1 / deg``; not GCN's self-loops and both ends' degrees)
-    prepares_by_target = True
-    #: whether an edge's score is its prepared weight times its source's norm, averaged over the
-    #: scores: the rule can then be applied from every node's norm before a batch's source rows
-    #: are gathered (layer-wise inference). Not GATv2's attention
-    scores_from_sources = True
-    #: whether a message is the edge's weight times its source's row (the base's :meth:`message`),
-    #: so a batch's messages can be summed by one sparse-dense product (layer-wise inference)
-    fuses_messages = True
+
+    #: (derived) whether :meth:`forward` takes the initial representation ``x_0`` (GCNII)
+    needs_x0 = False
+    #: (derived) the stack's conv options (:class:`UnifewsGNN`'s ``heads``, ``gcnii_alpha``, ...)
+    #: this conv's :meth:`for_stack` takes; the stack refuses one set for a conv that does not
+    stack_options: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.needs_x0 = "x_0" in inspect.signature(cls.forward).parameters
+        base = inspect.signature(UnifewsConv.for_stack).parameters
+        cls.stack_options = tuple(n for n in inspect.signature(cls.for_stack).parameters if n not in base)
 
     def __init__(self, thr_a: float = 0.0, lock_self_loops: Optional[bool] = None, **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(**kwargs)
         self.thr_a = thr_a
         #: self-loops are never pruned (default: when the self-loop is the node's own term)
-        self.lock_self_loops = not self.own_term_outside if lock_self_loops is None else bool(lock_self_loops)
+        self.lock_self_loops = self.adds_self_loops if lock_self_loops is None else bool(lock_self_loops)
 
     @classmethod
     def for_stack(cls, layer: int, num_layers: int, in_channels: int, out_channels: int, thr_a: float = 0.0,
@@ -154,7 +155,7 @@ class UnifewsConv(MessagePassing):
         if not plan.prepared:  # a stack validates its block once, not in every layer
             check_edge_index(edge_index, n_src, n_dst)
             edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        if valid is not None and self.needs_exact_edges:
+        if valid is not None and self.attention:
             edge_index, edge_weight, locked = compact(valid, edge_index, edge_weight, locked)
             valid = None
         h_src, h_dst = self.transform(x_src, x_dst)
@@ -204,7 +205,7 @@ class UnifewsConv(MessagePassing):
             raise ValueError(f"bounds {list(bounds)} need exactly the layer's {bounds[0]} edges and no valid mask")
         if isinstance(plan.locked, int) and bounds is None:
             raise ValueError("locked can be a count of leading edges only with bounds")
-        if plan.rule_applied and (plan.valid is not None or bounds is not None or not self.scores_from_sources):
+        if plan.rule_applied and (plan.valid is not None or bounds is not None or self.attention):
             raise ValueError("rule_applied takes exactly the kept edges (no valid mask, no bounds), "
                              f"of a conv whose scores come from its sources ({type(self).__name__}'s do not)")
 
@@ -292,10 +293,10 @@ class UnifewsConv(MessagePassing):
         edges hop by hop (PyG's samplers, ours), so a conv that keeps their order has prefixes,
         and one that adds self-loops has them once its loops follow each hop's edges."""
         cum_n, cum_e = hop_sums(num_sampled_nodes, num_layers), hop_sums(num_sampled_edges, num_layers)
-        if cum_n is None or cum_e is None or not (cls.keeps_edge_order or cls.adds_self_loops):
+        if cum_n is None or cum_e is None:
             ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
             return ei, ew, None
-        if cls.keeps_edge_order:
+        if not cls.adds_self_loops:
             ei, ew = cls.prepare_edges(edge_index, num_src, num_dst)
             return ei, ew, [cum_e[num_layers - 1 - i] for i in range(num_layers)]
         ei, ew = cls.with_self_loops(edge_index, num_src)
@@ -334,7 +335,7 @@ class UnifewsConv(MessagePassing):
     def _fusable(self, h_src: Tensor, weight: Optional[Tensor]) -> bool:
         """Whether messages are the weights times the sources' rows (one dimension each), summed
         by one sparse-dense product: the base's :meth:`message`, no gradient taken."""
-        return (self.fuses_messages and h_src.dim() == 2 and not torch.is_grad_enabled()
+        return (type(self).message is UnifewsConv.message and h_src.dim() == 2 and not torch.is_grad_enabled()
                 and (weight is None or weight.dim() == 1))
 
     def message_and_aggregate(self, adj_t: Tensor, x: PairTensor) -> Tensor:

@@ -27,12 +27,8 @@ class UnifewsGATv2Conv(UnifewsConv):
     """
 
     source_side_weights = ("lin_l",)
-    stack_options = ("heads",)
-    needs_exact_edges = True  # attention is normalised over the layer's edges
-    keeps_edge_order = False  # self-loops added
     adds_self_loops = True
-    prepares_by_target = False  # self-loops added
-    scores_from_sources = False  # attention-weighted, against the mean source norm
+    attention = True
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  negative_slope: float = 0.2, dropout: float = 0.0, thr_a: float = 0.0,

@@ -15,9 +15,7 @@ class GCNNormConv(UnifewsConv):
     """A conv whose edges are GCN's: a self-loop for every node and the symmetric normalisation
     ``1 / sqrt(d_i d_j)`` of :func:`gcn_norm` (GCN, GCNII)."""
 
-    keeps_edge_order = False  # self-loops added
     adds_self_loops = True
-    prepares_by_target = False  # both ends' degrees
 
     @staticmethod
     def prepare_edges(edge_index: Tensor, num_src: int, num_dst: int,

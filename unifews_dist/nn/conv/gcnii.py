@@ -24,9 +24,7 @@ class UnifewsGCNIIConv(GCNNormConv):
     (shared weights) when ``thr_a = thr_w = 0``.
     """
 
-    needs_x0 = True
     stack_in_out_linears = True
-    stack_options = ("gcnii_alpha", "gcnii_theta")
 
     def __init__(self, channels: int, alpha: float = 0.1, theta: Optional[float] = None,
                  layer: Optional[int] = None, thr_a: float = 0.0, thr_w: float = 0.0, **kwargs):

@@ -22,7 +22,6 @@ class UnifewsGINConv(UnifewsConv):
     ``thr_a = thr_w = 0``.
     """
 
-    own_term_outside = True  # the (1 + eps) term: a self-loop edge is an ordinary message
 
     def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
                  eps: float = 0.0, train_eps: bool = False, **kwargs):

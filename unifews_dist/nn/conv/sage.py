@@ -24,8 +24,6 @@ class UnifewsSAGEConv(UnifewsConv):
     ``root_weight=True``) when ``thr_a = thr_w = 0``.
     """
 
-    own_term_outside = True  # the root weight: a self-loop edge is an ordinary message
-
     def __init__(self, in_channels: int, out_channels: int, thr_a: float = 0.0, thr_w: float = 0.0,
                  bias: bool = True, **kwargs):
         super().__init__(thr_a=thr_a, **kwargs)

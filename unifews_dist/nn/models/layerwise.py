@@ -265,7 +265,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, options: Optional[
     each = locked and lock_scope == "each"
     world, rank = ranks.world() if distributed else (1, 0)
     # under DDP a conv whose edges prepare by target prepares its rank's share only (below)
-    share_first = world > 1 and not each and Conv.prepares_by_target
+    share_first = world > 1 and not each and not Conv.adds_self_loops
     ei, ew = (edge_index.to(device), None) if share_first else \
         Conv.prepare_edges(edge_index.to(device), n, n)  # the whole graph's weights (1/deg, gcn_norm)
     # by target: a batch of targets is a slice of edges. On CUDA also by source, as cuSPARSE's
@@ -332,7 +332,7 @@ def layerwise_inference(model, x: Tensor, edge_index: Tensor, options: Optional[
                 norms = conv.node_score_norms(pruned)
                 mean = conv.threshold_mean(pruned, ei, ew, norms=norms) if world == 1 else \
                     ranks.mean_over_ranks(conv.threshold_sum(norms, ei, ew), ei.size(1), norms.dtype)
-                norms = norms if conv.scores_from_sources else None
+                norms = None if conv.attention else norms
             start = 0  # the targets are the nodes start, start + 1, ... (None: any nodes)
             if world > 1 and last and wanted is not None:  # the output nodes in this rank's share
                 pos = wanted[lo:hi].nonzero().view(-1)
