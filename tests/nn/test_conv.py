@@ -125,10 +125,14 @@ def test_sage_and_gin_kept_edges_match_brute_force(thr_a):
     expect = _brute_force_keep(ew.view(-1, 1) * x[ei[0]], thr_a, ei[0] == ei[1])
     _, keep = sage(x, ei, return_kept=True)
     assert torch.equal(keep, expect)
-    gin = UnifewsGINConv(F_IN, F_OUT, thr_a=thr_a)
-    expect = _brute_force_keep(x[ei[0]], thr_a, ei[0] == ei[1])
-    _, keep = gin(x, ei, return_kept=True)
+    # GIN propagates its first linear map's product (no bias): the messages are rows of x W_1^T
+    gin = UnifewsGINConv(F_IN, F_OUT, thr_a=thr_a, eps=0.3)
+    h = x @ gin.mlp[0].weight.t()
+    expect = _brute_force_keep(h[ei[0]], thr_a, ei[0] == ei[1])
+    out, keep = gin(x, ei, return_kept=True)
     assert torch.equal(keep, expect)
+    agg = torch.zeros(N, F_OUT).index_add_(0, ei[1][expect], h[ei[0]][expect])
+    assert_close(out, gin.mlp[2](torch.relu(agg + 1.3 * h + gin.mlp[0].bias)))
 
 
 def test_gat_kept_edges_match_reference_rule():

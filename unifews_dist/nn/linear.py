@@ -170,11 +170,14 @@ class UnifewsLinear(nn.Module):
             self._used = (key, cols if 0 < cols.numel() < self.in_features else None)
         return self._used[1]
 
-    def forward(self, x: Tensor, add: Optional[Tensor] = None, columns: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, add: Optional[Tensor] = None, columns: Optional[Tensor] = None,
+                with_bias: bool = True) -> Tensor:
         """``x W_m^T + b``, plus ``add`` if given (fused into the matmul where it can be: one
         kernel, as a conv's sum of two maps needs). ``columns``: ``x`` holds only these input
         columns, among them every column with a kept entry (:meth:`used_inputs`): the mask must
-        be ready (evaluation, or a mask that is kept)."""
+        be ready (evaluation, or a mask that is kept). ``with_bias=False``: ``x W_m^T`` alone, for
+        a conv that adds the bias after propagating the product (GIN)."""
+        bias = self.bias if with_bias else None
         width = self.in_features if columns is None else columns.numel()
         if x.size(-1) != width:
             raise ValueError(f"input has {x.size(-1)} features, this layer expects {width}")
@@ -183,7 +186,7 @@ class UnifewsLinear(nn.Module):
             if columns is not None:
                 raise ValueError("columns need a pruned map (every column of a dense one is read)")
             self.last_backend = "dense"
-            return self._affine(x, self.weight, add)
+            return self._affine(x, self.weight, bias, add)
         if self._recomputes_mask() or not self._ready:
             if columns is not None:
                 raise ValueError("columns need the map's mask ready and kept (it is made from the whole input)")
@@ -200,14 +203,14 @@ class UnifewsLinear(nn.Module):
                 x.reshape(-1, width),
                 self.weight,
                 self.weight_mask,
-                self.bias,
+                bias,
                 add.reshape(-1, self.out_features) if fused else None,
                 columns,
                 self._weight_csr(columns),
             ).reshape(shape)
             return out if add is None or fused else out + add
         weight = self._masked_weight()
-        return self._affine(x, weight if columns is None else weight.index_select(1, columns), add)
+        return self._affine(x, weight if columns is None else weight.index_select(1, columns), bias, add)
 
     def _weight_csr(self, columns: Optional[Tensor]) -> WeightCSR:
         """The sparse backend's CSR of the masked weight. With no gradient taken (evaluation,
@@ -244,10 +247,10 @@ class UnifewsLinear(nn.Module):
         """Whether a forward (of a pruning map) computes its mask from its input first."""
         return self.training and (self.mask_mode in ("recompute", "refine") or not self._ready)
 
-    def _affine(self, x: Tensor, weight: Tensor, add: Optional[Tensor]) -> Tensor:
-        if add is not None and self.bias is None and x.dim() == 2 and add.shape == (x.size(0), self.out_features):
+    def _affine(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], add: Optional[Tensor]) -> Tensor:
+        if add is not None and bias is None and x.dim() == 2 and add.shape == (x.size(0), self.out_features):
             return torch.addmm(add, x, weight.t())
-        out = F.linear(x, weight, self.bias)
+        out = F.linear(x, weight, bias)
         return out if add is None else out + add
 
     def extra_repr(self) -> str:
