@@ -23,7 +23,7 @@ from .run.checkpoint import AtomicCheckpointIO, check_compatible
 from .run.directory import predictions_path
 from .run.guard import MADE, command_guard
 from .run.quiet import quiet_library_advice
-from .run.setup_guard import setup_done
+from .run.guard import setup_done
 from .run.start import CKPT_KEYWORDS, check_config, run_loggers, start_run, with_run_config
 from .run.trainer import Trainer
 

@@ -11,8 +11,8 @@ from pytorch_lightning.cli import LightningArgumentParser, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from ..callbacks import AtTargetCheckpoint, SlurmRequeue, SparsityMonitor, ThroughputMonitor
+from ..errors import fail
 from ..loggers.wandb import WandbOptions
-from ..run.setup_guard import say_once
 
 USAGE = "unifews-dist [-h] [-c CONFIG] {fit,validate,test,predict,prepare,report,sweep-table} ..."
 DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test,
@@ -30,9 +30,7 @@ class OneLineParser(LightningArgumentParser):
     def error(self, message, ex=None):  # noqa: D401
         if os.environ.get("UNIFEWS_TRACEBACK"):
             return super().error(message, ex)
-        first = str(message).strip().splitlines()
-        say_once(f"unifews-dist: error: {' '.join(s.strip() for s in first)[:2000]}")
-        raise SystemExit(2)
+        raise SystemExit(fail(str(message)[:2000]))
 
 
 class SaveConfig(SaveConfigCallback):

@@ -13,7 +13,6 @@ runs of an earlier comparison of the same config instead of training them again.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -22,13 +21,10 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from ..errors import OneLineArgumentParser, fail
+
 COLUMNS = ("seed", "dense_test_acc", "unifews_test_acc", "diff", "train_edge_sparsity", "train_weight_sparsity",
            "train_macs", "test_edge_sparsity", "test_weight_sparsity", "test_macs", "dense_wall_s", "unifews_wall_s")
-
-
-def _fail(message: str) -> int:
-    sys.stderr.write(f"unifews-dist: error: {message}\n")
-    return 2
 
 
 def _ratio(f: dict) -> float:
@@ -95,7 +91,7 @@ def table(rows: List[dict]) -> List[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="unifews-dist compare", description=__doc__.split("\n\n")[0],
+    p = OneLineArgumentParser(prog="unifews-dist compare", description=__doc__.split("\n\n")[0],
                                 epilog="Other arguments (e.g. --data.name citeseer) are passed to every fit.")
     p.add_argument("--config", "-c", action="append", required=True, help="a fit config (repeatable)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
@@ -103,24 +99,24 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", default=None, help="an earlier comparison's OUT whose dense runs to reuse")
     args, extra = p.parse_known_args(argv)
     if args.seeds < 1:
-        return _fail(f"--seeds must be >= 1, got {args.seeds}")
+        return fail(f"--seeds must be >= 1, got {args.seeds}", "compare")
     for c in args.config:
         if not os.path.isfile(c):
-            return _fail(f"config {c} does not exist")
+            return fail(f"config {c} does not exist", "compare")
     if args.baseline is not None and not os.path.isdir(args.baseline):
-        return _fail(f"--baseline {args.baseline} is not a directory (an earlier comparison's OUT)")
+        return fail(f"--baseline {args.baseline} is not a directory (an earlier comparison's OUT)", "compare")
     out = args.out or os.path.join("runs", "compare-" + os.path.splitext(os.path.basename(args.config[-1]))[0])
     os.makedirs(out, exist_ok=True)
     rows = []
     for seed in range(args.seeds):
         dense_dir = os.path.join(args.baseline or out, f"seed{seed}-dense")
         if args.baseline is not None and not os.path.isfile(os.path.join(dense_dir, "summary.json")):
-            return _fail(f"--baseline {args.baseline} has no finished dense run of seed {seed} ({dense_dir})")
+            return fail(f"--baseline {args.baseline} has no finished dense run of seed {seed} ({dense_dir})", "compare")
         runs = {}
         for kind, run_dir in (("unifews", os.path.join(out, f"seed{seed}-unifews")), ("dense", dense_dir)):
             runs[kind] = run_fit(args.config, seed, run_dir, extra, dense=kind == "dense")
             if runs[kind] is None:
-                return _fail(f"the {kind} run of seed {seed} failed; its output: {run_dir.rstrip('/')}.log")
+                return fail(f"the {kind} run of seed {seed} failed; its output: {run_dir.rstrip('/')}.log", "compare")
         rows.append(row(seed, runs["dense"], runs["unifews"]))
     md = table(rows)
     with open(os.path.join(out, "table.csv"), "w", newline="") as f:

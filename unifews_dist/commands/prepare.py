@@ -11,23 +11,17 @@ files ``fit`` takes, and the same ``--data.*`` arguments::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import List, Optional
 
 import yaml
 
 from ..data.prepared import FEATURE_DTYPES, load_prepared
-
-
-class _OneLine(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"unifews-dist prepare: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+from ..errors import OneLineArgumentParser, fail
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _OneLine(prog="unifews-dist prepare", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="unifews-dist prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action="append", default=[], help="a fit config (its data: section is read); repeatable")
     p.add_argument("--data.name", dest="name", help="dataset name, or a path to your graph")
     p.add_argument("--data.root", dest="root", help="folder holding the datasets")
@@ -46,8 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(path) as f:
                 cfg = yaml.safe_load(f) or {}
         except OSError as e:
-            print(f"unifews-dist prepare: error: config {path} cannot be read: {e.strerror}", file=sys.stderr)
-            return 2
+            return fail(f"config {path} cannot be read: {e.strerror}", "prepare")
         section = cfg.get("data") or {} if isinstance(cfg, dict) else {}
         data.update({k: section[k] for k in data if k in section})
     for k in data:
@@ -64,8 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ds = load_prepared(data["name"], data["root"], int(data["seed"]), data["feature_dtype"], verify=args.verify,
                            rebuild=args.rebuild, say=say)
     except (ValueError, FileNotFoundError) as e:
-        print(f"unifews-dist prepare: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return fail(str(e), "prepare")
     state = "prepared" if built else ("verified" if args.verify else "up to date")
     print(f"{ds.name}: {ds.data.num_nodes} nodes, {ds.num_edges} edges, {ds.num_features} features "
           f"({data['feature_dtype']}): {state} in {time.perf_counter() - t0:.1f} s")

@@ -7,14 +7,14 @@ the step-time split; a baseline run's accuracy, throughput and step times beside
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import re
-import sys
 from typing import Dict, List, Optional, Tuple
+
+from ..errors import OneLineArgumentParser, fail
 
 Series = Dict[str, Tuple[List[float], List[float]]]
 
@@ -208,7 +208,7 @@ def draw(run_dir: str, baseline_dir: Optional[str] = None) -> List[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="unifews-dist report", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="unifews-dist report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory (holds metrics.csv and summary.json)")
     parser.add_argument(
         "--baseline",
@@ -220,8 +220,7 @@ def main(argv=None) -> int:
     try:
         paths = draw(args.run_dir, args.baseline)
     except (FileNotFoundError, ValueError) as e:
-        sys.stderr.write(f"unifews-dist report: error: {e}\n")
-        return 2
+        return fail(str(e), "report")
     for p in paths:
         print(os.path.abspath(p))
     return 0

@@ -7,14 +7,14 @@ still without a summary are listed as unfinished.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 from typing import List
 
 import yaml
+
+from ..errors import OneLineArgumentParser, fail
 
 COLUMNS = ("run", "thr_a", "thr_w", "test_acc", "val_acc", "edge_sparsity", "weight_sparsity",
            "macs_reduction", "train_seeds_per_s", "global_step", "world_size")
@@ -53,17 +53,15 @@ def _fmt(v) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="unifews-dist sweep-table", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="unifews-dist sweep-table", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir")
     args = p.parse_args(argv)
     if not os.path.isdir(args.sweep_dir):
-        sys.stderr.write(f"unifews-dist: error: sweep directory {args.sweep_dir} does not exist\n")
-        return 2
+        return fail(f"sweep directory {args.sweep_dir} does not exist", "sweep-table")
     rows, unfinished = collect(args.sweep_dir)
     if not rows:
-        sys.stderr.write(f"unifews-dist: error: no finished run (config.yaml + summary.json) under {args.sweep_dir}"
-                         f"{' (unfinished: ' + ', '.join(unfinished) + ')' if unfinished else ''}\n")
-        return 2
+        return fail(f"no finished run (config.yaml + summary.json) under {args.sweep_dir}"
+                    f"{' (unfinished: ' + ', '.join(unfinished) + ')' if unfinished else ''}", "sweep-table")
     csv_path = os.path.join(args.sweep_dir, "table.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)

@@ -1,21 +1,54 @@
-"""How a run's command ends: a finished run, a requeue, a bad value, each said in one line;
-whatever the command made before it failed removed; the process left as it was found."""
+"""How a run's command starts and ends: a launcher's stop during set-up handled on every rank;
+a finished run, a requeue, a bad value, each said in one line; whatever the command made before
+it failed removed; the process left as it was found."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from typing import Any, List
 
 import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities import rank_zero_only
 
 from ..callbacks import Requeued
+from ..errors import error_line, say_once
 from .checkpoint import newest_readable
 from .directory import TEMPORARIES, RunFinished, remove_if_unused
-from .setup_guard import say_once, setup_begins, setup_done
 from .summary import SUMMARY
+
+# -- set-up: under torchrun or srun every rank parses the same arguments and loads the same
+# data, so a bad value fails on every rank; the launcher then stops the others as soon as one
+# exits (SIGTERM), and a rank stopped while setting up cleans up too.
+
+class SetupStopped(SystemExit):
+    """SIGTERM while the run is set up: a launcher stopping the other ranks after one failed."""
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise SetupStopped(128 + signum)
+
+
+_SIGTERM_BEFORE: List[Any] = [None]  # the handler replaced while the run is set up
+
+
+def setup_begins() -> None:
+    """Until :func:`setup_done`, SIGTERM raises :class:`SetupStopped` (so the caller cleans up)."""
+    if threading.current_thread() is threading.main_thread():
+        _SIGTERM_BEFORE[0] = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
+def setup_done() -> None:
+    """Training or evaluation starts: SIGTERM gets its previous handler back (Lightning then
+    installs its own for the run)."""
+    if _SIGTERM_BEFORE[0] is not None:
+        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE[0])
+        _SIGTERM_BEFORE[0] = None
+
 
 #: the run directory this call made (removed again if it fails before it trains)
 MADE = {"run_dir": None}
@@ -68,8 +101,7 @@ def command_guard():
             raise
         # cleaned up first: a rank other than 0 waits in say_once, where the launcher may stop it
         remove_if_unused(MADE["run_dir"])
-        say_once(f"unifews-dist: error: {' '.join(str(e).split()) or type(e).__name__} "
-                 "(set UNIFEWS_TRACEBACK=1 for the traceback)")
+        say_once(error_line(f"{str(e).strip() or type(e).__name__} (set UNIFEWS_TRACEBACK=1 for the traceback)"))
         raise SystemExit(2)
     finally:
         while TEMPORARIES:  # this process's temporary files (its children have ended)
