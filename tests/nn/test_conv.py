@@ -109,7 +109,7 @@ def test_gcn_kept_edges_match_brute_force(thr_a):
     h = x @ conv.lin.weight.t()
     messages = ew.view(-1, 1) * h[ei_p[0]]
     expect = _brute_force_keep(messages, thr_a, ei_p[0] == ei_p[1])
-    out, sel = conv(x, ei_p, ew, plan=LayerPlan(return_kept=True))
+    out, sel = conv.step(x, ei_p, ew, LayerPlan(return_kept=True))
     assert torch.equal(sel.kept, expect)
     assert int(sel.edges_kept) == int(expect.sum()) and sel.edges_in == ei_p.size(1)
     assert sel.edges_computed == int(expect.sum()) and sel.channels == sel.channels_computed == F_OUT

@@ -86,12 +86,12 @@ def test_locked_each_output_is_a_sampled_evaluation_of_the_node_alone(conv):
     with torch.no_grad():
         c0, c1 = m.convs
         between = lambda h: torch.relu(m.norms[0](h))  # noqa: E731
-        pruned, sel = c0(x, pei, pew, plan=LayerPlan(return_kept=True))
+        pruned, sel = c0.step(x, pei, pew, LayerPlan(return_kept=True))
         keep = sel.kept
-        pruned, locked = between(pruned), between(c0(x, pei, pew, plan=LayerPlan(locked=all_locked))[0])
+        pruned, locked = between(pruned), between(c0.step(x, pei, pew, LayerPlan(locked=all_locked))[0])
         src = torch.where(pei[0] == pei[1], pei[0], pei[0] + N)  # a self-loop reads the own row
-        expect = c1(
-            (torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, plan=LayerPlan(locked=all_locked)
+        expect = c1.step(
+            (torch.cat([locked, pruned]), locked), torch.stack([src, pei[1]]), pew, LayerPlan(locked=all_locked)
         )[0]
     assert not keep.all()  # layer 0 prunes the neighbours' representations
     assert_close(out, expect)
@@ -194,7 +194,7 @@ def test_edges_kept_before_the_gather_are_not_scored_again(monkeypatch):
     assert calls == []
     gat = UnifewsGNN("gat", F_IN, 16, 4, num_layers=1, thr_a=0.3).eval().convs[0]
     with pytest.raises(ValueError, match="rule_applied"):
-        gat(x, ei, plan=LayerPlan(prepared=False, rule_applied=True))
+        gat.step(x, ei, None, LayerPlan(prepared=False, rule_applied=True))
 
 
 class _LargestEdgeIndex(TorchDispatchMode):
@@ -305,7 +305,8 @@ def test_fused_aggregation_equals_messages_summed(conv):
     args = (x, x, ei) if c.needs_x0 else (x, ei)
     with torch.no_grad():
         expect, kept = c(*args, return_kept=True)
-        out, sel = c(*args, plan=LayerPlan(prepared=False, return_kept=True, fused=True))
+        out, sel = c.step(x, ei, None, LayerPlan(prepared=False, return_kept=True, fused=True),
+                          x0=x if c.needs_x0 else None)
         kept_fused = sel.kept
     assert_close(out, expect)
     assert torch.equal(kept, kept_fused) and not kept.all()

@@ -66,9 +66,10 @@ class Selection(NamedTuple):
     ``rows``: the target rows computed (``None``: all); ``edge_index``: the kept edges, targets
     renumbered to positions in ``rows``; ``renumbered``: the same edges with both ends
     renumbered (valid where the source is a row computed: every edge into the next layer's
-    targets); ``per_edge``: the per-edge tensors given (the prepared weights first) selected with
-    the edges; ``bounds``: with the layer's ``bounds``, the same for the kept edges and the later
-    layers. Counts (host ints, or device tensors read only when logged): ``edges_in`` reached the
+    targets); ``edge_weight``: their prepared weights, which the next layer takes;
+    ``message_weight``: what their messages are weighed by (the prepared weights, or the conv's
+    own: GATv2's attention); ``bounds``: with the layer's ``bounds``, the same for the kept edges
+    and the later layers. Counts (host ints, or device tensors read only when logged): ``edges_in`` reached the
     layer, ``edges_kept`` the rule kept; the layer then fills ``channels`` (of a message unpruned),
     ``channels_computed`` (of a message propagated) and, when asked, ``kept`` (the rule's mask).
     """
@@ -76,17 +77,14 @@ class Selection(NamedTuple):
     rows: Optional[Tensor]
     renumbered: Optional[Tensor]
     edge_index: Tensor
-    per_edge: Tuple[Optional[Tensor], ...]
+    edge_weight: Optional[Tensor]
+    message_weight: Optional[Tensor]
     bounds: Optional[List[int]]
     edges_kept: Count
     edges_in: Count = 0
     channels: int = 0
     channels_computed: int = 0
     kept: Optional[Tensor] = None
-
-    @property
-    def edge_weight(self) -> Optional[Tensor]:
-        return self.per_edge[0] if self.per_edge else None
 
     @property
     def edges_computed(self) -> int:
@@ -137,9 +135,10 @@ def rows_read(keep: Tensor, src: Tensor, dst: Optional[Tensor], num_src: int, nu
 
 
 def select_edges(keep: Optional[Tensor], num_next: Optional[int], num_src: int, num_dst: int,
-                 edge_index: Tensor, *per_edge: Optional[Tensor], bounds: Optional[Sequence[int]] = None
-                 ) -> Selection:
-    """The kept edges into the target rows computed, targets renumbered to positions in ``rows``.
+                 edge_index: Tensor, edge_weight: Optional[Tensor] = None, message_weight: Optional[Tensor] = None,
+                 bounds: Optional[Sequence[int]] = None) -> Selection:
+    """The kept edges into the target rows computed, targets renumbered to positions in ``rows``,
+    with their weights (``message_weight``: the messages' own, when they are not ``edge_weight``).
 
     With ``num_next``, the rows computed are ``0 .. num_next - 1`` and the sources of the kept
     edges into them; the rest are read by no later layer. Rows can only be skipped when an edge
@@ -148,6 +147,7 @@ def select_edges(keep: Optional[Tensor], num_next: Optional[int], num_src: int, 
     :class:`LayerPlan`) the edges keep their order, the counts come in one device read
     (:func:`_select_counted`), and the selection holds the kept edges' bounds.
     """
+    per_edge = (edge_weight, message_weight)
     nxt = None if bounds is None else list(bounds[1:])
     if keep is not None and bounds is not None and edge_index.size(1) and any(b != bounds[0] for b in nxt):
         return _select_counted(keep, num_next, num_src, num_dst, edge_index, per_edge, list(bounds))
@@ -206,7 +206,8 @@ def _selected(rows, pos, edge_index, per_edge, bounds, kept) -> Selection:
     if pos is not None:  # both ends in one gather: the targets for this layer, both for the next
         renumbered = pos.index_select(0, edge_index.reshape(-1)).view(2, -1)
         edge_index = torch.stack([edge_index[0], renumbered[1]])
-    return Selection(rows, renumbered, edge_index, tuple(per_edge), bounds, kept)
+    weight, message = per_edge
+    return Selection(rows, renumbered, edge_index, weight, weight if message is None else message, bounds, kept)
 
 
 def in_degree_ptr(edge_index: Tensor, num_targets: int) -> Tensor:

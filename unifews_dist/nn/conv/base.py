@@ -13,7 +13,7 @@ from torch_geometric.utils import spmm
 from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms
 from ...sparsify.spmm import csr_adjacency
 from ..linear import UnifewsLinear
-from ..selection import LayerPlan, compact, hop_sums, hops_with_loops, select_edges, take_rows
+from ..selection import LayerPlan, Selection, compact, hop_sums, hops_with_loops, select_edges, take_rows
 
 PairTensor = Tuple[Tensor, Tensor]
 
@@ -42,14 +42,14 @@ class UnifewsConv(MessagePassing):
     message norm is below ``thr_a`` times the layer's mean are dropped before aggregation.
 
     ``conv(x, edge_index, edge_weight)`` is PyG's call (``return_kept=True`` also returns the
-    rule's bool mask of the edges, self-loops included). A stack passes a :class:`LayerPlan`
-    (``conv(x, edge_index, edge_weight, plan=plan)``) and gets ``(out, selection)`` back: the
-    :class:`Selection` says which edges and rows were aggregated and how many, for the next
-    layer and the statistics. One template serves every conv: prepare the edges,
-    :meth:`transform`, weigh the edges (:meth:`edge_weights`), score and prune them, select the
-    kept ones into the target rows computed (:func:`~unifews_dist.nn.selection.select_edges`),
-    propagate, :meth:`combine`. A conv supplies only its pieces, as PyG convs supply ``message`` /
-    ``update``, and declares what it can do by class attributes (below).
+    rule's bool mask of the edges, self-loops included). A stack calls :meth:`step` with a
+    :class:`LayerPlan` and gets ``(out, selection)`` back: the :class:`Selection` says which
+    edges and rows were aggregated and how many, for the next layer and the statistics. One
+    template serves every conv: prepare the edges, :meth:`transform`, weigh the edges
+    (:meth:`edge_weights`), score and prune them, select the kept ones into the target rows
+    computed (:func:`~unifews_dist.nn.selection.select_edges`), propagate, :meth:`combine`. A
+    conv supplies only its pieces, as PyG convs supply ``message`` / ``update``, and declares the
+    few facts its code cannot show by class attributes (below).
 
     With the plan's ``num_next`` the output holds only the rows the next layer reads, and a node
     whose every outgoing edge was pruned is neither aggregated into nor transformed. With its
@@ -128,72 +128,70 @@ class UnifewsConv(MessagePassing):
 
     # -- the layer: one template; each conv supplies its pieces ------------------------------
     def forward(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor] = None,
-                plan: Optional[LayerPlan] = None, return_kept: bool = False):
-        """The layer's output rows; with ``plan``, ``(output, selection)``.
+                return_kept: bool = False):
+        """PyG's call: the layer's output rows (``return_kept``: and the rule's bool mask of the
+        edges given, as PyG's attention convs return their weights).
 
         Args:
             x: node features, or ``(x_src, x_dst)`` for a bipartite sampled block.
-            edge_index: the edges (source, target).
+            edge_index: the edges (source, target), checked and prepared here.
             edge_weight: optional edge weights (multiplied into the conv's own normalisation).
-            plan: what a stack tells the layer (:class:`LayerPlan`); ``None``: a user's call,
-                the edges checked and prepared here.
-            return_kept: (without a plan) also return the bool mask of the edges the rule kept.
+            return_kept: also return the bool mask of the edges the rule kept.
         """
-        return self.run(x, edge_index, edge_weight, plan, return_kept)
+        out, sel = self.step(x, edge_index, edge_weight, LayerPlan(prepared=False, return_kept=return_kept))
+        return (out, sel.kept) if return_kept else out
 
-    def run(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor],
-            plan: Optional[LayerPlan], return_kept: bool = False, x0: Optional[Tensor] = None):
-        """:meth:`forward`, with the initial representation ``x0`` of convs that read it (GCNII)."""
-        user = plan is None
-        if user:
-            plan = LayerPlan(prepared=False, return_kept=return_kept)
+    def step(self, x: Union[Tensor, PairTensor], edge_index: Tensor, edge_weight: Optional[Tensor],
+             plan: LayerPlan, x0: Optional[Tensor] = None) -> Tuple[Tensor, Selection]:
+        """One layer as a stack runs it: ``(output rows, selection)``, whatever the plan. ``plan``
+        says what the stack knows of the block (:class:`LayerPlan`); ``x0``: the initial
+        representation, for a conv whose :meth:`forward` takes ``x_0`` (GCNII)."""
         x_src, x_dst = split_pair(x)
         n_src, n_dst = x_src.size(0), x_dst.size(0)
-        locked, valid, bounds = plan.locked, plan.valid, plan.bounds
         self._check_plan(plan, edge_index)
         nonneg = plan.prepared or edge_weight is None  # prepared from no weights: 1/deg, gcn_norm, attention
         if not plan.prepared:  # a stack validates its block once, not in every layer
             check_edge_index(edge_index, n_src, n_dst)
             edge_index, edge_weight = self.prepare_edges(edge_index, n_src, n_dst, edge_weight)
-        if valid is not None and self.attention:
+        locked, valid = plan.locked, plan.valid
+        if valid is not None and self.attention:  # attention is normalised over exactly the layer's edges
             edge_index, edge_weight, locked = compact(valid, edge_index, edge_weight, locked)
             valid = None
         h_src, h_dst = self.transform(x_src, x_dst)
         msg_weight, score_weight = self.edge_weights(h_src, h_dst, edge_index, edge_weight, n_dst)
         num_valid = None if valid is None else valid.sum()
-        edges_in = edge_index.size(1) if valid is None else num_valid
         keep = None
         if not plan.rule_applied:
             norms = self.score_norms(h_src) if self.thr_a > 0 else None
             reference = None if norms is None else self.score_reference(norms, edge_index)
             keep = self.prune_edges(edge_index, score_weight, norms, locked, reference, valid, nonneg,
                                     (num_valid, plan.score_mean))
-        narrowed = keep  # selection with bounds narrows the rule's mask in place
-        if plan.return_kept and bounds is not None and keep is not None:
-            narrowed = keep.clone()
-        same = msg_weight is edge_weight
+        # selection with bounds narrows the rule's mask in place: a copy when the mask is returned
+        narrowed = keep.clone() if plan.return_kept and plan.bounds is not None and keep is not None else keep
         sel = select_edges(narrowed, plan.num_next, n_src, n_dst, edge_index, edge_weight,
-                           *(() if same else (msg_weight,)), bounds=bounds)
+                           None if msg_weight is edge_weight else msg_weight, bounds=plan.bounds)
         h_dst = take_rows(sel.rows, h_dst)
         if x0 is not None:
             x0 = take_rows(sel.rows, x0[:n_dst])
-        computed = math.prod(h_src.shape[1:])
-        channels = computed if plan.source_channels is None else math.prod(h_dst.shape[1:])
-        ei, w = sel.edge_index, sel.per_edge[-1]
-        if plan.fused and self._fusable(h_src, w):
-            adj_t = csr_adjacency(ei, w, n_src, h_dst.size(0), h_src.dtype, canonical=plan.canonical)
-            agg = self.propagate(adj_t, x=(h_src, h_dst), edge_weight=None)  # (the weights are in adj_t)
-        else:
-            agg = self.propagate(ei, x=(h_src, h_dst), edge_weight=w, size=(n_src, h_dst.size(0)))
+        agg = self._aggregate(h_src, h_dst, sel, plan)
         out = self.combine(agg, h_dst, x0) if plan.source_channels is None else \
             self.combine(agg, h_dst, x0, agg_channels=plan.source_channels)
-        kept = None
-        if plan.return_kept:
-            kept = keep if keep is not None else torch.ones(edge_index.size(1), dtype=torch.bool, device=out.device)
-        sel = sel._replace(edges_in=edges_in, channels=channels, channels_computed=computed, kept=kept)
-        if user:
-            return (out, kept) if return_kept else out
-        return out, sel
+        if plan.return_kept and keep is None:
+            keep = torch.ones(edge_index.size(1), dtype=torch.bool, device=out.device)
+        computed = math.prod(h_src.shape[1:])
+        return out, sel._replace(
+            edges_in=edge_index.size(1) if valid is None else num_valid, kept=keep if plan.return_kept else None,
+            channels=computed if plan.source_channels is None else math.prod(h_dst.shape[1:]),
+            channels_computed=computed)
+
+    def _aggregate(self, h_src: Tensor, h_dst: Tensor, sel: Selection, plan: LayerPlan) -> Tensor:
+        """The kept messages summed into the rows computed: per edge (PyG's ``propagate``), or by
+        one sparse-dense product (``plan.fused``, no gradient, the base's messages)."""
+        ei, w = sel.edge_index, sel.message_weight
+        if plan.fused and self._fusable(h_src, w):
+            adj_t = csr_adjacency(ei, w, h_src.size(0), h_dst.size(0), h_src.dtype, canonical=plan.canonical)
+            return self.propagate(adj_t, x=(h_src, h_dst), edge_weight=None)  # (the weights are in adj_t)
+        return self.propagate(ei, x=(h_src, h_dst), edge_weight=w, size=(h_src.size(0), h_dst.size(0)))
 
     def _check_plan(self, plan: LayerPlan, edge_index: Tensor) -> None:
         bounds = plan.bounds
@@ -216,7 +214,8 @@ class UnifewsConv(MessagePassing):
 
     def edge_weights(self, h_src: Tensor, h_dst: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor],
                      num_dst: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """``(message weights, score weights)`` of the edges. Default: the prepared weights, both."""
+        """``(message weights, score weights)`` of the edges. Default: the prepared weights, both
+        (the same tensor: the selection then carries it once; ``None`` only for unweighted edges)."""
         return edge_weight, edge_weight
 
     def score_norms(self, h_src: Tensor) -> Tensor:
@@ -260,10 +259,12 @@ class UnifewsConv(MessagePassing):
             total += ref.sum(dtype=torch.float64)
         return total
 
-    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
-        """The layer's output rows from the aggregated messages and the targets' own rows. A
-        conv whose :meth:`aggregated_channels` can be fewer than all also takes ``agg_channels``:
-        ``agg`` then holds only those channels."""
+    def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor],
+                agg_channels: Optional[Tensor] = None) -> Tensor:
+        """The layer's output rows from the aggregated messages and the targets' own rows (``x0``:
+        the initial representation, for a conv that reads it). ``agg_channels``: ``agg`` holds only
+        these channels: only a conv whose :meth:`aggregated_channels` can be fewer than all is
+        given it, so the others' ``combine`` need not take it."""
         raise NotImplementedError
 
     def aggregated_channels(self) -> Optional[Tensor]:

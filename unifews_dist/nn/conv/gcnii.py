@@ -48,9 +48,10 @@ class UnifewsGCNIIConv(GCNNormConv):
         torch.nn.init.xavier_uniform_(self.lin.weight)
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], x_0: Tensor, edge_index: Tensor,
-                edge_weight: Optional[Tensor] = None, plan: Optional[LayerPlan] = None, return_kept: bool = False):
+                edge_weight: Optional[Tensor] = None, return_kept: bool = False):
         """``(x, x_0, edge_index)``, as PyG's ``GCN2Conv``; the rest as :meth:`UnifewsConv.forward`."""
-        return self.run(x, edge_index, edge_weight, plan, return_kept, x0=x_0)
+        out, sel = self.step(x, edge_index, edge_weight, LayerPlan(prepared=False, return_kept=return_kept), x0=x_0)
+        return (out, sel.kept) if return_kept else out
 
     def combine(self, agg: Tensor, h_dst: Tensor, x0: Optional[Tensor]) -> Tensor:
         p = (1 - self.alpha) * agg + self.alpha * x0

@@ -241,9 +241,8 @@ class UnifewsGNN(nn.Module):
             locked = None
             if lock and batch_size is not None:  # the edges into the seeds: with bounds, the first ones
                 locked = bounds[-1] if bounds is not None and seeds_first else ei[1] < batch_size
-            xs = (x[:ns], x[:nd])
-            args = (xs, x0, ei, ew) if conv.needs_x0 else (xs, ei, ew)
-            out, sel = conv(*args, plan=LayerPlan(locked=locked, num_next=num_next, valid=valid, bounds=bounds))
+            plan = LayerPlan(locked=locked, num_next=num_next, valid=valid, bounds=bounds)
+            out, sel = conv.step((x[:ns], x[:nd]), ei, ew, plan, x0=x0)
             stats.append(self._layer_stats(conv, sel, edges_dense_l[i], num_src[i], nd))
             ei, ew = sel.edge_index, sel.edge_weight
             bounds = sel.bounds

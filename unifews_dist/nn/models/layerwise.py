@@ -120,7 +120,7 @@ class _Layer:
                 local = torch.stack([src, dst])
             else:
                 xs, local = self._gathered(tgt, (src, dst), own, nbr, task.loops_only, (a, b), (lookup, mark))
-            args = (xs, x0[tgt], local) if conv.needs_x0 else (xs, local)
+            x0_tgt = x0[tgt] if conv.needs_x0 else None
             if norms is None:
                 lock = None
                 if task.lock_all:
@@ -129,12 +129,12 @@ class _Layer:
                     lock = task.lock_into.index_select(0, tgt).index_select(0, dst)
                 plan = LayerPlan(locked=lock, return_kept=True, score_mean=task.mean, fused=True,
                                  canonical=self.canonical, source_channels=channels)
-                out, sel = conv(*args, w, plan=plan)
+                out, sel = conv.step(xs, local, w, plan, x0=x0_tgt)
                 keep_all[e0:e1] = sel.kept
                 self.kept += int(sel.kept.sum())
             else:  # the edges given are the rule's kept ones: the conv does not score them again
                 plan = LayerPlan(rule_applied=True, fused=True, canonical=self.canonical, source_channels=channels)
-                out, sel = conv(*args, w, plan=plan)
+                out, sel = conv.step(xs, local, w, plan, x0=x0_tgt)
             self.computed += int(sel.edges_computed)
             self.channels, self.channels_computed = sel.channels, sel.channels_computed
             for j, lin in enumerate(self.lins):
