@@ -10,10 +10,11 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import spmm
 
-from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms
+from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms, transform_macs
 from ...sparsify.spmm import csr_adjacency
 from ..linear import UnifewsLinear
 from ..selection import LayerPlan, Selection, compact, hop_sums, hops_with_loops, select_edges, take_rows
+from ..stats import EdgeCounts, LayerStats
 
 PairTensor = Tuple[Tensor, Tensor]
 
@@ -351,7 +352,25 @@ class UnifewsConv(MessagePassing):
         return x_j * edge_weight.view(*edge_weight.shape, *([1] * (x_j.dim() - edge_weight.dim())))
 
     def weight_layers(self) -> list[UnifewsLinear]:
+        """The conv's linear maps (:class:`UnifewsLinear`), in registration order."""
         return [m for m in self.modules() if isinstance(m, UnifewsLinear)]
+
+    def dense_transform_macs(self, num_src: int, num_dst: int) -> int:
+        """Multiply-adds of the conv's linear maps run dense on a whole block: a map of
+        :attr:`source_side_weights` on every source row, the others on the targets' rows."""
+        return sum(transform_macs(num_src if name in self.source_side_weights else num_dst, m.in_features,
+                                  m.out_features) for name, m in self.named_modules() if isinstance(m, UnifewsLinear))
+
+    def layer_stats(self, edges: EdgeCounts, num_targets: int, rows: Sequence[int], transform_macs_dense: int,
+                    channels: Tuple[int, int]) -> LayerStats:
+        """This layer's :class:`LayerStats` (a stack's forward, layer-wise inference): ``edges``
+        as counted, this conv's self-loops (one per target, when it adds them) among them;
+        ``rows``: the rows each of :meth:`weight_layers` multiplied; ``channels``: of a message,
+        and of a message propagated."""
+        lins = self.weight_layers()
+        return LayerStats(edges._replace(own_loops=num_targets if self.adds_self_loops else 0),
+                          [(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(lins, rows)],
+                          transform_macs_dense, channels, "+".join(sorted({lin.last_backend for lin in lins})))
 
     def set_thr_w(self, value: float) -> None:
         for lin in self.weight_layers():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...sparsify import check_threshold, transform_macs
+from ...sparsify import check_threshold
 from ...checks import check_choice
 from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
@@ -168,15 +168,9 @@ class UnifewsGNN(nn.Module):
     def _layer_stats(conv, sel: Selection, edges_dense, num_src: int, num_dst: int) -> LayerStats:
         """What the layer ran (its selection, its linear maps' last calls), and what a dense
         layer would run on the whole block."""
-        lins = [(name, m) for name, m in conv.named_modules() if isinstance(m, UnifewsLinear)]
-        t_dense = sum(transform_macs(num_src if name in conv.source_side_weights else num_dst,
-                                     lin.in_features, lin.out_features) for name, lin in lins)
-        edges = EdgeCounts(edges_dense, sel.edges_in, sel.edges_kept, sel.edges_computed,
-                           own_loops=num_dst if conv.adds_self_loops else 0)
-        return LayerStats(
-            edges, weights=[(lin.weight.numel(), lin.weight_nnz(), lin.last_rows) for _, lin in lins],
-            transform_macs_dense=t_dense, channels=(sel.channels, sel.channels_computed),
-            transform_backend="+".join(sorted({lin.last_backend for _, lin in lins})))
+        edges = EdgeCounts(edges_dense, sel.edges_in, sel.edges_kept, sel.edges_computed)
+        return conv.layer_stats(edges, num_dst, [lin.last_rows for lin in conv.weight_layers()],
+                                conv.dense_transform_macs(num_src, num_dst), (sel.channels, sel.channels_computed))
 
     def _dense_edge_counts(self, ei: Tensor, num_dst: List[int], num_sampled_nodes) -> List:
         """Each layer's dense edge count (edges into its targets) when they are not prefixes:

@@ -24,7 +24,6 @@ from torch import Tensor
 from ...checks import check_choice
 from ... import distributed as ranks
 from ...sparsify import edge_keep_mask, edge_scores
-from ..linear import UnifewsLinear
 from ..selection import LayerPlan, in_degree_ptr, in_edges_of
 from ..stats import EdgeCounts, LayerStats
 from .workspace import SOURCES, InferenceOptions, InferenceWorkspace, next_input_role
@@ -70,7 +69,7 @@ class _Layer:
         self.model, self.i, self.conv, self.workspace = model, i, model.convs[i], workspace
         self.canonical = canonical
         self.n, self.batch_size, self.progress = n, batch_size, progress
-        self.lins = [m for m in self.conv.modules() if isinstance(m, UnifewsLinear)]
+        self.lins = self.conv.weight_layers()
         self.kept = self.computed = self.t_dense = self.edges_in = self.edges_dense = self.targets = 0
         self.channels = self.channels_computed = 0
         self.rows = [0] * len(self.lins)
@@ -216,12 +215,9 @@ class _Layer:
         return xs, torch.stack([local_src, dst])
 
     def stats(self) -> LayerStats:
-        edges = EdgeCounts(self.edges_dense, self.edges_in, self.kept, self.computed,
-                           own_loops=self.targets if self.conv.adds_self_loops else 0)
-        weights = [(lin.weight.numel(), lin.weight_nnz(), r) for lin, r in zip(self.lins, self.rows)]
-        return LayerStats(edges, weights, transform_macs_dense=self.t_dense,
-                          channels=(self.channels, self.channels_computed),
-                          transform_backend="+".join(sorted({lin.last_backend for lin in self.lins})))
+        edges = EdgeCounts(self.edges_dense, self.edges_in, self.kept, self.computed)
+        channels = (self.channels, self.channels_computed)
+        return self.conv.layer_stats(edges, self.targets, self.rows, self.t_dense, channels)
 
 
 @torch.no_grad()
