@@ -14,8 +14,7 @@ from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..selection import LayerPlan, Selection
 from ..stats import EdgeCounts, LayerStats, stats_tensor
-from .layerwise import layerwise_inference
-from .workspace import InferenceOptions
+from .layerwise import InferenceOptions, layerwise_inference
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
 Norm = Literal["batch", "layer", "none"]
