@@ -165,8 +165,10 @@ class UnifewsConv(MessagePassing):
         if not plan.rule_applied:
             norms = self.score_norms(h_src) if self.thr_a > 0 else None
             reference = None if norms is None else self.score_reference(norms, edge_index)
-            keep = self.prune_edges(edge_index, score_weight, norms, locked, reference, valid, nonneg,
-                                    (num_valid, plan.score_mean))
+            if norms is not None and score_weight is not None and not nonneg:  # a user's signed weights
+                score_weight = score_weight.abs()
+            keep = self.prune_edges(edge_index, score_weight, norms, locked, reference, valid, num_valid,
+                                    plan.score_mean)
         # selection with bounds narrows the rule's mask in place: a copy when the mask is returned
         narrowed = keep.clone() if plan.return_kept and plan.bounds is not None and keep is not None else keep
         sel = select_edges(narrowed, plan.num_next, n_src, n_dst, edge_index, edge_weight,
@@ -314,13 +316,13 @@ class UnifewsConv(MessagePassing):
 
     def prune_edges(self, edge_index: Tensor, edge_weight: Optional[Tensor], src_norm: Tensor,
                     locked: Union[None, Tensor, int] = None, reference: Optional[Tensor] = None,
-                    valid: Optional[Tensor] = None, nonneg: bool = False,
-                    counted: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)) -> Optional[Tensor]:
-        """Bool mask of kept edges, or ``None`` when every edge given is kept. Only ``valid``
-        edges count (in the threshold's mean too) and only they can be kept. ``locked``: a mask,
-        or the number of leading edges locked; ``nonneg``: the weights are known ``>= 0``;
-        ``counted``: the valid edges' count (when ``valid``) and the mean taken elsewhere, if known."""
-        num_valid, mean = counted
+                    valid: Optional[Tensor] = None, num_valid: Optional[Tensor] = None,
+                    mean: Optional[Tensor] = None) -> Optional[Tensor]:
+        """Bool mask of kept edges, or ``None`` when every edge given is kept: an edge's score is
+        its weight (``>= 0``: a signed weight's magnitude is taken by the caller) times its
+        source's norm. Only ``valid`` edges count (in the threshold's mean too) and only they can
+        be kept; ``num_valid``: their count, if known. ``locked``: a mask, or the number of
+        leading edges locked; ``mean``: the rule's mean, taken elsewhere over more edges."""
         if valid is not None and num_valid is None:
             num_valid = valid.sum()
         if self.thr_a == 0:
@@ -328,7 +330,7 @@ class UnifewsConv(MessagePassing):
         lock = locked_edges(edge_index, lock_self_loops=self.lock_self_loops)
         if isinstance(locked, Tensor):
             lock = locked if lock is None else lock | locked
-        scores = edge_scores(src_norm, edge_index[0], edge_weight, nonneg=nonneg)
+        scores = edge_scores(src_norm, edge_index[0], edge_weight, nonneg=True)
         keep = edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid, mean=mean)
         if isinstance(locked, int) and locked > 0:  # (a fresh mask: written in place)
             keep[:locked] = True
