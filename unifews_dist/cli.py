@@ -14,7 +14,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from .callbacks import EvaluationThresholds, PredictionWriter
 from .commands import COMMANDS
-from .commands.arguments import DESCRIPTION, USAGE, OneLineParser, SaveConfig, add_run_arguments, thresholds_given
+from .cli_parser import DESCRIPTION, USAGE, OneLineParser, SaveConfig, add_run_arguments, thresholds_given
 from .data import UnifewsDataModule
 from .lit import UnifewsModule
 from .loggers.wandb import default_wandb_mode
@@ -24,7 +24,8 @@ from .run.directory import predictions_path
 from .run.guard import MADE, command_guard
 from .run.quiet import quiet_library_advice
 from .run.guard import setup_done
-from .run.start import CKPT_KEYWORDS, check_config, run_loggers, start_run, with_run_config
+from .loggers.run import run_loggers
+from .run.start import CKPT_KEYWORDS, check_config, start_run, with_run_config
 from .run.trainer import Trainer
 
 _T0 = time.perf_counter()

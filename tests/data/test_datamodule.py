@@ -78,7 +78,7 @@ def test_planetoid_from_disk_and_bad_names(tmp_path):
 
 
 def test_random_split_is_stratified_seeded_and_checked():
-    from unifews_dist.data.sources import random_split
+    from unifews_dist.data.split import random_split
     y = torch.arange(7).repeat_interleave(torch.tensor([351, 217, 418, 818, 426, 298, 180]))  # Cora's classes
     tr, va, te = random_split(y, [0.5, 0.25], seed=3)
     assert tr.numel() + va.numel() + te.numel() == y.numel()
@@ -177,7 +177,7 @@ def test_gpu_sampling_trains_on_gpu_resident_batches():
 
 
 def test_synthetic_split_sizes_follow_the_spec(monkeypatch):
-    from unifews_dist.data import sources as datasets
+    from unifews_dist.data import synthetic as datasets
     spec = datasets.SyntheticSpec(300, 1500, 8, 3, num_train=40, num_val=25)
     monkeypatch.setitem(datasets.SYNTHETIC, "synthetic-split", spec)
     ds = datasets.load_synthetic("synthetic-split")

@@ -18,7 +18,8 @@ from .graph import GraphDataset
 from .prepared import FEATURE_DTYPES, load_prepared
 from .samplers import SAMPLERS, Sampler, make_sampler
 from .shard import ShardedSeedSampler
-from .sources import KNOWN, check_split_fractions, is_custom, random_split, unknown_dataset
+from .sources import KNOWN, is_custom, unknown_dataset
+from .split import check_split_fractions, random_split
 EvalMode = Literal["sampled", "layerwise"]
 FeatureDtype = Literal["float32", "float16", "bfloat16"]
 FeatureGather = Literal["loader", "device"]

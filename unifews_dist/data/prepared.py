@@ -37,7 +37,9 @@ from torch_geometric.data import Data
 
 from ..checks import check_choice
 from .graph import DatasetError, GraphDataset, check_graph
-from .sources import OGB, PLANETOID, SYNTHETIC, is_custom, load_custom, load_dataset, ogb_evaluator, unknown_dataset
+from .custom import load_custom
+from .sources import OGB, PLANETOID, is_custom, load_dataset, ogb_evaluator, unknown_dataset
+from .synthetic import SYNTHETIC
 from .storage import cache_dir, csc_arrays, data_dir, dataset_lock, writable
 
 FORMAT = 1

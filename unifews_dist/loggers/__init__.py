@@ -1,4 +1,4 @@
-"""The run's loggers: ``metrics.csv`` and W&B."""
+"""The run's loggers: ``metrics.csv`` and W&B (``loggers.run.run_loggers`` makes a run's)."""
 from .csv import METRICS, RunCSVLogger
 from .wandb import RunWandbLogger, WandbOptions
 

@@ -1,4 +1,5 @@
-"""Checkpoints that survive a kill mid-write, and finding the one a restarted job resumes from."""
+"""Checkpoints: written so they survive a kill mid-write, found for a restarted job to resume
+from, and read (which step a resumed run logs next, whether its run is finished)."""
 from __future__ import annotations
 
 import glob
@@ -156,3 +157,31 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def logged_steps(ckpt: Dict[str, Any]) -> int:
+    """The logging step a run resumed from ``ckpt`` logs next (Lightning logs at its count of
+    batches that stepped the optimizer, which for :class:`UnifewsModule`'s one optimizer is the
+    checkpoint's ``global_step``): rows of ``metrics.csv`` from it on are logged again. A
+    checkpoint written at a step's end (SLURM's requeue, ``every_n_train_steps``) or mid-epoch
+    holds the count before that step's increment, and Lightning adds the step when it resumes
+    from one; so does this."""
+    fit = ckpt.get("loops", {}).get("fit_loop", {})
+    steps = int(ckpt.get("global_step", 0))
+    progress = fit.get("epoch_loop.batch_progress", {})
+    total = progress.get("total", {})
+    on_batch_end = bool(total) and total.get("started") == total.get("ready") == total.get("processed") \
+        and total.get("completed") == total.get("processed", 0) - 1
+    if progress and (on_batch_end or not progress.get("is_last_batch", True)):
+        steps += 1
+    return steps
+
+
+def finished(ckpt: Dict[str, Any], max_epochs: Optional[int], max_steps: int) -> bool:
+    """Whether a checkpoint is of a run that already trained ``max_epochs`` / ``max_steps``."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    # an end-of-epoch checkpoint is written after the epoch was processed, before it is counted completed
+    epochs_done = progress.get("current", {}).get("processed", ckpt.get("epoch", 0))
+    if max_steps is not None and max_steps >= 0 and ckpt.get("global_step", 0) >= max_steps:
+        return True
+    return max_epochs is not None and max_epochs >= 0 and epochs_done >= max_epochs

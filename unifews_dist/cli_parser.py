@@ -10,9 +10,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
-from ..callbacks import AtTargetCheckpoint, SlurmRequeue, SparsityMonitor, ThroughputMonitor
-from ..errors import fail
-from ..loggers.wandb import WandbOptions
+from .callbacks import AtTargetCheckpoint, SlurmRequeue, SparsityMonitor, ThroughputMonitor
+from .errors import fail
+from .loggers.wandb import WandbOptions
 
 USAGE = "unifews-dist [-h] [-c CONFIG] {fit,validate,test,predict,prepare,report,sweep-table} ..."
 DESCRIPTION = """Entry-wise sparsified GNN training (Unifews). Subcommands: fit, validate, test,
