@@ -109,7 +109,7 @@ def test_accuracy_goal_pairs_each_sparse_seed_with_its_dense_seed():
 
 
 def test_step_overhead_tiny_counts_host_work(tmp_path):
-    """The counts are exact: every goal of the issue (host work per step, section 2) is asserted."""
+    """The counts are exact: every host-work goal per step is asserted."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_overhead.py"), "--scale", "tiny",
                            "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The package's shape (issue #32): small modules, small signatures, imports one way, no private
+"""The package's shape: small modules, small signatures, imports one way, no private
 API of the libraries it builds on, a thin CLI."""
 import ast
 import collections

@@ -378,7 +378,7 @@ def test_a_workspace_is_reused_and_never_returned(lock):
     expect = m.inference(x, ei, batch_size=7)
     first = m.inference(x, ei, batch_size=7, workspace=ws)
     assert_close(first, expect)
-    kept = {role: t.data_ptr() for role, t in ws._buffers.items()}
+    kept = {role: t.data_ptr() for role, t in ws.held().items()}
     # one channel buffer; the two hidden layers' outputs and kept edges in two alternating ones
     edges = {(k, i) for k in ("edges", "weights") for i in (0, 1)}
     assert {("sources",), ("output", 0), ("output", 1)} | (edges if lock == "never" else set()) <= set(kept)
@@ -386,12 +386,12 @@ def test_a_workspace_is_reused_and_never_returned(lock):
     assert ws.nbytes >= 2 * N * 16 * 4
     snapshot = first.clone()
     again = m.inference(x, ei, batch_size=7, workspace=ws)
-    assert {role: t.data_ptr() for role, t in ws._buffers.items()} == kept  # the same memory again
+    assert {role: t.data_ptr() for role, t in ws.held().items()} == kept  # the same memory again
     assert_close(again, expect)
     other = m.inference(x * 2, ei, batch_size=7, workspace=ws)  # (other kept counts: some buffers made anew)
     assert torch.equal(first, snapshot) and not torch.equal(other, first)
     assert_close(other, m.inference(x * 2, ei, batch_size=7))
-    assert all(r.data_ptr() != t.data_ptr() for r in (first, again, other) for t in ws._buffers.values())
+    assert all(r.data_ptr() != t.data_ptr() for r in (first, again, other) for t in ws.held().values())
     ws.clear()
     assert ws.nbytes == 0
 
@@ -422,7 +422,7 @@ def test_layers_sharing_workspace_buffers_by_lifetime_compute_the_same():
     ws = InferenceWorkspace()
     for _ in range(2):
         assert_close(m.inference(x, ei, batch_size=7, workspace=ws), fresh)
-    assert ("output", 0) in ws._buffers and ("output", 2) not in ws._buffers
+    assert ("output", 0) in ws.held() and ("output", 2) not in ws.held()
 
 
 @pytest.mark.parametrize("conv", ["sage", "gcn"])

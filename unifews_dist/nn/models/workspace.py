@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 from torch import Tensor
 
@@ -36,6 +36,10 @@ class InferenceWorkspace:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._buffers.values())
+
+    def held(self) -> Dict[tuple, Tensor]:
+        """The buffers held now, by role (a new dict; the tensors are the buffers themselves)."""
+        return dict(self._buffers)
 
 
 # The workspace's roles, by lifetime: a layer's propagated channels die with the layer (one buffer

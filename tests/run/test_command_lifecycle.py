@@ -1,4 +1,6 @@
-"""The first hour: what README documents does what it says."""
+"""How a command starts, talks and ends: one last line naming what it wrote, one line for a bad
+value or a set-up error (said once under a launcher), Ctrl-C with a resume hint, no library
+advice, no temporaries left, and README's and docs' Python blocks running as written."""
 import contextlib
 import io
 import json
