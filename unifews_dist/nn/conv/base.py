@@ -10,7 +10,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import spmm
 
-from ...sparsify import check_threshold, edge_keep_mask, edge_scores, locked_edges, node_norms, transform_macs
+from ...sparsify import check_threshold, edge_keep_mask, edge_scores, node_norms, transform_macs
 from ...sparsify.spmm import csr_adjacency
 from ..linear import UnifewsLinear
 from ..selection import LayerPlan, Selection, compact, hop_sums, hops_with_loops, select_edges, take_rows
@@ -327,14 +327,30 @@ class UnifewsConv(MessagePassing):
             num_valid = valid.sum()
         if self.thr_a == 0:
             return valid
-        lock = locked_edges(edge_index, lock_self_loops=self.lock_self_loops)
-        if isinstance(locked, Tensor):
-            lock = locked if lock is None else lock | locked
-        scores = edge_scores(src_norm, edge_index[0], edge_weight, nonneg=True)
-        keep = edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid, mean=mean)
+        lock = self.edge_locks(edge_index[0], edge_index[1], locked if isinstance(locked, Tensor) else None)
+        keep = self.edge_rule(src_norm, edge_index[0], edge_weight, lock, mean, reference, valid, num_valid)
         if isinstance(locked, int) and locked > 0:  # (a fresh mask: written in place)
             keep[:locked] = True
         return keep
+
+    def edge_locks(self, src: Tensor, dst: Tensor, locked: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The edges the rule never prunes (``None``: none): self-loops, when the conv locks them
+        (``src`` and ``dst`` in one numbering), and ``locked``."""
+        lock = src == dst if self.lock_self_loops else None
+        if locked is not None:
+            lock = locked if lock is None else lock | locked
+        return lock
+
+    def edge_rule(self, src_norm: Tensor, src: Tensor, edge_weight: Optional[Tensor], lock: Optional[Tensor] = None,
+                  mean: Optional[Tensor] = None, reference: Optional[Tensor] = None, valid: Optional[Tensor] = None,
+                  num_valid: Optional[Tensor] = None) -> Tensor:
+        """The layer's edge rule, the one place it is written (a layer's :meth:`prune_edges`,
+        layer-wise inference's rule over all of a layer's edges): bool mask of the edges whose
+        score, weight (``>= 0``) times their source's norm, reaches ``thr_a`` times the mean
+        score (or ``mean``, taken elsewhere; of ``reference`` instead of the scores, GATv2), and
+        of the ``lock`` ones; only ``valid`` edges count and can be kept."""
+        scores = edge_scores(src_norm, src, edge_weight, nonneg=True)
+        return edge_keep_mask(scores, self.thr_a, lock, reference, valid, num_valid, mean=mean)
 
     def _fusable(self, h_src: Tensor, weight: Optional[Tensor]) -> bool:
         """Whether messages are the weights times the sources' rows (one dimension each), summed

@@ -8,7 +8,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ...sparsify import edge_keep_mask, edge_scores
 from ..selection import LayerPlan
 from ..stats import EdgeCounts, LayerStats
 from .workspace import SOURCES, InferenceWorkspace, next_input_role
@@ -161,13 +160,9 @@ class BatchedLayer:
             lock = None
             if conv.lock_self_loops or lock_into is not None:
                 tgt = pos + start if start is not None else targets.index_select(0, pos)
-                if conv.lock_self_loops:
-                    lock = src == tgt
-                if lock_into is not None:
-                    into = lock_into.index_select(0, tgt)
-                    lock = into if lock is None else lock.logical_or_(into)
+                lock = conv.edge_locks(src, tgt, None if lock_into is None else lock_into.index_select(0, tgt))
             w = None if ew is None else ew[e:e + chunk]
-            keep[e:e + chunk] = edge_keep_mask(edge_scores(norms, src, w, nonneg=True), conv.thr_a, lock, mean=mean)
+            keep[e:e + chunk] = conv.edge_rule(norms, src, w, lock, mean)
         return keep
 
     def _gathered(self, task: TargetTask, nbr: Tensor, tgt: Tensor, src: Tensor, dst: Tensor, a: int, b: int):
