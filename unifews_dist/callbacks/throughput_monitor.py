@@ -58,8 +58,10 @@ class ThroughputMonitor(Callback):
     plus ``time/step_s``. Keys: ``throughput/seeds_per_s``, ``throughput/edges_per_s`` (edges of
     the sampled blocks), ``throughput/kept_edges_per_s`` (messages the layers aggregated, summed
     over layers); each epoch the same keys with an ``_epoch`` suffix (epoch totals over the
-    epoch's wall time). On GPU forward, backward and transfer are timed with CUDA events, which
-    synchronizes once per step; data time is host wall time.
+    epoch's wall time). The data side, per batch and averaged over ranks: ``data/nodes_sampled``
+    (the block's nodes) and ``data/rows_gathered`` (feature rows gathered for it), and each
+    epoch their means over its batches (``_epoch``). On GPU forward, backward and transfer are
+    timed with CUDA events, which synchronizes once per step; data time is host wall time.
 
     Lightning's own ``ThroughputMonitor`` counts samples and FLOPs from a batch-size function;
     it does not split the step into phases or count edges, which is what a GNN run needs.
@@ -77,7 +79,7 @@ class ThroughputMonitor(Callback):
         self._clock: Optional[_Clock] = None
         self._t_prev_end = 0.0
         self._t_fetched: Optional[float] = None
-        self._epoch = [0.0] * 2  # seeds, sampled edges
+        self._epoch = [0.0] * 5  # seeds, sampled edges, nodes sampled, rows gathered, batches
         self._epoch_kept = None  # device tensor: the epoch's packed layer statistics
         self._epoch_t0 = 0.0
         self._trainer = None
@@ -109,7 +111,7 @@ class ThroughputMonitor(Callback):
 
     def _start_epoch(self, pl_module) -> None:
         self._clock = _Clock(pl_module.device)
-        self._epoch, self._epoch_kept = [0.0] * 2, None
+        self._epoch, self._epoch_kept = [0.0] * 5, None
         self._epoch_t0 = self._t_prev_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
@@ -131,8 +133,9 @@ class ThroughputMonitor(Callback):
         self._t_prev_end, self._t_fetched = now, None
         seeds = float(getattr(batch, "batch_size", 0) or 0)
         edges = float(batch.edge_index.size(1)) if hasattr(batch, "edge_index") else 0.0
+        nodes, rows = _data_side(batch)
         counts = pl_module.model.stats_tensor()  # summed whole (one op); kept edges read off when logged
-        self._epoch = [self._epoch[0] + seeds, self._epoch[1] + edges]
+        self._epoch = [t + v for t, v in zip(self._epoch, (seeds, edges, nodes, rows, 1.0))]
         self._epoch_kept = counts.clone() if self._epoch_kept is None else self._epoch_kept.add_(counts)
         if trainer.global_step % log_every(trainer, self.log_every_n_steps):
             return
@@ -144,10 +147,11 @@ class ThroughputMonitor(Callback):
         self.last_times = dict(times, step=step)
         rate = 1.0 / step if step > 0 else 0.0
         s = reduce_sum(trainer, (kept * rate).view(1),
-                       extra=[seeds * rate, edges * rate] + [times[p] for p in PHASES] + [step])
+                       extra=[seeds * rate, edges * rate] + [times[p] for p in PHASES] + [step, nodes, rows])
         w = max(trainer.world_size, 1)
         metrics = {"throughput/kept_edges_per_s": s[0], "throughput/seeds_per_s": s[1],
-                   "throughput/edges_per_s": s[2], "time/step_s": s[-1] / w}
+                   "throughput/edges_per_s": s[2], "time/step_s": s[-3] / w,
+                   "data/nodes_sampled": s[-2] / w, "data/rows_gathered": s[-1] / w}
         metrics.update({f"time/{p}_s": s[3 + i] / w for i, p in enumerate(PHASES)})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
@@ -156,17 +160,16 @@ class ThroughputMonitor(Callback):
         kept = _kept_edges(self._epoch_kept).view(1) if self._epoch_kept is not None else [0.0]
         s = reduce_sum(trainer, kept, extra=self._epoch + [seconds])
         wall = s[-1] / max(trainer.world_size, 1)
-        self.epoch_totals = {"seeds": s[1], "edges": s[2], "kept_edges": s[0], "seconds": wall}
+        self.epoch_totals = {"seeds": s[1], "edges": s[2], "kept_edges": s[0], "seconds": wall,
+                             "nodes_sampled": s[3], "rows_gathered": s[4], "batches": s[5]}
+        metrics = {}
         if wall > 0:
-            pl_module.log_dict(
-                {
-                    "throughput/seeds_per_s_epoch": s[1] / wall,
-                    "throughput/edges_per_s_epoch": s[2] / wall,
-                    "throughput/kept_edges_per_s_epoch": s[0] / wall,
-                },
-                on_step=False,
-                on_epoch=True,
-            )
+            metrics.update({"throughput/seeds_per_s_epoch": s[1] / wall, "throughput/edges_per_s_epoch": s[2] / wall,
+                            "throughput/kept_edges_per_s_epoch": s[0] / wall})
+        if s[5] > 0:  # per batch of one rank
+            metrics.update({"data/nodes_sampled_epoch": s[3] / s[5], "data/rows_gathered_epoch": s[4] / s[5]})
+        if metrics:
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True)
 
     def state_dict(self) -> dict:
         return {"epoch_totals": self.epoch_totals}
@@ -178,3 +181,12 @@ class ThroughputMonitor(Callback):
 def _kept_edges(counts):
     """Edges aggregated, summed over layers, from a packed statistics tensor (``nn/stats.py``)."""
     return counts.view(-1, len(FIELDS))[:, FIELDS.index("edges_kept")].sum()
+
+
+def _data_side(batch) -> tuple:
+    """``(nodes sampled, feature rows gathered)`` of a batch: the block's nodes (its ``n_id``), and
+    the rows of its features (``x``; with ``feature_gather: device`` gathered after the transfer)."""
+    n_id, x = getattr(batch, "n_id", None), getattr(batch, "x", None)
+    nodes = float(n_id.numel()) if isinstance(n_id, torch.Tensor) else float(getattr(batch, "num_nodes", 0) or 0)
+    rows = float(x.size(0)) if isinstance(x, torch.Tensor) else 0.0
+    return nodes, rows
