@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -19,7 +20,14 @@ CORA = os.path.join(ROOT, "..", "shared", "data", "planetoid", "Cora", "raw")
 
 def _cli(args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "unifews_dist", *args], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, preexec_fn=_ctrl_c_reaches_it)
+
+
+def _ctrl_c_reaches_it():
+    """In the child, before it starts: SIGINT's default disposition, as at a terminal. A test
+    runner started in the background (``cmd &`` in a script, some CI runners) ignores SIGINT, and
+    its children inherit that: Python then installs no Ctrl-C handler and a Ctrl-C test sees none."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_summary_path_is_the_last_stdout_line_with_wandb_talking(tmp_path):
@@ -304,11 +312,10 @@ def test_ctrl_c_in_training_says_how_to_resume_and_the_same_command_does(tmp_pat
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     """SIGINT while torch and Lightning are imported: one line, no traceback, nothing made."""
-    import signal
     import time
     proc = subprocess.Popen([sys.executable, "-m", "unifews_dist", "fit", "--config", DEBUG, "--run_dir",
                              str(tmp_path / "run")], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_reaches_it)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
