@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from common import DEFAULT_OUT, write_json  # noqa: E402
 from op_counter import OpCounter  # noqa: E402
-from train_speed import SCALES, PygSAGE, _module  # noqa: E402
+from train_speed import SCALES, PygModel, _module  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint  # noqa: E402
@@ -78,9 +78,9 @@ def _per_batch(counter, phase, n):
 
 
 def count_plain(dm, hidden, layers, steps, conv="sage"):
-    """The plain loop: PyG's SAGEConv (GATv2Conv) with trim_to_layer, Adam, no Lightning."""
+    """The plain loop: PyG's conv of the same kind with trim_to_layer, Adam, no Lightning."""
     torch.manual_seed(0)
-    model = PygSAGE(dm.num_features, hidden, dm.num_classes, layers, conv=conv)
+    model = PygModel(dm.num_features, hidden, dm.num_classes, layers, conv=conv)
     opt = torch.optim.Adam(model.parameters(), lr=0.003, foreach=True)  # torch's default on CUDA
     counter = OpCounter("warmup")
     loader = _Counted(dm.train_dataloader(), counter)
@@ -196,8 +196,8 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--steps", type=int, default=4, help="counted batches after warm-up")
-    p.add_argument("--conv", choices=["sage", "gat"], default="sage",
-                   help="the layer: GraphSAGE, or GATv2 (one head) against PyG's GATv2Conv")
+    p.add_argument("--conv", choices=["sage", "gat", "gcn", "gin", "gcnii"], default="sage",
+                   help="the layer, each against PyG's conv of the same kind (GATv2: one head)")
     p.add_argument("--thr_a", type=float, default=None, help="sparse run's edge threshold (sage 1.0, gat 0.3)")
     p.add_argument("--thr_w", type=float, default=1.0, help="sparse run's weight threshold")
     p.add_argument("--top", type=int, default=0, help="list the N most frequent ops of each phase")

@@ -57,26 +57,44 @@ SCALES = {  # dataset, hidden, fanout, batch
 PHASES = ("data", "transfer", "forward", "backward", "step")
 
 
-class PygSAGE(torch.nn.Module):
-    """GraphSAGE (or ``conv="gat"``: GATv2, one head) as in PyG's examples, with ``trim_to_layer``
-    for sampled blocks."""
+class PygModel(torch.nn.Module):
+    """The stack as in PyG's examples, of PyG's own convs, with ``trim_to_layer`` for sampled
+    blocks: GraphSAGE (``conv="sage"``), GATv2 (one head), GCN, GIN (MLP ``Linear -> ReLU ->
+    Linear``) or GCNII (linear maps before and after, ``alpha`` 0.1, ``theta`` 0.5), each as
+    unifews_dist's stack of the same conv."""
 
     def __init__(self, cin, hidden, cout, layers, dropout=0.5, conv="sage"):
         super().__init__()
-        from torch_geometric.nn import GATv2Conv, SAGEConv
+        from torch_geometric.nn import GATv2Conv, GCN2Conv, GCNConv, GINConv, SAGEConv
+        self.dropout, self.lin_in, self.lin_out = dropout, None, None
+        if conv == "gcnii":
+            self.lin_in, self.lin_out = torch.nn.Linear(cin, hidden), torch.nn.Linear(hidden, cout)
+            self.convs = torch.nn.ModuleList(GCN2Conv(hidden, alpha=0.1, theta=0.5, layer=i + 1) for i in range(layers))
+            return
         dims = [cin] + [hidden] * (layers - 1) + [cout]
-        cls = SAGEConv if conv == "sage" else GATv2Conv
-        self.convs = torch.nn.ModuleList(cls(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.dropout = dropout
+
+        def make(a, b):
+            if conv == "gin":
+                return GINConv(torch.nn.Sequential(torch.nn.Linear(a, b), torch.nn.ReLU(), torch.nn.Linear(b, b)))
+            return {"sage": SAGEConv, "gat": GATv2Conv, "gcn": GCNConv}[conv](a, b)
+
+        self.convs = torch.nn.ModuleList(make(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x, edge_index, num_nodes, num_edges):
         from torch_geometric.utils import trim_to_layer
+        x0 = None
+        if self.lin_in is not None:
+            x = x0 = F.relu(self.lin_in(F.dropout(x, self.dropout, self.training)))
         for i, conv in enumerate(self.convs):
             x, edge_index, _ = trim_to_layer(i, num_nodes, num_edges, x, edge_index)
-            x = conv(x, edge_index)
-            if i < len(self.convs) - 1:
+            if x0 is None:
+                x = conv(x, edge_index)
+            else:
+                x0 = x0[:x.size(0)]
+                x = conv(x, x0, edge_index)
+            if i < len(self.convs) - 1 or self.lin_out is not None:
                 x = F.dropout(F.relu(x), self.dropout, self.training)
-        return x
+        return x if self.lin_out is None else self.lin_out(x)
 
 
 def _sync():
@@ -85,7 +103,7 @@ def _sync():
 
 
 def time_pyg(dm, hidden, layers, warmup, steps, device):
-    model = PygSAGE(dm.num_features, hidden, dm.num_classes, layers).to(device)
+    model = PygModel(dm.num_features, hidden, dm.num_classes, layers).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=0.003)
     model.train()
     rows, it = [], iter(dm.train_dataloader())
