@@ -3,8 +3,9 @@ rounding relative to the size of what they compute, never to an absolute toleran
 that is analytically zero, such as a bias gradient behind batch norm, is pure rounding noise)."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
+import torch
 from torch import Tensor
 
 
@@ -30,3 +31,16 @@ def assert_grads_close(actual: Dict[str, Tensor], expected: Dict[str, Tensor], r
         assert (actual[name] is None) == (g is None), name
         if g is not None:
             assert_close(actual[name], g, rtol, scale, name=name)
+
+
+def assert_same_forward_and_backward(mine: Callable[[Tensor], Tensor], ref: Callable[[Tensor], Tensor],
+                                     x: Tensor) -> None:
+    """Two layers (or paths) called on copies of ``x``: the same outputs, and the same input
+    gradients for one random output gradient (parameters they share then hold the sum of both)."""
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    o1, o2 = mine(x1), ref(x2)
+    assert_close(o1, o2, name="output")
+    g = torch.randn_like(o1)
+    (o1 * g).sum().backward()
+    (o2 * g).sum().backward()
+    assert_close(x1.grad, x2.grad, name="input gradient")
