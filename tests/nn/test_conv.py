@@ -207,3 +207,14 @@ def test_a_conv_declares_facts_and_the_rest_is_derived():
             own = {k for k, v in vars(c).items() if not k.startswith("_") and not callable(v)
                    and not isinstance(v, (property, classmethod, staticmethod))}
             assert own - {"needs_x0", "stack_options"} <= declared, (c.__name__, own)
+
+
+def test_the_rule_locks_self_loops_only_where_they_are_the_nodes_own_term():
+    """GCN's self-loop is the node's own term, never pruned; SAGE's own term is outside
+    propagation, so a self-loop in its graph is an ordinary message. Locks given are added."""
+    src, dst = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 2, 5])
+    given = torch.tensor([False, True, False, False])
+    gcn, sage = UnifewsGCNConv(F_IN, F_OUT, thr_a=1.0), UnifewsSAGEConv(F_IN, F_OUT, thr_a=1.0)
+    assert gcn.edge_locks(src, dst).tolist() == [True, False, True, False]
+    assert gcn.edge_locks(src, dst, given).tolist() == [True, True, True, False]
+    assert sage.edge_locks(src, dst) is None and sage.edge_locks(src, dst, given) is given

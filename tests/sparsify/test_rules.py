@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from unifews_dist.sparsify import (column_sq_sums, edge_keep_mask, edge_scores, locked_edges, node_norms,
+from unifews_dist.sparsify import (column_sq_sums, edge_keep_mask, edge_scores, node_norms,
                                    propagation_macs, transform_macs, weight_keep_mask)
 
 
@@ -34,12 +34,6 @@ def test_edge_scores_take_the_weights_magnitude():
     # weights known non-negative (a stack's prepared ones): no abs, the same scores
     assert edge_scores(norm, src, w.abs(), nonneg=True).tolist() == [0.5, 2.0, 6.0, 0.75]
     assert edge_scores(norm, src).tolist() == [1.0, 2.0, 3.0, 3.0]
-
-
-def test_locked_edges():
-    ei = torch.tensor([[0, 1, 2, 3], [0, 2, 1, 5]])
-    assert locked_edges(ei).tolist() == [True, False, False, False]
-    assert locked_edges(ei, False) is None
 
 
 def test_weight_rule_matches_brute_force():

@@ -50,15 +50,6 @@ def edge_scores(src_norm: Tensor, src: Tensor, edge_weight: Optional[Tensor] = N
     return s * (edge_weight if nonneg else edge_weight.abs())
 
 
-def locked_edges(edge_index: Tensor, lock_self_loops: bool = True) -> Optional[Tensor]:
-    """Edges that are never pruned, as a bool mask (``None`` if nothing is locked): self-loops
-    (local ids: in a sampled block the targets are a prefix of the sources, so equal ids mean
-    the same node). Edges into the seed nodes are locked by the stack (``lock_target_edges``)."""
-    if not lock_self_loops:
-        return None
-    return edge_index[0] == edge_index[1]
-
-
 def edge_keep_mask(
     scores: Tensor,
     thr_a: float,

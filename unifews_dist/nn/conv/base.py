@@ -336,7 +336,7 @@ class UnifewsConv(MessagePassing):
     def edge_locks(self, src: Tensor, dst: Tensor, locked: Optional[Tensor] = None) -> Optional[Tensor]:
         """The edges the rule never prunes (``None``: none): self-loops, when the conv locks them
         (``src`` and ``dst`` in one numbering), and ``locked``."""
-        lock = src == dst if self.lock_self_loops else None
+        lock = src == dst if self.lock_self_loops else None  # (equal ids: the same node)
         if locked is not None:
             lock = locked if lock is None else lock | locked
         return lock
