@@ -6,7 +6,10 @@
 GraphSAGE 3 x 256, fanout [15, 10, 5], batch 1024 on ``synthetic-small`` by default (tiny:
 smaller), for (a) the plain PyG loop of ``train_speed.py``, (b) unifews dense (thresholds 0),
 (c) unifews sparse (``--thr_a`` / ``--thr_w``, seed edges locked in evaluation only, as
-``train_speed.py``). Per batch, averaged over ``--steps`` batches after warm-up:
+``train_speed.py``), with the loader gathering every row, and (d) the same with the first
+layer's rule applied in the loader (``prune_before_gather``, SAGE: the loader's rule, the
+transfer hook's expansion, the first layer taking the loader's mean). Per batch, averaged over
+``--steps`` batches after warm-up:
 
 - ``sampling``: the data loader's next batch (sampler and feature gather);
 - ``forward``: the model and the loss;
@@ -24,6 +27,7 @@ import argparse
 import os
 import sys
 import tempfile
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,7 @@ from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 from unifews_dist.callbacks import (AtTargetCheckpoint, SparsityMonitor, SparsitySchedule,  # noqa: E402
                                     ThroughputMonitor)
 from unifews_dist.data import UnifewsDataModule  # noqa: E402
+from unifews_dist.nn import CONVS  # noqa: E402
 
 PHASES = ("sampling", "forward", "backward", "lightning")
 WARMUP = 3
@@ -119,8 +124,9 @@ class _Phases(Callback):
         self.counter.phase = "lightning"
 
 
-def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage"):
-    """unifews_dist's module in a Trainer with the CLI's callbacks and CSV logging."""
+def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage", gather=False):
+    """unifews_dist's module in a Trainer with the CLI's callbacks and CSV logging (``gather``:
+    ``dm`` prunes before it gathers, for this module's model)."""
     thr_a, thr_w = thresholds
     pl.seed_everything(0)
     counter = OpCounter("lightning")
@@ -152,13 +158,19 @@ def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage
         counter.host_tensors(optimizer)
 
     module.optimizer_step = optimizer_step
-    loader = dm.train_dataloader
-
-    counted_loader = _Counted(loader(), counter)
+    dm.prune_before_gather = gather
+    dm.trainer = SimpleNamespace(lightning_module=module, world_size=1, global_rank=0)  # what it asks of one
+    counted_loader = _Counted(dm.train_dataloader(), counter)
 
     class _DM(pl.LightningDataModule):
         def train_dataloader(self):
             return counted_loader
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            return dm.on_after_batch_transfer(batch, dataloader_idx)
+
+        def before_training_step(self, batch, thr_a):
+            dm.before_training_step(batch, thr_a)
 
     callbacks = [_Phases(counter), SparsityMonitor(), ThroughputMonitor()]
     if thr_a or thr_w:
@@ -213,17 +225,22 @@ def main(argv=None):
            "batch_size": batch, "steps": args.steps, "thr_a": args.thr_a, "thr_w": args.thr_w}
     res["pyg"], c_pyg = count_plain(dm, hidden, layers, args.steps, conv=args.conv)
     counters = {"pyg": c_pyg}
-    for label, thr in (("unifews_dense", (0.0, 0.0)), ("unifews_sparse", (args.thr_a, args.thr_w))):
-        res[label], counters[label] = count_lightning(dm, hidden, layers, args.steps, thr, 10_000, conv=args.conv)
-        logged, _ = count_lightning(dm, hidden, layers, args.steps, thr, 1, conv=args.conv)
+    sparse = (args.thr_a, args.thr_w)
+    labels = {"unifews_dense": ((0.0, 0.0), False), "unifews_sparse": (sparse, False)}
+    if CONVS[args.conv].scores_inputs:
+        labels["unifews_sparse_gather"] = (sparse, True)
+    for label, (thr, gather) in labels.items():
+        res[label], counters[label] = count_lightning(dm, hidden, layers, args.steps, thr, 10_000, conv=args.conv,
+                                                      gather=gather)
+        logged, _ = count_lightning(dm, hidden, layers, args.steps, thr, 1, conv=args.conv, gather=gather)
         res[label]["lightning_log"] = logged["lightning"]
     base = res["pyg"]
     res["ratios"] = {label: {ph: res[label][ph]["ops"] / base[ph]["ops"] for ph in ("forward", "backward")}
-                     for label in ("unifews_dense", "unifews_sparse")}
-    print(f"{'per batch':<16}" + "".join(f"{ph:>20}" for ph in PHASES + ("lightning_log",)))
-    for label in ("pyg", "unifews_dense", "unifews_sparse"):
+                     for label in labels}
+    print(f"{'per batch':<22}" + "".join(f"{ph:>20}" for ph in PHASES + ("lightning_log",)))
+    for label in ("pyg", *labels):
         r = res[label]
-        print(f"{label:<16}" + "".join(
+        print(f"{label:<22}" + "".join(
             f"{'-':>20}" if ph not in r else f"{r[ph]['ops']:>11.1f} ops {r[ph]['syncs']:>3.0f} sy"
             for ph in PHASES + ("lightning_log",)))
     sp = res["unifews_sparse"]

@@ -126,6 +126,15 @@ def test_step_overhead_tiny_counts_host_work(tmp_path):
     assert dense["lightning"]["ops"] <= 20 and sparse["lightning"]["ops"] <= 20
     for run in (pyg, dense, sparse):  # the built-in sampler: 3 hops
         assert run["sampling"]["ops"] <= 150 and run["sampling"]["syncs"] <= 7
+    # #40: the first layer's rule in the loader costs the step nothing on the device (the first
+    # layer takes the loader's mean; the transfer hook puts the rows in place: 2 ops, and 1 writes
+    # the threshold the loader reads); the loader's rule is host work where the sampler runs
+    gather = res["unifews_sparse_gather"]
+    assert gather["forward"]["ops"] < sparse["forward"]["ops"]
+    assert gather["forward"]["syncs"] == sparse["forward"]["syncs"]
+    assert gather["backward"] == sparse["backward"]
+    assert gather["lightning"]["ops"] <= sparse["lightning"]["ops"] + 3 and gather["lightning"]["syncs"] == 0
+    assert gather["sampling"]["ops"] <= sparse["sampling"]["ops"] + 20
 
 
 def test_step_overhead_gat_meets_the_host_work_goals(tmp_path):

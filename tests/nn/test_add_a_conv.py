@@ -42,6 +42,7 @@ def test_the_recipe_conv_equals_pyg_at_zero_thresholds(weighted, float64):
     assert_same_forward_and_backward(lambda x: mine(x, ei, ew), lambda x: ref(x, ei, ew), x)
     assert_close(mine.lin_rel.weight.grad, ref.lin_rel.weight.grad)
     assert not (mine.adds_self_loops or mine.attention or mine.needs_x0 or mine.stack_options)
+    assert mine.scores_inputs  # its first layer's rule can run in the loader, before the gather
 
 
 def test_the_recipe_conv_prunes_by_the_rule(float64):

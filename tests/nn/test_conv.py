@@ -201,12 +201,13 @@ def test_a_conv_declares_facts_and_the_rest_is_derived():
     assert [n for n, c in CONVS.items() if c.needs_x0] == ["gcnii"]
     assert sorted(n for n, c in CONVS.items() if c.adds_self_loops) == ["gat", "gcn", "gcnii"]
     assert [n for n, c in CONVS.items() if c.attention] == ["gat"]
+    assert [n for n, c in CONVS.items() if c.scores_inputs] == ["sage"]  # its rule can run in the loader
     declared = {"adds_self_loops", "attention", "source_side_weights", "stack_in_out_linears"}
     for conv in CONVS.values():
         for c in conv.__mro__[:conv.__mro__.index(UnifewsConv)]:  # the conv and its bases up to UnifewsConv
             own = {k for k, v in vars(c).items() if not k.startswith("_") and not callable(v)
                    and not isinstance(v, (property, classmethod, staticmethod))}
-            assert own - {"needs_x0", "stack_options"} <= declared, (c.__name__, own)
+            assert own - {"needs_x0", "stack_options", "scores_inputs"} <= declared, (c.__name__, own)
 
 
 def test_the_rule_locks_self_loops_only_where_they_are_the_nodes_own_term():

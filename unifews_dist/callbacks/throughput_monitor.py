@@ -185,8 +185,10 @@ def _kept_edges(counts):
 
 def _data_side(batch) -> tuple:
     """``(nodes sampled, feature rows gathered)`` of a batch: the block's nodes (its ``n_id``), and
-    the rows of its features (``x``; with ``feature_gather: device`` gathered after the transfer)."""
+    the feature rows gathered for it (``rows_gathered``, when the loader gathered only the rows a
+    layer reads; else the rows of ``x``, with ``feature_gather: device`` gathered after the transfer)."""
     n_id, x = getattr(batch, "n_id", None), getattr(batch, "x", None)
     nodes = float(n_id.numel()) if isinstance(n_id, torch.Tensor) else float(getattr(batch, "num_nodes", 0) or 0)
-    rows = float(x.size(0)) if isinstance(x, torch.Tensor) else 0.0
+    rows = getattr(batch, "rows_gathered", None)
+    rows = float(rows) if rows is not None else float(x.size(0)) if isinstance(x, torch.Tensor) else 0.0
     return nodes, rows

@@ -14,8 +14,9 @@ from torch_geometric.loader import NodeLoader
 
 from ..checks import check_choice
 from ..distributed import world
-from .graph import GraphDataset
-from .prepared import FEATURE_DTYPES, load_prepared
+from .graph import GatherFeatureStore, GraphDataset
+from .loaders import OneBatch, ResumableNodeLoader, RowsGather, expand_rows
+from .prepared import FEATURE_DTYPES, feature_norms, load_prepared
 from .samplers import SAMPLERS, Sampler, make_sampler
 from .shard import ShardedSeedSampler
 from .sources import KNOWN, is_custom, unknown_dataset
@@ -26,42 +27,6 @@ FeatureGather = Literal["loader", "device"]
 FEATURE_GATHERS = get_args(FeatureGather)
 EVAL_MODES = get_args(EvalMode)
 SPLITS = ("all", "train", "val", "test")
-
-
-class ResumableNodeLoader(NodeLoader):
-    """A training loader Lightning resumes mid-epoch: its state (Lightning saves it in every
-    checkpoint, see ``CombinedLoader``'s stateful loaders) is the epoch and how many batches
-    training has taken from it; loaded, the next pass over that epoch starts after them, so a run
-    resumed from a mid-epoch checkpoint (SLURM's requeue signal, ``every_n_train_steps``) sees
-    the batches an uninterrupted one does. PyG's NodeLoader keeps no such state."""
-
-    def __iter__(self):
-        self._taken = 0
-        for batch in super().__iter__():
-            self._taken += 1
-            yield batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches": getattr(self, "_taken", 0)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
-
-
-class _OneBatch(torch.utils.data.Dataset):
-    """A dataset of one item, ``make()``, made anew each time it is read: what it holds lives only
-    as long as whoever reads it keeps it."""
-
-    def __init__(self, make):
-        self.make = make
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, i: int):
-        if i != 0:
-            raise IndexError(i)
-        return self.make()
 
 
 def _dist_info(trainer) -> tuple[int, int]:
@@ -115,6 +80,11 @@ class UnifewsDataModule(pl.LightningDataModule):
             all-gather it, each scores its share of the nodes).
         predict_nodes: the nodes ``predict`` writes: ``all``, ``train``, ``val``, ``test``, or a file
             of node ids (``.pt`` holding a tensor, or ``.npy``); always layer-wise.
+        prune_before_gather: for a model whose first layer scores its inputs (SAGE: its
+            ``input_rule``), training batches apply that layer's edge rule in the loader, from
+            every node's feature norm (computed once), and gather, move and compute only the rows
+            some layer reads (:class:`~unifews_dist.data.loaders.RowsGather`); exact: the model's
+            outputs, gradients and statistics are those of the whole block. Host sampling only.
     """
 
     def __init__(self, name: str = "cora", root: Optional[str] = None, num_neighbors: List[int] = [10, 10],
@@ -123,7 +93,8 @@ class UnifewsDataModule(pl.LightningDataModule):
                  persistent_workers: bool = False, sampler: Sampler = "auto", seed: int = 0,
                  gpu_sampling: bool = False, random_split: Optional[List[float]] = None,
                  eval_mode: EvalMode = "sampled", predict_nodes: str = "all",
-                 feature_dtype: FeatureDtype = "float32", feature_gather: FeatureGather = "loader"):
+                 feature_dtype: FeatureDtype = "float32", feature_gather: FeatureGather = "loader",
+                 prune_before_gather: bool = True):
         super().__init__()
         check_choice("eval_mode", eval_mode, EVAL_MODES)
         if predict_nodes not in SPLITS and not str(predict_nodes).endswith((".pt", ".npy")):
@@ -172,6 +143,8 @@ class UnifewsDataModule(pl.LightningDataModule):
         self._graph = None  # the (feature store, graph store) pair the loaders sample from (GPU copy: gpu_sampling)
         self._samplers = {}
         self._gpu_dataset: Optional[GraphDataset] = None
+        self.prune_before_gather = prune_before_gather
+        self._gather: Optional[RowsGather] = None  # the training loader's, when it prunes before gathering
 
     @property
     def num_features(self) -> int:
@@ -264,6 +237,37 @@ class UnifewsDataModule(pl.LightningDataModule):
             self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, folder)
         return self._samplers[key]
 
+    def _rows_gather(self) -> Optional[RowsGather]:
+        """The training loader's :class:`RowsGather`, when the model's first layer scores its
+        inputs (its ``input_rule``) and ``prune_before_gather`` is on (host sampling)."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        input_rule = getattr(getattr(module, "model", None), "input_rule", None)
+        rule = input_rule() if self.prune_before_gather and not self.gpu_sampling and input_rule else None
+        if rule is None:
+            return None
+        ds = self.load()
+        return RowsGather(rule, feature_norms(ds), None if self.feature_gather == "device" else ds.data.x)
+
+    def before_training_step(self, batch, thr_a: float) -> None:
+        """Called when a training step starts, its thresholds set (``thr_a``: the first layer's):
+        the loader prunes the batches it samples from now on at it, and a batch pruned at a
+        higher one (a threshold that fell: a feedback controller, a table) has the rows it left
+        out gathered now, so the step is exact whatever the loader read."""
+        if self._gather is None:
+            return
+        self._gather.publish(thr_a)
+        if getattr(batch, "gather_thr", None) is None or thr_a >= batch.gather_thr:
+            return
+        have = torch.zeros(batch.n_id.numel(), dtype=torch.bool, device=batch.x.device)
+        have[batch.x_rows] = True
+        missing = (~have).nonzero().view(-1)
+        ids = batch.n_id.index_select(0, missing)
+        x = self._device_x if self.feature_gather == "device" else self.load().data.x
+        rows = x.index_select(0, ids.to(x.device))
+        batch.x.index_copy_(0, missing, rows.to(device=batch.x.device, dtype=batch.x.dtype))
+        batch.x_rows = torch.arange(batch.n_id.numel(), device=batch.x.device)
+        batch.rows_gathered, batch.gather_thr = batch.rows_gathered + int(missing.numel()), 0.0
+
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
         world, rank = _dist_info(getattr(self, "trainer", None))
         if train and seeds.numel() < world:
@@ -272,10 +276,17 @@ class UnifewsDataModule(pl.LightningDataModule):
                 f"every rank needs at least one (train on fewer devices)"
             )
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
+        graph, extra = self.graph, {}
+        if train:
+            self._gather = extra["gather"] = self._rows_gather()
+            if self._gather is not None and self._gather.features is not None:  # the loader gathers y only
+                labels = GatherFeatureStore()
+                labels.put_tensor(self.load().data.y, group_name=None, attr_name="y", index=None)
+                graph = (labels, graph[1])
         # the loader's own generator: making an iterator then draws nothing from torch's global
         # one, which dropout reads (a resumed run draws what an uninterrupted one does)
         return (ResumableNodeLoader if train else NodeLoader)(
-            self.graph,
+            graph,
             self._sampler(fanout),
             input_nodes=seeds,
             batch_size=batch_size,
@@ -284,6 +295,7 @@ class UnifewsDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             generator=torch.Generator().manual_seed(self.seed),
+            **extra,
         )
 
     def train_dataloader(self) -> NodeLoader:
@@ -311,7 +323,7 @@ class UnifewsDataModule(pl.LightningDataModule):
             b.batch_size = int(mine.numel())
             return b
 
-        return DataLoader(_OneBatch(batch), batch_size=None, collate_fn=lambda b: b)
+        return DataLoader(OneBatch(batch), batch_size=None, collate_fn=lambda b: b)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """The transfer starts (:attr:`transfer_listener` is told: the throughput monitor times it)."""
@@ -324,14 +336,17 @@ class UnifewsDataModule(pl.LightningDataModule):
         device, from this rank's copy of the feature matrix. Features stored in half precision
         (``feature_dtype``) become float32 on the device. Then the transfer has ended
         (:attr:`transfer_listener` is told)."""
+        rows = getattr(batch, "x_rows", None)  # only the rows a layer reads (prune_before_gather)
         if self.feature_gather == "device" and not getattr(batch, "layerwise", False) and "n_id" in batch:
             device = batch.n_id.device
             if self._device_x is None or self._device_x.device != device:
                 self._device_x = self.load().data.x.to(device)  # on CPU: the mapped matrix itself
-            batch.x = self._device_x.index_select(0, batch.n_id)
+            batch.x = self._device_x.index_select(0, batch.n_id if rows is None else batch.n_id.index_select(0, rows))
         x = getattr(batch, "x", None)
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
-            batch.x = x.float()
+            batch.x = x = x.float()
+        if rows is not None:
+            batch.x = expand_rows(batch, x)
         if self.transfer_listener is not None:
             self.transfer_listener("end")
         return batch

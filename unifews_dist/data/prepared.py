@@ -36,6 +36,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..checks import check_choice
+from ..sparsify import node_norms
 from .graph import DatasetError, GraphDataset, check_graph
 from .custom import load_custom
 from .sources import OGB, PLANETOID, is_custom, load_dataset, ogb_evaluator, unknown_dataset
@@ -276,3 +277,28 @@ def load_prepared(name: str, root: Optional[str] = None, seed: int = 0, feature_
         row=t["row"],
         folder=folder,
     )
+
+
+def feature_norms(ds: GraphDataset, chunk: int = 1 << 16) -> Tensor:
+    """Every node's input feature norm (``[N]``, float32, of the features as the model takes them:
+    half precision made float32 first), by :func:`~unifews_dist.sparsify.node_norms`, the
+    function a layer scores its sources with. Computed once: a prepared graph keeps them next to
+    its arrays (``x_norm-DIGEST.npy``, named after the features' digest, so a rebuilt folder
+    never reads stale ones; written atomically, mapped by every process), else in memory."""
+    x = ds.data.x
+    path = None
+    if ds.folder is not None:
+        m = read_manifest(ds.folder) or {}
+        digest = m.get("arrays", {}).get("x", {}).get("digest")
+        path = os.path.join(ds.folder, f"x_norm-{digest[:16]}.npy") if digest else None
+    if path is not None and os.path.isfile(path):
+        a = np.load(path, mmap_mode="c", allow_pickle=False)
+        if a.shape == (x.size(0),) and a.dtype == np.float32:
+            return torch.from_numpy(a)
+    norms = torch.cat([node_norms(x[a:a + chunk].float()) for a in range(0, x.size(0), chunk)]) if x.size(0) else \
+        torch.zeros(0)
+    if path is not None and writable(path):
+        tmp = f"{path}.tmp-{os.getpid()}.npy"
+        np.save(tmp, norms.numpy(), allow_pickle=False)
+        os.replace(tmp, path)
+    return norms

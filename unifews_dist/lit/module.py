@@ -98,8 +98,16 @@ class UnifewsModule(pl.LightningModule):
                                         distributed=self._world_size() > 1, lock_scope=self.lock_scope)
         hops = getattr(batch, "num_sampled_nodes", None)
         out = self.model(batch.x, batch.edge_index, num_sampled_nodes=hops, batch_size=batch.batch_size,
-                         num_sampled_edges=getattr(batch, "num_sampled_edges", None) if hops is not None else None)
+                         num_sampled_edges=getattr(batch, "num_sampled_edges", None) if hops is not None else None,
+                         input_mean=getattr(batch, "score_mean", None))  # the loader's rule
         return out[: batch.batch_size]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """The step's thresholds are set (the callbacks' hooks ran first): a data module that
+        prunes before it gathers (``before_training_step``) is told the first layer's."""
+        before = getattr(self.trainer.datamodule, "before_training_step", None)
+        if before is not None:
+            before(batch, self.model.thr_a[0])
 
     def _world_size(self) -> int:
         try:

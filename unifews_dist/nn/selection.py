@@ -35,8 +35,9 @@ class LayerPlan:
             hands on the previous layer's edges without compacting them).
         bounds: host counts, ``bounds[k]`` of the edges given are those into the targets of the
             ``k``-th layer from this one, each a prefix (a sampler's hop-ordered block).
-        score_mean: the rule's mean, taken elsewhere over more edges than these (layer-wise
-            inference).
+        score_mean: the rule's mean, taken elsewhere: over more edges than these (layer-wise
+            inference), or over these, from rows not all given (a loader that applied the first
+            layer's rule before gathering: the rows it left out are zeros here).
         rule_applied: the edges given are those the rule keeps (layer-wise inference applied it
             from every node's norm): not scored again.
         fused: with no gradient, aggregate by one sparse-dense product (no per-edge messages).

@@ -90,10 +90,15 @@ class UnifewsConv(MessagePassing):
     #: (derived) the stack's conv options (:class:`UnifewsGNN`'s ``heads``, ``gcnii_alpha``, ...)
     #: this conv's :meth:`for_stack` takes; the stack refuses one set for a conv that does not
     stack_options: Tuple[str, ...] = ()
+    #: (derived) scores are prepared weights times input norms: a first layer's rule needs no row (SAGE)
+    scores_inputs = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.needs_x0 = "x_0" in inspect.signature(cls.forward).parameters
+        own = {m for k in cls.__mro__[:cls.__mro__.index(UnifewsConv)] for m in vars(k)} & {
+            "transform", "edge_weights", "score_norms", "score_reference", "edge_rule", "prepare_block"}
+        cls.scores_inputs = not (cls.source_side_weights or cls.attention or cls.adds_self_loops or own)
         base = inspect.signature(UnifewsConv.for_stack).parameters
         cls.stack_options = tuple(n for n in inspect.signature(cls.for_stack).parameters if n not in base)
 

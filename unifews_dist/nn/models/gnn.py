@@ -14,6 +14,7 @@ from ..conv import CONVS
 from ..linear import BACKENDS, MASK_MODES, UnifewsLinear, drop_premasked, premask_weights
 from ..selection import LayerPlan, Selection
 from ..stats import EdgeCounts, LayerStats, stats_tensor
+from .input_rule import InputRule
 from .layerwise import InferenceOptions, layerwise_inference
 
 ConvName = Literal["gcn", "sage", "gat", "gin", "gcnii"]
@@ -147,6 +148,16 @@ class UnifewsGNN(nn.Module):
         for lin in self.weight_layers():
             lin.backend = backend
 
+    def input_rule(self) -> Optional[InputRule]:
+        """The first layer's training rule for a loader to apply before it gathers rows
+        (:class:`InputRule`), or ``None`` when its scores are not the inputs' (a conv that
+        transforms, attends or adds self-loops first; a linear map before the stack; rows not
+        skipped, so every first-layer target is read)."""
+        first = self.convs[0]
+        if not type(first).scores_inputs or self.lin_in is not None or not self.skip_unread_rows:
+            return None
+        return InputRule(type(first), self.num_layers, self.lock_target_edges == "always", first.lock_self_loops)
+
     # -- forward -------------------------------------------------------------------------------
     def _layer_sizes(self, num_nodes: int, num_sampled_nodes: Optional[Sequence[int]]):
         L = self.num_layers
@@ -179,7 +190,8 @@ class UnifewsGNN(nn.Module):
         return list(torch.stack([(ei[1] < nd).sum() for nd in num_dst]).unbind())
 
     def forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]] = None,
-                batch_size: Optional[int] = None, num_sampled_edges: Optional[Sequence[int]] = None) -> Tensor:
+                batch_size: Optional[int] = None, num_sampled_edges: Optional[Sequence[int]] = None,
+                input_mean: Optional[Tensor] = None) -> Tensor:
         """Node outputs: ``[sum(num_sampled_nodes[:1]), C]`` (the seeds) when per-hop counts are
         given, else ``[N, C]`` for every node (seeds first when ``batch_size`` is set).
 
@@ -188,16 +200,25 @@ class UnifewsGNN(nn.Module):
         as a prefix of the block (no device sync), as PyG's ``trim_to_layer``. The edge indices
         are not checked here: a sampled block is valid by construction (a single layer called
         on its own checks them).
+
+        ``input_mean``: the first layer's mean score over a block whose rule a loader applied
+        before gathering rows (:class:`InputRule`), which the layer then uses instead of its own;
+        the rows the loader did not gather are zeros in ``x`` (their norm 0: their edges, which
+        the rule drops at the loader's threshold, score 0), and the layer's threshold is at least
+        the loader's.
         """
+        if input_mean is not None and self.input_rule() is None:
+            raise ValueError("input_mean is for a stack whose first conv scores its inputs (input_rule)")
         lins = self.weight_layers()
         premask_weights(lins)  # every fixed mask applied in one op
         try:
-            return self._forward(x, edge_index, num_sampled_nodes, batch_size, num_sampled_edges)
+            return self._forward(x, edge_index, num_sampled_nodes, batch_size, num_sampled_edges, input_mean)
         finally:
             drop_premasked(lins)
 
     def _forward(self, x: Tensor, edge_index: Tensor, num_sampled_nodes: Optional[Sequence[int]],
-                 batch_size: Optional[int], num_sampled_edges: Optional[Sequence[int]]) -> Tensor:
+                 batch_size: Optional[int], num_sampled_edges: Optional[Sequence[int]],
+                 input_mean: Optional[Tensor]) -> Tensor:
         num_src, num_dst = self._layer_sizes(x.size(0), num_sampled_nodes)
         Conv = type(self.convs[0])
         ei, ew, edges_dense_l = Conv.prepare_block(edge_index, num_src[0], num_dst[0], self.num_layers,
@@ -234,7 +255,8 @@ class UnifewsGNN(nn.Module):
             locked = None
             if lock and batch_size is not None:  # the edges into the seeds: with bounds, the first ones
                 locked = bounds[-1] if bounds is not None and seeds_first else ei[1] < batch_size
-            plan = LayerPlan(locked=locked, num_next=num_next, valid=valid, bounds=bounds)
+            plan = LayerPlan(locked=locked, num_next=num_next, valid=valid, bounds=bounds,
+                             score_mean=input_mean if i == 0 else None)
             out, sel = conv.step((x[:ns], x[:nd]), ei, ew, plan, x0=x0)
             stats.append(self._layer_stats(conv, sel, edges_dense_l[i], num_src[i], nd))
             ei, ew = sel.edge_index, sel.edge_weight
