@@ -13,6 +13,9 @@ Parts (default: all, in this order; budgets in seconds, about 8 minutes in all o
   the CPU) and ``profile_step.py`` on the GPU (kernel launches, synchronisations and memory
   copies per step from ``torch.profiler``'s CUDA runtime calls).
 - ``inference_speed`` (75): ``inference_speed.py`` products-sized, dense against pruned.
+- ``data_side`` (120): ``data_side.py`` on the GPU: rows gathered, bytes moved, data and step
+  time per batch, dense against Unifews (every row gathered, only the rows a layer reads, and
+  sampling less), on the quick start and on ``synthetic-medium``.
 - ``launch`` (30): one rank started by ``python -m unifews_dist.launch`` on the GPU (the launcher
   refuses to fork once CUDA is initialised; this shows the ranks it forks can use it).
 - ``fit`` (30): ``unifews-dist fit`` of the debug config with ``--trainer.accelerator gpu``.
@@ -36,8 +39,11 @@ from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
-PARTS = ("tests", "train_speed", "step_overhead", "inference_speed", "launch", "fit")
-BUDGET_S = {"tests": 60, "train_speed": 240, "step_overhead": 60, "inference_speed": 75, "launch": 30, "fit": 30}
+PARTS = ("tests", "train_speed", "step_overhead", "inference_speed", "data_side", "launch", "fit")
+BUDGET_S = {"tests": 60, "train_speed": 240, "step_overhead": 60, "inference_speed": 75, "data_side": 120,
+            "launch": 30, "fit": 30}
+#: data_side.py's threshold for synthetic-medium: its edge sparsity is the quick start's (BENCHMARKS.md)
+SYNTHETIC_THR_A = "1.23"
 
 
 def _py(*args: str) -> List[str]:
@@ -70,6 +76,10 @@ def commands(part: str, out: str, smoke: bool, accel: str) -> Dict[str, List[str
     if part == "inference_speed":
         return {"inference_speed": _py(os.path.join(BENCH, "inference_speed.py"), "--out", out, "--scale", scale,
                                        "--repeat", "1" if smoke else "2")}
+    if part == "data_side":
+        size = ["--graph", "quickstart", "--steps", "2", "--warmup", "1"] if smoke else ["--steps", "20"]
+        return {"data_side": _py(os.path.join(BENCH, "data_side.py"), "--out", out, "--accelerator", accel, *size,
+                                 "--synthetic-thr-a", SYNTHETIC_THR_A)}
     fit = ["fit", "--config", os.path.join(ROOT, "configs", "debug.yaml"), "--trainer.accelerator", accel,
            "--trainer.devices", "1", "--wandb", "false", "--trainer.enable_progress_bar", "false"]
     if part == "launch":
@@ -112,6 +122,10 @@ def figures(name: str, out: str, log: str) -> dict:
         r = _load(os.path.join(out, "inference_speed.json")) or {}
         return {k: r.get(k) for k in ("pruned_dense_time_ratio", "pruned_dense_time_ratio_cold", "edge_sparsity",
                                       "weight_sparsity", "macs_reduction")} | {"times_s": r.get("times_s")}
+    if name == "data_side":
+        r = _load(os.path.join(out, "data_side.json")) or {}
+        return {g: {run: {k: v[k] for k in ("rows", "nodes", "bytes", "data_s", "step_s")} for run, v in r[g].items()}
+                for g in ("quickstart", "synthetic") if g in r}
     if name in ("launch", "fit"):
         s = _load(os.path.join(out, f"{name}_run", "summary.json")) or {}
         return {k: s.get(k) for k in ("test_acc", "world_size", "global_step")}

@@ -6,10 +6,10 @@
 GraphSAGE 3 x 256, fanout [15, 10, 5], batch 1024 on ``synthetic-small`` by default (tiny:
 smaller), for (a) the plain PyG loop of ``train_speed.py``, (b) unifews dense (thresholds 0),
 (c) unifews sparse (``--thr_a`` / ``--thr_w``, seed edges locked in evaluation only, as
-``train_speed.py``), with the loader gathering every row, and (d) the same with the first
-layer's rule applied in the loader (``prune_before_gather``, SAGE: the loader's rule, the
-transfer hook's expansion, the first layer taking the loader's mean). Per batch, averaged over
-``--steps`` batches after warm-up:
+``train_speed.py``), with the loader sampling and gathering every row, (d) the same with the
+first layer's rule applied in the loader (``prune_before_gather``, SAGE: the loader's rule, the
+transfer hook's expansion, the first layer taking the loader's mean) and (e) that and sampling
+less (``sample_less``). Per batch, averaged over ``--steps`` batches after warm-up:
 
 - ``sampling``: the data loader's next batch (sampler and feature gather);
 - ``forward``: the model and the loss;
@@ -124,9 +124,9 @@ class _Phases(Callback):
         self.counter.phase = "lightning"
 
 
-def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage", gather=False):
+def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage", gather=(False, False)):
     """unifews_dist's module in a Trainer with the CLI's callbacks and CSV logging (``gather``:
-    ``dm`` prunes before it gathers, for this module's model)."""
+    whether ``dm`` prunes before it gathers, and samples less, for this module's model)."""
     thr_a, thr_w = thresholds
     pl.seed_everything(0)
     counter = OpCounter("lightning")
@@ -158,7 +158,7 @@ def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage
         counter.host_tensors(optimizer)
 
     module.optimizer_step = optimizer_step
-    dm.prune_before_gather = gather
+    dm.prune_before_gather, dm.sample_less = gather
     dm.trainer = SimpleNamespace(lightning_module=module, world_size=1, global_rank=0)  # what it asks of one
     counted_loader = _Counted(dm.train_dataloader(), counter)
 
@@ -171,6 +171,9 @@ def count_lightning(dm, hidden, layers, steps, thresholds, log_every, conv="sage
 
         def before_training_step(self, batch, thr_a):
             dm.before_training_step(batch, thr_a)
+
+        def before_training_epoch(self, thr_a):
+            dm.before_training_epoch(thr_a)
 
     callbacks = [_Phases(counter), SparsityMonitor(), ThroughputMonitor()]
     if thr_a or thr_w:
@@ -226,9 +229,9 @@ def main(argv=None):
     res["pyg"], c_pyg = count_plain(dm, hidden, layers, args.steps, conv=args.conv)
     counters = {"pyg": c_pyg}
     sparse = (args.thr_a, args.thr_w)
-    labels = {"unifews_dense": ((0.0, 0.0), False), "unifews_sparse": (sparse, False)}
+    labels = {"unifews_dense": ((0.0, 0.0), (False, False)), "unifews_sparse": (sparse, (False, False))}
     if CONVS[args.conv].scores_inputs:
-        labels["unifews_sparse_gather"] = (sparse, True)
+        labels.update(unifews_sparse_gather=(sparse, (True, False)), unifews_sparse_less=(sparse, (True, True)))
     for label, (thr, gather) in labels.items():
         res[label], counters[label] = count_lightning(dm, hidden, layers, args.steps, thr, 10_000, conv=args.conv,
                                                       gather=gather)

@@ -224,7 +224,7 @@ def test_gpu_check_smoke_runs_every_part(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "gpu_check.json").read_text())
     parts = res["parts"]
-    assert set(parts) == {"tests", "train_speed", "step_overhead", "inference_speed", "launch", "fit"}
+    assert set(parts) == {"tests", "train_speed", "step_overhead", "inference_speed", "data_side", "launch", "fit"}
     assert all(r["status"] == "ok" for p in parts.values() for r in p.values())
     ts = parts["train_speed"]
     assert {"train_speed_b32_gpu_sampling", "train_speed_b32_workers", "train_speed_b64_workers"} <= set(ts)
@@ -233,5 +233,10 @@ def test_gpu_check_smoke_runs_every_part(tmp_path):
     prof = parts["step_overhead"]["profile_step"]["figures"]
     assert prof and all({"kernel_launches", "synchronizations", "memcpys"} <= set(v) for v in prof.values())
     assert parts["fit"]["fit"]["figures"]["test_acc"] is not None
+    side = parts["data_side"]["data_side"]["figures"]["quickstart"]  # #40: the data side, dense vs Unifews
+    assert set(side) == {"dense", "unifews_gather_all", "unifews", "unifews_sample_less"}
+    assert side["unifews"]["rows"] < side["unifews_gather_all"]["rows"] == side["unifews_gather_all"]["nodes"]
+    assert side["unifews"]["bytes"] < side["unifews_gather_all"]["bytes"]
+    assert side["unifews_sample_less"]["nodes"] < side["unifews"]["nodes"]
     assert parts["launch"]["launch"]["figures"]["world_size"] == 1
     assert "| train_speed | train_speed_b32_workers | ok |" in (out / "gpu_check.md").read_text()

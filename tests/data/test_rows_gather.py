@@ -9,6 +9,7 @@ from torch_geometric.data import Data
 from torch_geometric.sampler import NodeSamplerInput
 
 from unifews_dist.data import TorchNeighborSampler, UnifewsDataModule
+from unifews_dist.data.samplers import has_module
 from unifews_dist.nn import UnifewsGNN
 from unifews_dist.sparsify import node_norms
 
@@ -63,12 +64,13 @@ def test_only_convs_that_score_their_inputs_have_a_loader_rule():
         UnifewsGNN("gcn", 8, 8, 3)(torch.randn(4, 8), torch.tensor([[0], [1]]), input_mean=torch.tensor(1.0))
 
 
-def _modules(prune, **data):
+def _modules(prune, lock="always", **data):
     """A data module (Cora, quick-start fanout) and a fake trainer whose module holds ``model``."""
     torch.manual_seed(3)
     dm = UnifewsDataModule("cora", num_neighbors=[25, 25], batch_size=140, random_split=[0.5, 0.25],
                            prune_before_gather=prune, **data)
-    model = UnifewsGNN("sage", dm.num_features, 16, dm.num_classes, thr_a=[2.0, 1.0], thr_w=0.0, dropout=0.0)
+    model = UnifewsGNN("sage", dm.num_features, 16, dm.num_classes, thr_a=[2.0, 1.0], thr_w=0.0, dropout=0.0,
+                       lock_target_edges=lock)
     dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(model=model), world_size=1, global_rank=0)
     return dm, model
 
@@ -136,3 +138,38 @@ def test_feature_norms_are_computed_once_and_kept_beside_the_prepared_graph():
     os.utime(os.path.join(ds.folder, kept[0]), (0, 0))
     assert torch.equal(feature_norms(ds), first)  # read back, not written again
     assert os.stat(os.path.join(ds.folder, kept[0])).st_mtime == 0
+
+
+def test_sample_less_estimates_the_rule_from_the_hops_so_far():
+    """#40 item 2: a hop's edges are weighed from their targets' in-edges in the hop (SAGE: 1/deg)
+    and compared with the mean over the hops so far; seed edges are kept where the rule locks them."""
+    rule = UnifewsGNN("sage", 4, 4, 2, lock_target_edges="never").input_rule()
+    norms, dst = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 0, 1, 1])  # scores 0.5 1 1.5 2, mean 1.25
+    keep, partial = rule.hop_kept(norms, dst, 2, 0, 1.0)
+    assert keep.tolist() == [False, False, True, True] and partial.tolist() == [5.0, 4.0]
+    ones, two = torch.tensor([1.0, 1.0]), torch.tensor([0, 1])  # scores 1 1: mean so far 7 / 6
+    assert rule.hop_kept(ones, two, 2, 1, 1.0, partial)[0].tolist() == [False, False]
+    assert rule.hop_kept(ones, two, 2, 1, 0.8, partial)[0].tolist() == [True, True]
+    locked = UnifewsGNN("sage", 4, 4, 2, lock_target_edges="always").input_rule()
+    assert locked.hop_kept(norms, dst, 2, 0, 1.0)[0].all() and not locked.hop_kept(norms, dst, 2, 1, 1.0)[0].all()
+
+
+def test_sample_less_samples_at_the_epochs_threshold_which_checkpoints_keep():
+    whole_dm, _ = _modules(True, lock="eval", sample_less=False)
+    dm, _ = _modules(True, lock="eval", sample_less=True)
+    loader = dm.train_dataloader()
+    dm.before_training_epoch(2.0)
+    a, b = next(iter(whole_dm.train_dataloader())), next(iter(loader))
+    assert b.num_sampled_nodes[:2] == a.num_sampled_nodes[:2] and b.num_sampled_edges[0] == a.num_sampled_edges[0]
+    assert b.n_id.numel() < 0.7 * a.n_id.numel()  # the hop-1 nodes whose seed edge the rule drops: not expanded
+    assert dm.state_dict() == {"epoch_thr_a": 2.0} and whole_dm.state_dict() == {}
+    resumed, _ = _modules(True, lock="eval", sample_less=True)
+    resumed.load_state_dict(dm.state_dict())  # a checkpoint restored before the loader is made
+    c = next(iter(resumed.train_dataloader()))
+    assert torch.equal(b.n_id, c.n_id) and torch.equal(b.edge_index, c.edge_index)
+    val = next(iter(dm.val_dataloader()))  # evaluation samples in full
+    assert val.n_id.numel() == next(iter(whole_dm.val_dataloader())).n_id.numel()
+    if has_module("torch_sparse"):  # a sampler of the user's choosing samples in full
+        other, _ = _modules(True, lock="eval", sample_less=True, sampler="torch_sparse")
+        other.train_dataloader()
+        assert other._less is None

@@ -133,3 +133,51 @@ def test_per_node_scratch_is_12_bytes_and_outputs_int64():
     assert sum(t.numel() * t.element_size() for t in scratch) == 12 * data.num_nodes
     assert all(t.dtype == torch.long for t in (out.node, out.row, out.col, out.edge))
     assert bool((s._assoc == -1).all()) and bool((s._claim == torch.iinfo(torch.int32).max).all())  # reset
+
+
+class _KeepEvery:
+    """An expand rule keeping the hop's edges whose source id is divisible by ``m`` (0: none)."""
+
+    def __init__(self, m):
+        self.m, self.calls = m, []
+
+    def __call__(self, hop, src, dst, num_dst, partial):
+        self.calls.append((hop, src.numel(), num_dst, partial))
+        keep = (src % self.m == 0) if self.m else torch.zeros_like(src, dtype=torch.bool)
+        return keep, (partial or 0) + 1
+
+
+def test_sampling_less_expands_only_the_sources_of_kept_edges():
+    """#40 item 2: after each hop but the last, a new node is expanded only if the rule keeps one
+    of its edges; every edge drawn is still a graph edge into a node that was expanded."""
+    n = 400
+    ei = random_graph(n, 6000, seed=4)
+    adj = set(map(tuple, ei.t().tolist()))
+    seeds = NodeSamplerInput(None, torch.arange(20))
+    full = TorchNeighborSampler(Data(edge_index=ei, num_nodes=n), [6, 5, 4], seed=1)
+    less = TorchNeighborSampler(Data(edge_index=ei, num_nodes=n), [6, 5, 4], seed=1)
+    assert full.expand_rule is None
+    a = full.sample_from_nodes(seeds)
+    less.expand_rule = _KeepEvery(1)  # keeps every edge: the full sample, draw for draw
+    b = less.sample_from_nodes(seeds)
+    assert torch.equal(a.node, b.node) and torch.equal(a.row, b.row) and torch.equal(a.col, b.col)
+    less.expand_rule = rule = _KeepEvery(3)
+    c = less.sample_from_nodes(seeds)
+    assert [h for h, *_ in rule.calls] == [0, 1] and rule.calls[1][3] == 1  # not after the last hop
+    assert sum(c.num_sampled_nodes) < sum(a.num_sampled_nodes)
+    ends = [0]
+    for k in c.num_sampled_edges:
+        ends.append(ends[-1] + k)
+    first = [0]
+    for k in c.num_sampled_nodes:
+        first.append(first[-1] + k)
+    for hop in (1, 2):  # hop h+1 draws in-edges of the hop-h new nodes that are a kept edge's source
+        kept_src = {int(c.row[i]) for i in range(ends[hop - 1], ends[hop]) if int(c.node[c.row[i]]) % 3 == 0}
+        expanded = set(range(first[hop], first[hop + 1])) & kept_src
+        targets = set(c.col[ends[hop]:ends[hop + 1]].tolist())
+        with_in_edges = {t for t in expanded if int(full.deg[c.node[t]]) > 0}
+        assert targets == with_in_edges and len(expanded) < first[hop + 1] - first[hop]
+    assert all((int(c.node[r]), int(c.node[t])) in adj for r, t in zip(c.row.tolist(), c.col.tolist()))
+    less.expand_rule = _KeepEvery(0)  # keeps nothing: only the first hop is drawn
+    d = less.sample_from_nodes(seeds)
+    assert d.num_sampled_edges[1:] == [0, 0] and d.num_sampled_nodes[2:] == [0, 0]

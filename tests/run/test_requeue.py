@@ -66,10 +66,13 @@ def test_signal_on_one_rank_checkpoints_all_and_requeues(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_requeued_run_resumes_to_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("data", [[], ["--data.sample_less", "true", "--model.lock_target_edges", "eval"]],
+                         ids=["", "sample-less"])
+def test_requeued_run_resumes_to_the_uninterrupted_weights(tmp_path, data):
+    """Mid-epoch (sample_less: the blocks depend on the epoch's threshold, which the checkpoint keeps)."""
     env = _fake_scontrol(tmp_path)
     run, whole = tmp_path / "run", tmp_path / "whole"
-    one = ["fit", "--config", DEBUG, "--wandb", "false", "--requeue.enabled", "true"]
+    one = ["fit", "--config", DEBUG, "--wandb", "false", "--requeue.enabled", "true", *data]
     proc = _run([*one, "--run_dir", str(run), "--trainer.callbacks+=killer.SignalAt", "--trainer.callbacks.batch=1"],
                 tmp_path, env=env)
     assert proc.returncode == 0 and "step 6 checkpointed" in proc.stdout, proc.stderr[-3000:]

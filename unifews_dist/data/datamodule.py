@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import List, Literal, Optional, get_args
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -15,18 +13,18 @@ from torch_geometric.loader import NodeLoader
 from ..checks import check_choice
 from ..distributed import world
 from .graph import GatherFeatureStore, GraphDataset
-from .loaders import OneBatch, ResumableNodeLoader, RowsGather, expand_rows
-from .prepared import FEATURE_DTYPES, feature_norms, load_prepared
+from .input_rule_loading import InputRuleLoading
+from .loaders import OneBatch, ResumableNodeLoader, RowsGather, SampleLess, expand_rows
+from .prepared import FEATURE_DTYPES, load_prepared
 from .samplers import SAMPLERS, Sampler, make_sampler
 from .shard import ShardedSeedSampler
 from .sources import KNOWN, is_custom, unknown_dataset
-from .split import check_split_fractions, random_split
+from .split import SPLITS, check_split_fractions, named_nodes, random_split
 EvalMode = Literal["sampled", "layerwise"]
 FeatureDtype = Literal["float32", "float16", "bfloat16"]
 FeatureGather = Literal["loader", "device"]
 FEATURE_GATHERS = get_args(FeatureGather)
 EVAL_MODES = get_args(EvalMode)
-SPLITS = ("all", "train", "val", "test")
 
 
 def _dist_info(trainer) -> tuple[int, int]:
@@ -35,7 +33,7 @@ def _dist_info(trainer) -> tuple[int, int]:
     return world()
 
 
-class UnifewsDataModule(pl.LightningDataModule):
+class UnifewsDataModule(InputRuleLoading, pl.LightningDataModule):
     """Neighbor-sampled minibatches of one graph, sharded evenly across DDP ranks.
 
     Args:
@@ -85,6 +83,13 @@ class UnifewsDataModule(pl.LightningDataModule):
             every node's feature norm (computed once), and gather, move and compute only the rows
             some layer reads (:class:`~unifews_dist.data.loaders.RowsGather`); exact: the model's
             outputs, gradients and statistics are those of the whole block. Host sampling only.
+        sample_less: for such a model, the built-in sampler applies that rule hop by hop while it
+            samples a training block (:class:`~unifews_dist.data.loaders.SampleLess`): a node whose
+            every out-edge the rule drops is not expanded. An approximation of the method (the
+            rule's mean is estimated from the hops so far), at the first layer's threshold of the
+            epoch's start; on by default, as its accuracy is within 0.5 points of the exact
+            path's (BENCHMARKS.md). With ``sampler`` ``pyg_lib`` / ``torch_sparse`` or
+            ``gpu_sampling``, blocks are sampled in full.
     """
 
     def __init__(self, name: str = "cora", root: Optional[str] = None, num_neighbors: List[int] = [10, 10],
@@ -94,7 +99,7 @@ class UnifewsDataModule(pl.LightningDataModule):
                  gpu_sampling: bool = False, random_split: Optional[List[float]] = None,
                  eval_mode: EvalMode = "sampled", predict_nodes: str = "all",
                  feature_dtype: FeatureDtype = "float32", feature_gather: FeatureGather = "loader",
-                 prune_before_gather: bool = True):
+                 prune_before_gather: bool = True, sample_less: bool = True):
         super().__init__()
         check_choice("eval_mode", eval_mode, EVAL_MODES)
         if predict_nodes not in SPLITS and not str(predict_nodes).endswith((".pt", ".npy")):
@@ -143,8 +148,10 @@ class UnifewsDataModule(pl.LightningDataModule):
         self._graph = None  # the (feature store, graph store) pair the loaders sample from (GPU copy: gpu_sampling)
         self._samplers = {}
         self._gpu_dataset: Optional[GraphDataset] = None
-        self.prune_before_gather = prune_before_gather
+        self.prune_before_gather, self.sample_less = prune_before_gather, sample_less
         self._gather: Optional[RowsGather] = None  # the training loader's, when it prunes before gathering
+        self._less: Optional[SampleLess] = None  # the training sampler's, when it samples less
+        self._epoch_thr = 0.0  # the first layer's threshold at the epoch's start (sample_less; checkpointed)
 
     @property
     def num_features(self) -> int:
@@ -237,37 +244,6 @@ class UnifewsDataModule(pl.LightningDataModule):
             self._samplers[key] = make_sampler(self.sampler_kind, self.graph, fanout, self.seed, folder)
         return self._samplers[key]
 
-    def _rows_gather(self) -> Optional[RowsGather]:
-        """The training loader's :class:`RowsGather`, when the model's first layer scores its
-        inputs (its ``input_rule``) and ``prune_before_gather`` is on (host sampling)."""
-        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
-        input_rule = getattr(getattr(module, "model", None), "input_rule", None)
-        rule = input_rule() if self.prune_before_gather and not self.gpu_sampling and input_rule else None
-        if rule is None:
-            return None
-        ds = self.load()
-        return RowsGather(rule, feature_norms(ds), None if self.feature_gather == "device" else ds.data.x)
-
-    def before_training_step(self, batch, thr_a: float) -> None:
-        """Called when a training step starts, its thresholds set (``thr_a``: the first layer's):
-        the loader prunes the batches it samples from now on at it, and a batch pruned at a
-        higher one (a threshold that fell: a feedback controller, a table) has the rows it left
-        out gathered now, so the step is exact whatever the loader read."""
-        if self._gather is None:
-            return
-        self._gather.publish(thr_a)
-        if getattr(batch, "gather_thr", None) is None or thr_a >= batch.gather_thr:
-            return
-        have = torch.zeros(batch.n_id.numel(), dtype=torch.bool, device=batch.x.device)
-        have[batch.x_rows] = True
-        missing = (~have).nonzero().view(-1)
-        ids = batch.n_id.index_select(0, missing)
-        x = self._device_x if self.feature_gather == "device" else self.load().data.x
-        rows = x.index_select(0, ids.to(x.device))
-        batch.x.index_copy_(0, missing, rows.to(device=batch.x.device, dtype=batch.x.dtype))
-        batch.x_rows = torch.arange(batch.n_id.numel(), device=batch.x.device)
-        batch.rows_gathered, batch.gather_thr = batch.rows_gathered + int(missing.numel()), 0.0
-
     def _loader(self, seeds: torch.Tensor, fanout: List[int], batch_size: int, train: bool) -> NodeLoader:
         world, rank = _dist_info(getattr(self, "trainer", None))
         if train and seeds.numel() < world:
@@ -276,9 +252,11 @@ class UnifewsDataModule(pl.LightningDataModule):
                 f"every rank needs at least one (train on fewer devices)"
             )
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
-        graph, extra = self.graph, {}
+        graph, extra, sampler = self.graph, {}, None
         if train:
-            self._gather = extra["gather"] = self._rows_gather()
+            rule = self._input_rule()
+            sampler = self._train_sampler(fanout, rule)
+            self._gather = extra["gather"] = self._rows_gather(rule)
             if self._gather is not None and self._gather.features is not None:  # the loader gathers y only
                 labels = GatherFeatureStore()
                 labels.put_tensor(self.load().data.y, group_name=None, attr_name="y", index=None)
@@ -287,7 +265,7 @@ class UnifewsDataModule(pl.LightningDataModule):
         # one, which dropout reads (a resumed run draws what an uninterrupted one does)
         return (ResumableNodeLoader if train else NodeLoader)(
             graph,
-            self._sampler(fanout),
+            sampler or self._sampler(fanout),
             input_nodes=seeds,
             batch_size=batch_size,
             sampler=shard,
@@ -366,32 +344,4 @@ class UnifewsDataModule(pl.LightningDataModule):
 
     def prediction_nodes(self) -> torch.Tensor:
         """The node ids ``predict_nodes`` names."""
-        ds, name = self.load(), self.predict_nodes
-        if name == "all":
-            return torch.arange(ds.data.num_nodes)
-        if name in SPLITS:
-            return {"train": ds.train_idx, "val": ds.val_idx, "test": ds.test_idx}[name]
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"predict_nodes file {name} does not exist")
-        try:
-            ids = (
-                torch.load(name, weights_only=True)
-                if name.endswith(".pt")
-                else torch.from_numpy(np.load(name, allow_pickle=False))
-            )
-        except Exception as e:
-            raise ValueError(f"predict_nodes file {name} could not be read as node ids: {e}") from None
-        ids = torch.as_tensor(ids)
-        if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(
-                f"predict_nodes file {name} must hold a 1-D integer tensor of node ids, "
-                f"got {tuple(ids.shape)} {ids.dtype}"
-            )
-        ids = ids.long()
-        bad = (ids < 0) | (ids >= ds.data.num_nodes)
-        if bool(bad.any()):
-            raise ValueError(
-                f"predict_nodes file {name}: {int(bad.sum())} node ids outside 0..{ds.data.num_nodes - 1}, "
-                f"the first {int(ids[bad][0])}"
-            )
-        return ids
+        return named_nodes(self.load(), self.predict_nodes)

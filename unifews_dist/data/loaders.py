@@ -43,6 +43,28 @@ class RowsGather:
             data.x = self.features.index_select(0, out.node.index_select(0, rows).to(self.features.device))
 
 
+class SampleLess:
+    """The sampler's ``expand_rule`` (:class:`~unifews_dist.data.sampler.TorchNeighborSampler`):
+    a model's first-layer rule (:meth:`~unifews_dist.nn.models.input_rule.InputRule.hop_kept`),
+    estimated hop by hop while sampling, so a node whose every out-edge it drops is never
+    expanded. The threshold is the one published for the epoch (:meth:`publish`: the first
+    layer's at the epoch's start, a shared-memory value), so a batch's sample depends on its
+    epoch only, never on when a worker drew it: a run, resumed or not, samples the same blocks.
+    An approximation of the method: the rule's mean is the hops so far, not the whole block's,
+    and a node not expanded may still be read through an edge the exact rule keeps."""
+
+    def __init__(self, rule, norms: Tensor):
+        self.rule, self.norms = rule, norms
+        self.threshold = torch.zeros(1, dtype=torch.float64).share_memory_()
+
+    def publish(self, thr_a: float) -> None:
+        self.threshold.fill_(float(thr_a))
+
+    def __call__(self, hop: int, src: Tensor, dst: Tensor, num_dst: int, partial):
+        norms = self.norms.index_select(0, src.to(self.norms.device)).to(src.device)
+        return self.rule.hop_kept(norms, dst, num_dst, hop, float(self.threshold[0]), partial)
+
+
 def expand_rows(batch, x: Tensor) -> Tensor:
     """A batch's gathered rows ``x`` (at ``batch.x_rows``) as the block's full feature matrix,
     zeros where no row was gathered (read by no layer)."""

@@ -73,6 +73,15 @@ def _expand_ranges(start: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     return seg, pos
 
 
+def _expanded(src_ids: Tensor, keep: Tensor, first: int, count: int) -> Tensor:
+    """Batch ids of the hop's new nodes (``first .. first + count - 1``) that are the source of a
+    kept edge (``src_ids``: the hop's sources' batch ids); one read: how many."""
+    hit = torch.zeros(count + 1, dtype=torch.bool, device=keep.device)
+    local = (src_ids.long() - first + 1).clamp_(min=0)  # 0: a node seen before this hop
+    hit.index_fill_(0, local[keep], True)
+    return hit[1:].nonzero().view(-1) + first
+
+
 class TorchNeighborSampler(BaseSampler):
     """Uniform neighbor sampling in pure PyTorch, with per-hop node and edge counts.
 
@@ -84,6 +93,14 @@ class TorchNeighborSampler(BaseSampler):
             is reproducible in any DataLoader worker.
         share_memory: keep the CSC graph in shared memory (one copy for forked workers and
             local ranks started by fork).
+
+    ``expand_rule`` (default ``None``: every node is expanded): a callable a data module sets to
+    sample less (:class:`~unifews_dist.data.loaders.SampleLess`). Called after every hop but the
+    last as ``expand_rule(hop, src, dst, num_dst, partial)`` with the hop's edges (``src``: the
+    neighbours' node ids, ``dst``: positions of their targets among the hop's ``num_dst``
+    targets) and what it returned for the hops before (``None`` first), it returns ``(keep,
+    partial)``: a bool mask of the edges it would keep. The hop's new nodes that are the source of
+    no kept edge are not expanded: the next hop draws no neighbours for them.
     """
 
     def __init__(self, data: Data, num_neighbors: Sequence[int], seed: int = 0, share_memory: bool = False):
@@ -108,6 +125,7 @@ class TorchNeighborSampler(BaseSampler):
         self.deg = deg.to(torch.int32)
         self._assoc: Optional[Tensor] = None  # node -> id in the batch (-1: not in it)
         self._claim: Optional[Tensor] = None  # node -> first edge that reached it (scratch)
+        self.expand_rule = None
 
     def sample_from_edges(self, index, neg_sampling=None):
         raise NotImplementedError("TorchNeighborSampler samples from seed nodes only (node-level tasks); "
@@ -140,10 +158,12 @@ class TorchNeighborSampler(BaseSampler):
         assoc, claim = self._assoc, self._claim
         n = seeds.numel()
         assoc[seeds] = torch.arange(n, device=dev, dtype=torch.int32)
-        frontier, first_id = seeds, 0  # frontier nodes have ids first_id .. first_id + len - 1
+        # frontier nodes have ids first_id .. first_id + len - 1, or frontier_ids when some were not expanded
+        frontier, first_id, frontier_ids, partial = seeds, 0, None, None
         nodes, rows, cols, edges, n_nodes, n_edges = [seeds], [], [], [], [n], []
         try:
-            for k in self.num_neighbors:
+            for hop, k in enumerate(self.num_neighbors):
+                num_targets = frontier.numel()
                 if k < 0:
                     seg, pos = _expand_ranges(self.colptr[frontier], self.deg[frontier])
                 else:
@@ -163,12 +183,17 @@ class TorchNeighborSampler(BaseSampler):
                 claim.index_fill_(0, new, _NO_CLAIM)
                 assoc[new] = torch.arange(n, n + new.numel(), device=dev, dtype=torch.int32)
                 rows.append(assoc.index_select(0, nbr))
-                cols.append(seg + first_id if first_id else seg)
+                cols.append(frontier_ids.index_select(0, seg) if frontier_ids is not None else
+                            seg + first_id if first_id else seg)
                 edges.append(pos)
                 n_nodes.append(new.numel())
                 n_edges.append(pos.numel())
                 nodes.append(new)
-                frontier, first_id = new, n
+                frontier, first_id, frontier_ids = new, n, None
+                if self.expand_rule is not None and hop < len(self.num_neighbors) - 1:
+                    keep, partial = self.expand_rule(hop, nbr, seg, num_targets, partial)
+                    frontier_ids = _expanded(rows[-1], keep, n, new.numel())
+                    frontier = new.index_select(0, frontier_ids - n)
                 n += new.numel()
         finally:
             node = torch.cat(nodes)

@@ -1,10 +1,15 @@
-"""The random class-stratified split of a graph's nodes into train, validation and test."""
+"""The random class-stratified split of a graph's nodes into train, validation and test, and the
+node sets a command names (a split, or a file of node ids)."""
 from __future__ import annotations
 
 import math
+import os
 
+import numpy as np
 import torch
 from torch import Tensor
+
+SPLITS = ("all", "train", "val", "test")
 
 
 def check_split_fractions(fractions) -> list:
@@ -36,3 +41,29 @@ def random_split(y: Tensor, fractions, seed: int = 0):
         for i, chunk in enumerate((nodes[:a], nodes[a:b], nodes[b:])):
             parts[i].append(chunk)
     return tuple(torch.cat(p).sort().values for p in parts)
+
+
+def named_nodes(ds, name: str) -> Tensor:
+    """The node ids of ``ds`` that ``name`` names: ``all``, a split (``train``, ``val``, ``test``),
+    or a file of node ids (``.pt`` holding a tensor, or ``.npy``), checked."""
+    if name == "all":
+        return torch.arange(ds.data.num_nodes)
+    if name in SPLITS:
+        return {"train": ds.train_idx, "val": ds.val_idx, "test": ds.test_idx}[name]
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"predict_nodes file {name} does not exist")
+    try:
+        ids = torch.load(name, weights_only=True) if name.endswith(".pt") else \
+            torch.from_numpy(np.load(name, allow_pickle=False))
+    except Exception as e:
+        raise ValueError(f"predict_nodes file {name} could not be read as node ids: {e}") from None
+    ids = torch.as_tensor(ids)
+    if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"predict_nodes file {name} must hold a 1-D integer tensor of node ids, "
+                         f"got {tuple(ids.shape)} {ids.dtype}")
+    ids = ids.long()
+    bad = (ids < 0) | (ids >= ds.data.num_nodes)
+    if bool(bad.any()):
+        raise ValueError(f"predict_nodes file {name}: {int(bad.sum())} node ids outside 0..{ds.data.num_nodes - 1}, "
+                         f"the first {int(ids[bad][0])}")
+    return ids

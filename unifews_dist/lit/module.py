@@ -109,6 +109,13 @@ class UnifewsModule(pl.LightningModule):
         if before is not None:
             before(batch, self.model.thr_a[0])
 
+    def on_train_epoch_start(self) -> None:
+        """A data module that samples less (``before_training_epoch``) is told the first layer's
+        threshold at the epoch's start (the callbacks' hooks ran first)."""
+        before = getattr(self.trainer.datamodule, "before_training_epoch", None)
+        if before is not None:
+            before(self.model.thr_a[0])
+
     def _world_size(self) -> int:
         try:
             return self.trainer.world_size

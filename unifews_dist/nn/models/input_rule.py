@@ -13,7 +13,7 @@ moved or computed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -63,3 +63,23 @@ class InputRule:
         read[:cum_n[L - 2] if L > 1 else num_dst] = True  # the rows the next layer targets
         read[src[keep]] = True
         return read.nonzero().view(-1), mean
+
+    def hop_kept(self, src_norms: Tensor, dst: Tensor, num_dst: int, hop: int, thr_a: float,
+                 partial: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``(keep, partial)``: the rule estimated on one hop's edges while sampling (a sampler that
+        samples less expands only the sources of the kept ones). ``src_norms``: the edges' sources'
+        input norms; ``dst``: their targets, positions among the hop's ``num_dst`` targets (whose
+        in-edges are all this hop's). The weights are the conv's on these edges alone (a conv
+        without self-loops weighs an edge from its target's in-edges). The mean is not known
+        before the last hop: it is estimated by the mean over the hops so far (``partial``: their
+        float64 score sum and count, returned updated), an approximation of the method. Edges into
+        the seeds (hop 0) are kept when the rule locks them."""
+        ei = torch.stack([torch.arange(dst.numel(), device=dst.device), dst])
+        _, w = self.conv.prepare_edges(ei, dst.numel(), num_dst)
+        scores = src_norms if w is None else src_norms * w
+        now = torch.stack([scores.sum(dtype=torch.float64), torch.tensor(float(scores.numel()), dtype=torch.float64,
+                                                                          device=scores.device)])
+        partial = now if partial is None else partial + now
+        if thr_a == 0 or (hop == 0 and self.lock_seeds) or scores.numel() == 0:
+            return torch.ones_like(scores, dtype=torch.bool), partial
+        return scores >= thr_a * (partial[0] / partial[1]).to(scores.dtype), partial
