@@ -112,7 +112,7 @@ def test_a_step_below_the_loaders_threshold_gathers_the_rest():
     before = b.rows_gathered
     dm.before_training_step(b, 1.9)
     assert torch.equal(b.x, a.x) and b.rows_gathered == b.n_id.numel() > before and b.gather_thr == 0.0
-    assert float(dm._gather.threshold) == 1.9  # what the loader prunes the next batches at
+    assert dm._gather.read() == 1.9  # what the loader prunes the next batches at
 
 
 def test_workers_prune_at_the_threshold_published_last():

@@ -152,6 +152,7 @@ class UnifewsDataModule(InputRuleLoading, pl.LightningDataModule):
         self._gather: Optional[RowsGather] = None  # the training loader's, when it prunes before gathering
         self._less: Optional[SampleLess] = None  # the training sampler's, when it samples less
         self._epoch_thr = 0.0  # the first layer's threshold at the epoch's start (sample_less; checkpointed)
+        self._norms: Optional[torch.Tensor] = None  # every node's input norm, once (either of the two)
 
     @property
     def num_features(self) -> int:

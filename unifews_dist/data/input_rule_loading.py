@@ -17,7 +17,7 @@ class InputRuleLoading:
     """Mixed into :class:`~unifews_dist.data.UnifewsDataModule`, whose attributes it reads
     (``trainer``, ``gpu_sampling``, ``prune_before_gather``, ``sample_less``, ``feature_gather``,
     ``graph``, ``seed``, ``load()``, ``_sampler()``, ``_samplers``, ``_device_x``) and sets
-    (``_gather``, ``_less``, ``_epoch_thr``). The LightningModule calls
+    (``_gather``, ``_less``, ``_epoch_thr``, ``_norms``). The LightningModule calls
     :meth:`before_training_epoch` and :meth:`before_training_step`; Lightning keeps
     :meth:`state_dict` in every checkpoint."""
 
@@ -28,12 +28,17 @@ class InputRuleLoading:
         input_rule = getattr(getattr(module, "model", None), "input_rule", None)
         return input_rule() if input_rule is not None and not self.gpu_sampling else None
 
+    def _input_norms(self) -> torch.Tensor:
+        """Every node's input norm (:func:`~unifews_dist.data.prepared.feature_norms`), once."""
+        if self._norms is None:
+            self._norms = feature_norms(self.load())
+        return self._norms
+
     def _rows_gather(self, rule) -> Optional[RowsGather]:
         """The training loader's :class:`RowsGather` (``prune_before_gather``)."""
         if rule is None or not self.prune_before_gather:
             return None
-        ds = self.load()
-        return RowsGather(rule, feature_norms(ds), None if self.feature_gather == "device" else ds.data.x)
+        return RowsGather(rule, self._input_norms(), None if self.feature_gather == "device" else self.load().data.x)
 
     def _train_sampler(self, fanout: List[int], rule):
         """The training sampler: with ``sample_less``, a built-in one of its own that samples less."""
@@ -43,7 +48,7 @@ class InputRuleLoading:
         key = ("sample_less", tuple(fanout))
         if key not in self._samplers:
             self._samplers[key] = make_sampler("torch", self.graph, fanout, self.seed)
-        self._less = self._samplers[key].expand_rule = SampleLess(rule, feature_norms(self.load()))
+        self._less = self._samplers[key].expand_rule = SampleLess(rule, self._input_norms())
         self._less.publish(self._epoch_thr)
         return self._samplers[key]
 

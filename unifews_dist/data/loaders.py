@@ -9,11 +9,25 @@ from torch import Tensor
 from torch_geometric.loader import NodeLoader
 
 
-class RowsGather:
+class PublishedThreshold:
+    """A first-layer threshold the trainer publishes (:meth:`publish`) and the loader reads as it
+    samples: in shared memory, so DataLoader workers, forked or spawned, read what was written last."""
+
+    def __init__(self):
+        self.threshold = torch.zeros(1, dtype=torch.float64).share_memory_()
+
+    def publish(self, thr_a: float) -> None:
+        self.threshold.fill_(float(thr_a))
+
+    def read(self) -> float:
+        return float(self.threshold[0])
+
+
+class RowsGather(PublishedThreshold):
     """Gathers a training batch's feature rows that some layer reads: the first layer's edge
     rule (a model's :meth:`~unifews_dist.nn.UnifewsGNN.input_rule`) applied to the sampled block
-    from every node's input norm, at the threshold the trainer last published (:meth:`publish`:
-    a shared-memory value, so DataLoader workers read it as they sample). A batch carries
+    from every node's input norm, at the threshold the trainer last published (each step). A
+    batch carries
     ``x_rows`` (the block positions of its rows), ``x`` (those rows only, unless ``features`` is
     ``None``: gathered after the transfer), ``score_mean`` (the rule's mean, which the model's
     first layer takes), ``gather_thr`` (the threshold applied) and ``rows_gathered``.
@@ -25,15 +39,11 @@ class RowsGather:
     this after gathering everything but the features (:meth:`ResumableNodeLoader.filter_fn`)."""
 
     def __init__(self, rule, norms: Tensor, features: Optional[Tensor]):
+        super().__init__()
         self.rule, self.norms, self.features = rule, norms, features
-        self.threshold = torch.zeros(1, dtype=torch.float64).share_memory_()
-
-    def publish(self, thr_a: float) -> None:
-        """The first layer's threshold now: batches sampled from here on are pruned at it."""
-        self.threshold.fill_(float(thr_a))
 
     def __call__(self, out, data) -> None:
-        thr = float(self.threshold[0])
+        thr = self.read()
         norms = self.norms.index_select(0, out.node.to(self.norms.device))
         rows, mean = self.rule.rows_read(norms, data.edge_index, out.num_sampled_nodes, out.num_sampled_edges,
                                          int(data.batch_size), thr)
@@ -43,26 +53,23 @@ class RowsGather:
             data.x = self.features.index_select(0, out.node.index_select(0, rows).to(self.features.device))
 
 
-class SampleLess:
+class SampleLess(PublishedThreshold):
     """The sampler's ``expand_rule`` (:class:`~unifews_dist.data.sampler.TorchNeighborSampler`):
     a model's first-layer rule (:meth:`~unifews_dist.nn.models.input_rule.InputRule.hop_kept`),
     estimated hop by hop while sampling, so a node whose every out-edge it drops is never
-    expanded. The threshold is the one published for the epoch (:meth:`publish`: the first
-    layer's at the epoch's start, a shared-memory value), so a batch's sample depends on its
+    expanded. The threshold is the one published for the epoch (the first layer's at the
+    epoch's start), so a batch's sample depends on its
     epoch only, never on when a worker drew it: a run, resumed or not, samples the same blocks.
     An approximation of the method: the rule's mean is the hops so far, not the whole block's,
     and a node not expanded may still be read through an edge the exact rule keeps."""
 
     def __init__(self, rule, norms: Tensor):
+        super().__init__()
         self.rule, self.norms = rule, norms
-        self.threshold = torch.zeros(1, dtype=torch.float64).share_memory_()
-
-    def publish(self, thr_a: float) -> None:
-        self.threshold.fill_(float(thr_a))
 
     def __call__(self, hop: int, src: Tensor, dst: Tensor, num_dst: int, partial):
         norms = self.norms.index_select(0, src.to(self.norms.device)).to(src.device)
-        return self.rule.hop_kept(norms, dst, num_dst, hop, float(self.threshold[0]), partial)
+        return self.rule.hop_kept(norms, dst, num_dst, hop, self.read(), partial)
 
 
 def expand_rows(batch, x: Tensor) -> Tensor:
