@@ -87,9 +87,9 @@ class UnifewsDataModule(InputRuleLoading, pl.LightningDataModule):
             samples a training block (:class:`~unifews_dist.data.loaders.SampleLess`): a node whose
             every out-edge the rule drops is not expanded. An approximation of the method (the
             rule's mean is estimated from the hops so far), at the first layer's threshold of the
-            epoch's start; on by default, as its accuracy is within 0.5 points of the exact
-            path's (BENCHMARKS.md). With ``sampler`` ``pyg_lib`` / ``torch_sparse`` or
-            ``gpu_sampling``, blocks are sampled in full.
+            epoch's start. Off by default: within 0.5 points of the exact path on the quick start,
+            0.7 below it on a three-layer model (BENCHMARKS.md). With ``sampler`` ``pyg_lib`` /
+            ``torch_sparse`` or ``gpu_sampling``, blocks are sampled in full.
     """
 
     def __init__(self, name: str = "cora", root: Optional[str] = None, num_neighbors: List[int] = [10, 10],
@@ -99,7 +99,7 @@ class UnifewsDataModule(InputRuleLoading, pl.LightningDataModule):
                  gpu_sampling: bool = False, random_split: Optional[List[float]] = None,
                  eval_mode: EvalMode = "sampled", predict_nodes: str = "all",
                  feature_dtype: FeatureDtype = "float32", feature_gather: FeatureGather = "loader",
-                 prune_before_gather: bool = True, sample_less: bool = True):
+                 prune_before_gather: bool = True, sample_less: bool = False):
         super().__init__()
         check_choice("eval_mode", eval_mode, EVAL_MODES)
         if predict_nodes not in SPLITS and not str(predict_nodes).endswith((".pt", ".npy")):
