@@ -253,7 +253,7 @@ class UnifewsDataModule(InputRuleLoading, pl.LightningDataModule):
                 f"every rank needs at least one (train on fewer devices)"
             )
         shard = ShardedSeedSampler(seeds.numel(), world, rank, shuffle=train, seed=self.seed, drop=train)
-        graph, extra, sampler = self.graph, {}, None
+        graph, extra, sampler = self.graph, {}, None if train else self._sampler(fanout)
         if train:
             rule = self._input_rule()
             sampler = self._train_sampler(fanout, rule)
@@ -266,7 +266,7 @@ class UnifewsDataModule(InputRuleLoading, pl.LightningDataModule):
         # one, which dropout reads (a resumed run draws what an uninterrupted one does)
         return (ResumableNodeLoader if train else NodeLoader)(
             graph,
-            sampler or self._sampler(fanout),
+            sampler,
             input_nodes=seeds,
             batch_size=batch_size,
             sampler=shard,
